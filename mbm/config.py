@@ -1,0 +1,39 @@
+"""Where stores live and the defaults every entry point shares."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from mbm.errors import UsageError
+
+DEFAULT_COLLECTION = "default"
+DEFAULT_BATCH_SIZE = 32
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def default_store() -> Path:
+    """The store folder: $MBM_HOME, else $XDG_DATA_HOME/mbm, else ~/.local/share/mbm."""
+    if os.environ.get("MBM_HOME"):
+        return Path(os.environ["MBM_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "mbm"
+
+
+def resolve_store(store: str | os.PathLike[str] | None) -> Path:
+    return Path(store).expanduser().absolute() if store else default_store().absolute()
+
+
+def check_collection_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise UsageError(
+            f"collection name {name!r} is not valid — use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def collection_dir(store: Path, name: str) -> Path:
+    return store / "collections" / check_collection_name(name)

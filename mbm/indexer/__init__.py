@@ -1,0 +1,1 @@
+"""The pipeline that turns a corpus into catalog rows and vectors."""

@@ -1,0 +1,114 @@
+"""Read, hash, decode and preprocess files in a thread pool, in order, a batch at a time.
+
+Threads, not processes: Pillow releases the GIL while it decodes and resizes, so a
+thread pool overlaps decoding with the model's forward pass without pickling
+tensors between processes or paying worker start-up.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Union
+
+from mbm.indexer.decode import DecodeError, ImageFacts, decode, read_file
+from mbm.indexer.scan import FileEntry
+
+
+@dataclass
+class Decoded:
+    entry: FileEntry
+    hash: str
+    pixels: Any  # preprocessed (3, H, W) tensor
+    facts: ImageFacts
+
+
+@dataclass
+class Known:
+    """Content already in the catalog (moved, copied or touched): its vector is reused."""
+
+    entry: FileEntry
+    hash: str
+
+
+@dataclass
+class Failed:
+    entry: FileEntry
+    reason: str
+
+
+Prepared = Union[Decoded, Known, Failed]
+
+
+class StageClock:
+    """Seconds spent per stage, summed over threads (so decode may exceed wall time)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+
+def make_preparer(
+    preprocess: Callable[[Any], Any], min_side: int, known_hashes: set[str], max_pixels: int, clock: StageClock
+) -> Callable[[FileEntry], Prepared]:
+    def prepare(entry: FileEntry) -> Prepared:
+        t0 = time.perf_counter()
+        try:
+            data, digest = read_file(entry.path)
+            t1 = time.perf_counter()
+            clock.add("read", t1 - t0)
+            if digest in known_hashes:
+                return Known(entry, digest)
+            image, facts = decode(data, min_side, max_pixels=max_pixels)
+            pixels = preprocess(image)
+            clock.add("decode", time.perf_counter() - t1)
+            return Decoded(entry, digest, pixels, facts)
+        except DecodeError as e:
+            return Failed(entry, str(e))
+        except Exception as e:  # noqa: BLE001 - one bad file must never stop a run
+            return Failed(entry, f"unexpected {type(e).__name__}: {e}")
+
+    return prepare
+
+
+def prepared_batches(
+    entries: Iterable[FileEntry], prepare: Callable[[FileEntry], Prepared], batch_size: int, workers: int, prefetch: int = 3
+) -> Iterator[list[Prepared]]:
+    """Yield lists of results, in input order, each holding at most ``batch_size`` decoded images."""
+    window = max(batch_size * prefetch, workers * 2)
+    pending: collections.deque[Future[Prepared]] = collections.deque()
+    batch: list[Prepared] = []
+    decoded = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mbm-decode") as pool:
+        it = iter(entries)
+        try:
+            for entry in it:
+                pending.append(pool.submit(prepare, entry))
+                while len(pending) >= window:
+                    batch, decoded = yield from _drain_one(pending, batch, decoded, batch_size)
+            while pending:
+                batch, decoded = yield from _drain_one(pending, batch, decoded, batch_size)
+            if batch:
+                yield batch
+        finally:
+            for fut in pending:  # an interrupted run must not wait for queued work
+                fut.cancel()
+
+
+def _drain_one(pending: collections.deque, batch: list, decoded: int, batch_size: int):  # type: ignore[no-untyped-def]
+    result = pending.popleft().result()
+    batch.append(result)
+    if isinstance(result, Decoded):
+        decoded += 1
+    # Yield full batches; also flush long runs of reused/failed files so progress keeps moving.
+    if decoded >= batch_size or len(batch) >= batch_size * 8:
+        yield batch
+        return [], 0
+    return batch, decoded

@@ -1,0 +1,1 @@
+"""Answering queries: parse, encode, nearest neighbours, filters, re-ranking."""

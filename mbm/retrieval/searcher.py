@@ -1,0 +1,105 @@
+"""Searcher: query -> vector -> FAISS top-N -> catalog rows -> filters -> hits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mbm.errors import UsageError
+from mbm.indexer.scan import display_path
+from mbm.retrieval.query import combine, parse_query
+from mbm.store.catalog import Catalog
+from mbm.store.vectors import VectorIndex
+
+EncodeFn = Callable[[list[str]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result. ``text`` and ``part`` (line number) are set for text collections."""
+
+    rank: int
+    score: float
+    id: int
+    path: str
+    part: int = 0
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    size: int | None = None
+    modified: str | None = None
+    taken_at: str | None = None
+    camera: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = display_path(self.path)
+        return d
+
+
+class Searcher:
+    """Wired from parts so tests can pass small real ones: ``Searcher(catalog, vectors, enc_text, enc_image)``."""
+
+    def __init__(self, catalog: Catalog, vectors: VectorIndex, encode_text: EncodeFn, encode_image: EncodeFn):
+        self.catalog = catalog
+        self.vectors = vectors
+        self.encode_text = encode_text
+        self.encode_image = encode_image
+
+    def query_vector(self, query: str) -> np.ndarray:
+        return combine(parse_query(query), self.encode_text, self.encode_image)
+
+    def search(
+        self, query: str | np.ndarray, *, k: int = 10, min_score: float | None = None, under: str | None = None
+    ) -> list[Hit]:
+        if k <= 0:
+            raise UsageError(f"-k/--top must be at least 1, not {k}")
+        vector = self.query_vector(query) if isinstance(query, str) else np.asarray(query, np.float32)
+        allowed = None
+        if under is not None:
+            folder = os.path.abspath(os.path.expanduser(under))
+            allowed = self.catalog.ids_under(folder)
+            if len(allowed) == 0:
+                return []
+        scores, ids = self.vectors.search(vector[None, :], k, allowed)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and (min_score is None or s >= min_score)]
+        rows = self.catalog.rows([i for _, i in pairs])
+        hits = []
+        for score, item_id in pairs:
+            row = rows.get(item_id)
+            if row is None:  # removed after the index was built
+                continue
+            hits.append(_hit(len(hits) + 1, score, row))
+        return hits
+
+
+def _hit(rank: int, score: float, row: dict[str, Any]) -> Hit:
+    modified = None
+    if row.get("mtime_ns"):
+        modified = dt.datetime.fromtimestamp(row["mtime_ns"] / 1e9, dt.timezone.utc).isoformat(timespec="seconds")
+    return Hit(
+        rank, round(score, 6), row["id"], row["path"], row["part"], row["text"], row["width"], row["height"],
+        row["size"], modified, row["taken_at"], row["camera"],
+    )
+
+
+def image_paths_encoder(encoder: Any, max_pixels: int | None = None) -> EncodeFn:
+    """Encode image files (decoded exactly as the indexer decodes them) for image queries."""
+    from mbm.indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode, read_file
+
+    def encode(paths: Sequence[str]) -> np.ndarray:
+        images = []
+        for path in paths:
+            try:
+                data, _ = read_file(path)
+                image, _ = decode(data, encoder.image_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+            except DecodeError as e:
+                raise UsageError(f"query image {display_path(path)} cannot be used: {e}") from None
+            images.append(image)
+        return encoder.encode_images(images)
+
+    return encode

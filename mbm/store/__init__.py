@@ -1,0 +1,1 @@
+"""Persistence: the SQLite catalog (source of truth) and the derived FAISS index."""
