@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +28,17 @@ from mbm.store.catalog import Catalog
 from mbm.store.vectors import INDEX_FILE, STAMP_FILE, open_vectors
 
 CATALOG_FILE = "catalog.sqlite"
+
+
+def check_index_args(paths: Sequence[str | os.PathLike[str]], batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    """Fail fast, before any model loads, on arguments that cannot work."""
+    if not paths:
+        raise UsageError("no paths given — name at least one folder or file to index")
+    if batch_size <= 0:
+        raise UsageError(f"batch size must be at least 1, not {batch_size}")
+    for p in paths:
+        if not os.path.exists(os.path.expanduser(os.fspath(p))):
+            raise UsageError(f"path {display_path(os.fspath(p))} does not exist — check the spelling")
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class Engine:
         self.precision = precision
         self._encoder = encoder
         self._catalog: Catalog | None = None
+        self._unaccounted_load = 0.0
+        self.timings: dict[str, float] = {}  # seconds per phase of the last search (imports, model, encode, ...)
 
     @classmethod
     def open(cls, store: str | os.PathLike[str] | None = None, collection: str = DEFAULT_COLLECTION, **kwargs: Any) -> Engine:
@@ -106,6 +120,8 @@ class Engine:
                     "omit --model, or index into another --collection"
                 )
             self._encoder = load_model(self.model_spec or recorded, device=self.device, precision=self.precision)
+            self.timings.update(self._encoder.load_seconds)
+            self._unaccounted_load = sum(self._encoder.load_seconds.values())
         enc = self._encoder
         meta = self.catalog().meta() if self.exists else {}
         if meta.get("fingerprint") and meta["fingerprint"] != enc.fingerprint:
@@ -120,13 +136,7 @@ class Engine:
               workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, progress: Progress | None = None,
               dtype: str = "float16") -> IndexReport:
         """Add new and changed files under ``paths``, reuse moved ones, drop deleted ones."""
-        if not paths:
-            raise UsageError("no paths given — name at least one folder or file to index")
-        if batch_size <= 0:
-            raise UsageError(f"batch size must be at least 1, not {batch_size}")
-        for p in paths:
-            if not os.path.exists(os.path.expanduser(os.fspath(p))):
-                raise UsageError(f"path {display_path(os.fspath(p))} does not exist — check the spelling")
+        check_index_args(paths, batch_size)
         texts = all(is_text_source(p) for p in paths if os.path.isfile(os.path.expanduser(os.fspath(p))))
         texts = texts and any(os.path.isfile(os.path.expanduser(os.fspath(p))) for p in paths)
         kind = "text" if texts else "image"
@@ -159,7 +169,15 @@ class Engine:
         """Text, image path, or weighted ``"2:a + b.jpg - c"`` query against this collection."""
         if k <= 0:
             raise UsageError(f"-k/--top must be at least 1, not {k}")
-        return self.searcher().search(query, k=k, min_score=min_score, under=under)
+        t0 = time.perf_counter()
+        searcher = self.searcher()
+        t1 = time.perf_counter()
+        vector = searcher.query_vector(query)
+        t2 = time.perf_counter()
+        hits = searcher.search(vector, k=k, min_score=min_score, under=under)
+        loading, self._unaccounted_load = self._unaccounted_load, 0.0
+        self.timings.update(open=t1 - t0, encode=max(0.0, t2 - t1 - loading), search=time.perf_counter() - t2)
+        return hits
 
     # -- information --------------------------------------------------------------------------
     def info(self) -> CollectionInfo:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -109,6 +110,7 @@ class Encoder:
     image_size: int
     description: str = ""
     heads: dict[str, Any] = field(default_factory=dict)  # fusion / classifier when the checkpoint has them
+    load_seconds: dict[str, float] = field(default_factory=dict)  # "imports" and "model load" times
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -229,12 +231,14 @@ def default_model_spec() -> str:
 
 def load_model(spec: str | None = None, *, device: str | None = None, precision: str | None = None) -> Encoder:
     """Load an encoder from a spec (see module docstring); ``None`` means the default model."""
+    started = time.perf_counter()
     import torch
 
+    open_clip = _import_open_clip()
+    imported = time.perf_counter()
     spec = spec or default_model_spec()
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    open_clip = _import_open_clip()
     model, preprocess, tokenizer, fingerprint, description = _create(open_clip, spec)
     model.eval().to(device)
     if precision != "fp32":
@@ -245,7 +249,9 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
     if dim is None:
         with torch.inference_mode():
             dim = int(model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
-    return Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description)
+    encoder = Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description)
+    encoder.load_seconds = {"imports": imported - started, "model_load": time.perf_counter() - imported}
+    return encoder
 
 
 def _spec_folder(spec: str) -> Path | None:
