@@ -58,14 +58,18 @@ class StageClock:
 def make_preparer(
     preprocess: Callable[[Any], Any], min_side: int, known_hashes: set[str], max_pixels: int, clock: StageClock
 ) -> Callable[[FileEntry], Prepared]:
+    lock = threading.Lock()
+
     def prepare(entry: FileEntry) -> Prepared:
         t0 = time.perf_counter()
         try:
             data, digest = read_file(entry.path)
             t1 = time.perf_counter()
             clock.add("read", t1 - t0)
-            if digest in known_hashes:
-                return Known(entry, digest)
+            with lock:  # the first file with this content is decoded; copies in this run reuse it
+                if digest in known_hashes:
+                    return Known(entry, digest)
+                known_hashes.add(digest)
             image, facts = decode(data, min_side, max_pixels=max_pixels)
             pixels = preprocess(image)
             clock.add("decode", time.perf_counter() - t1)

@@ -121,6 +121,7 @@ class Indexer:
         self.progress(0, len(todo))
         for batch in prepared_batches(todo, prepare, self.batch_size, self.workers):
             rows, blobs = [], []
+            fresh: dict[str, tuple[bytes, int | None, int | None, str | None, str | None]] = {}
             decoded = [r for r in batch if isinstance(r, Decoded)]
             if decoded:
                 import torch
@@ -129,18 +130,23 @@ class Indexer:
                 vecs = self.encoder.encode_image_tensors(torch.stack([r.pixels for r in decoded]))
                 clock.add("embed", time.perf_counter() - t0)
                 for r, v in zip(decoded, vecs):
-                    rows.append(_file_row(r.entry, r.hash, facts_dict(r.facts)))
+                    facts = facts_dict(r.facts)
+                    rows.append(_file_row(r.entry, r.hash, facts))
                     blobs.append(v.astype(self.dtype).tobytes())
+                    fresh[r.hash] = (blobs[-1], facts["width"], facts["height"], facts["taken_at"], facts["camera"])
                 report.indexed += len(decoded)
             reused = [r for r in batch if isinstance(r, Known)]
             if reused:
-                stored = self.catalog.embedding_by_hash(r.hash for r in reused)
+                stored = {**self.catalog.embedding_by_hash(r.hash for r in reused), **fresh}
                 for r in reused:
+                    if r.hash not in stored:  # its first copy in this run failed to decode
+                        batch.append(Failed(r.entry, "same content as a file that could not be decoded"))
+                        continue
                     emb, w, h, taken, camera = stored[r.hash]
                     rows.append(_file_row(r.entry, r.hash, {"width": w, "height": h, "taken_at": taken, "camera": camera}))
                     blobs.append(emb)
                     report.moved += r.hash in gone_hashes
-                report.reused += len(reused)
+                report.reused += sum(r.hash in stored for r in reused)
             for r in batch:
                 if isinstance(r, Failed):
                     report.skipped.append((r.entry.path, r.reason))

@@ -36,8 +36,11 @@ def parse_query(query: str) -> list[Term]:
     """Split a query string into signed, weighted text and image terms."""
     if not query or not query.strip():
         raise UsageError("the query is empty — give some text or an image path")
-    tokens = _SPLIT.split(query.strip())  # [term, sign, term, sign, term, ...]
-    signs, values = ["+", *tokens[1::2]], tokens[0::2]
+    tokens = _SPLIT.split(" " + query.strip())  # [term, sign, term, ...] or ["", sign, term, ...]
+    if tokens[0] == "":  # the query starts with a sign
+        signs, values = tokens[1::2], tokens[2::2]
+    else:
+        signs, values = ["+", *tokens[1::2]], tokens[0::2]
     terms = []
     for sign, raw in zip(signs, values):
         weight, value = 1.0, raw.strip()

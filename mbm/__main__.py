@@ -1,0 +1,3 @@
+from mbm.cli import main
+
+main()

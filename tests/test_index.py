@@ -1,0 +1,180 @@
+"""Indexing through the library: incremental runs, moves, copies, deletions, bad files, search."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import make_images, pattern_image
+from mbm.errors import CollectionError, UsageError
+
+
+def test_index_then_search_finds_exact_duplicate_first(tmp_path, engine_factory):
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 12)
+    shutil.copy(paths[3], photos / "copy_of_3.png")
+    eng = engine_factory()
+    report = eng.index([photos])
+    assert (report.indexed, report.reused, report.total_items) == (12, 1, 13)
+    hits = eng.search(str(paths[3]), k=3)
+    assert {h.path for h in hits[:2]} == {str(paths[3]), str(photos / "copy_of_3.png")}
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3) and hits[1].score == pytest.approx(1.0, abs=1e-3)
+    assert hits[2].score < 0.999
+
+
+def test_rerun_is_incremental(tmp_path, engine_factory):
+    photos = tmp_path / "photos"
+    make_images(photos, 8)
+    eng = engine_factory()
+    eng.index([photos])
+    again = eng.index([photos])
+    assert (again.indexed, again.reused, again.unchanged, again.removed) == (0, 0, 8, 0)
+
+
+def test_move_rename_reuses_vector_and_delete_removes(tmp_path, engine_factory):
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 6)
+    eng = engine_factory()
+    eng.index([photos])
+    (photos / "sub").mkdir()
+    os.rename(paths[0], photos / "sub" / "renamed.png")
+    paths[1].unlink()
+    report = eng.index([photos])
+    assert (report.indexed, report.moved, report.removed, report.total_items) == (0, 1, 2, 5)
+    hits = eng.search(str(photos / "sub" / "renamed.png"), k=10)
+    assert hits[0].path == str(photos / "sub" / "renamed.png") and hits[0].score > 0.999
+    assert str(paths[1]) not in {h.path for h in hits}
+
+
+def test_changed_content_is_re_embedded(tmp_path, engine_factory):
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 3)
+    eng = engine_factory()
+    eng.index([photos])
+    pattern_image(99).save(paths[0])
+    os.utime(paths[0], ns=(1, 10**18))
+    report = eng.index([photos])
+    assert (report.indexed, report.unchanged, report.total_items) == (1, 2, 3)
+
+
+def test_bad_files_are_skipped_with_reasons_and_never_stop_the_run(tmp_path, engine_factory):
+    from test_decode import png_with_header_size
+
+    photos = tmp_path / "photos"
+    make_images(photos, 3)
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "text.jpg").write_text("not an image")
+    (photos / "bomb.png").write_bytes(png_with_header_size(30000, 30000))
+    bad_name = os.fsencode(str(photos)) + b"/caf\xe9.png"
+    with open(bad_name, "wb") as f:
+        pattern_image(5).save(f, "PNG")
+    os.symlink(photos, photos / "loop")
+    report = engine_factory().index([photos])
+    reasons = {os.path.basename(p): r for p, r in report.skipped}
+    assert report.indexed == 3
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["text.jpg"]
+    assert "30000x30000" in reasons["bomb.png"]
+    assert any("UTF-8" in r for r in reasons.values())
+    assert "symlink loop" in reasons["loop"]
+
+
+def test_failed_file_loses_its_old_vector(tmp_path, engine_factory):
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 3)
+    eng = engine_factory()
+    eng.index([photos])
+    paths[0].write_bytes(b"corrupted now")
+    report = eng.index([photos])
+    assert report.total_items == 2 and len(report.skipped) == 1
+
+
+def test_filters_under_and_min_score(tmp_path, engine_factory):
+    make_images(tmp_path / "a", 4)
+    make_images(tmp_path / "b", 4, start=10)
+    eng = engine_factory()
+    eng.index([tmp_path / "a", tmp_path / "b"])
+    hits = eng.search("anything", k=10, under=str(tmp_path / "b"))
+    assert len(hits) == 4 and all(h.path.startswith(str(tmp_path / "b") + "/") for h in hits)
+    best = eng.search("anything", k=1)[0].score
+    assert all(h.score >= best - 1e-6 for h in eng.search("anything", k=10, min_score=best - 1e-6))
+    assert eng.search("anything", k=5, under=str(tmp_path / "nothing-here")) == []
+
+
+def test_search_matches_exact_numpy_ranking(tmp_path, engine_factory, tiny_encoder):
+    make_images(tmp_path / "p", 20)
+    eng = engine_factory()
+    eng.index([tmp_path / "p"])
+    catalog = eng.catalog()
+    ids, vecs = next(catalog.read_embeddings())
+    q = tiny_encoder.encode_texts(["a red car"])[0]
+    order = ids[np.argsort(-(vecs @ q))][:5]
+    assert [h.id for h in eng.search("a red car", k=5)] == list(order)
+
+
+def test_text_collection_and_image_to_text(tmp_path, engine_factory):
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red car\n\na blue sky\nA dog on grass\n")
+    eng = engine_factory("captions")
+    report = eng.index([captions])
+    assert report.total_items == 3 and eng.info().kind == "text"
+    hits = eng.search("a blue sky", k=3)
+    assert hits[0].text == "a blue sky" and hits[0].part == 3 and hits[0].score == pytest.approx(1, abs=1e-3)
+    img = tmp_path / "q.png"
+    pattern_image(1).save(img)
+    assert len(eng.search(str(img), k=2)) == 2  # image -> text
+    captions.write_text("a red car\na green tree\n")
+    report = eng.index([captions])
+    assert report.total_items == 2 and report.reused == 1 and report.indexed == 1
+
+
+def test_jsonl_texts_and_bad_rows(tmp_path, engine_factory):
+    good = tmp_path / "t.jsonl"
+    good.write_text('{"text": "one"}\n{"text": "two"}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"title": "no text"}\n')
+    report = engine_factory("t").index([good, bad])
+    assert report.total_items == 2
+    assert "line 2" in report.skipped[0][1]
+
+
+def test_collection_kind_and_model_mismatch_are_errors(tmp_path, engine_factory, tiny_encoder):
+    from mbm import Engine
+
+    make_images(tmp_path / "p", 2)
+    eng = engine_factory()
+    eng.index([tmp_path / "p"])
+    (tmp_path / "c.txt").write_text("hello\n")
+    with pytest.raises(CollectionError, match="holds images"):
+        eng.index([tmp_path / "c.txt"])
+    other = Engine.open(tmp_path / "store", model="ViT-B-32:openai")
+    with pytest.raises(CollectionError, match="indexed with model 'mbm-tiny'"):
+        other.search("x")
+
+
+def test_user_errors(tmp_path, engine_factory):
+    eng = engine_factory()
+    with pytest.raises(UsageError, match="does not exist"):
+        eng.index([tmp_path / "missing"])
+    with pytest.raises(CollectionError, match="run `mbm index PATH`"):
+        eng.search("x")
+    (tmp_path / "empty").mkdir()
+    eng.index([tmp_path / "empty"])
+    with pytest.raises(CollectionError, match="is empty"):
+        eng.search("x")
+    make_images(tmp_path / "p", 1)
+    eng.index([tmp_path / "p"])
+    with pytest.raises(UsageError, match="at least 1"):
+        eng.search("x", k=0)
+
+
+def test_vanished_between_scan_and_decode(tmp_path, tiny_encoder):
+    from mbm.indexer.embed import Failed, StageClock, make_preparer
+    from mbm.indexer.scan import scan
+
+    paths = make_images(tmp_path, 2)
+    found = scan([tmp_path])
+    paths[0].unlink()
+    prepare = make_preparer(tiny_encoder.preprocess, 64, set(), 10**8, StageClock())
+    result = prepare(found.files[0])
+    assert isinstance(result, Failed) and "vanished" in result.reason
