@@ -23,6 +23,7 @@ from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import IndexReport, Indexer, Progress
 from mbm.indexer.scan import display_path, is_text_source
 from mbm.models.factory import Encoder, load_model
+from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
 from mbm.store.catalog import Catalog
 from mbm.store.vectors import INDEX_FILE, STAMP_FILE, open_vectors
@@ -112,13 +113,7 @@ class Engine:
     def encoder(self) -> Encoder:
         """The collection's model (or the requested one for a new collection), loaded once."""
         if self._encoder is None:
-            meta = self.catalog().meta() if self.exists else {}
-            recorded = meta.get("model")
-            if recorded and self.model_spec and self.model_spec != recorded:
-                raise CollectionError(
-                    f"collection {self.name!r} was indexed with model {recorded!r}, not {self.model_spec!r} — "
-                    "omit --model, or index into another --collection"
-                )
+            recorded = self._check_model_spec()
             self._encoder = load_model(self.model_spec or recorded, device=self.device, precision=self.precision)
             self.timings.update(self._encoder.load_seconds)
             self._unaccounted_load = sum(self._encoder.load_seconds.values())
@@ -130,6 +125,15 @@ class Engine:
                 f"({meta['fingerprint']} -> {enc.fingerprint}) — re-index into a new --collection"
             )
         return enc
+
+    def _check_model_spec(self) -> str | None:
+        recorded = (self.catalog().meta() if self.exists else {}).get("model")
+        if recorded and self.model_spec and self.model_spec != recorded:
+            raise CollectionError(
+                f"collection {self.name!r} was indexed with model {recorded!r}, not {self.model_spec!r} — "
+                "omit --model, or index into another --collection"
+            )
+        return recorded
 
     # -- indexing -----------------------------------------------------------------------------
     def index(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -146,15 +150,31 @@ class Engine:
                 f"collection {self.name!r} holds {meta['kind']}s; {', '.join(map(str, paths))} "
                 f"{'are text files' if texts else 'are images'} — use another --collection"
             )
-        encoder = self.encoder()
+        self._check_model_spec()
         catalog = self.catalog(create=True)
         if not meta:
+            encoder = self.encoder()
             catalog.set_meta(kind=kind, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim,
                              dtype=dtype, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              mbm_version=__version__)
-        indexer = Indexer(encoder, catalog, self.folder, batch_size=batch_size, workers=workers,
+        indexer = Indexer(self.encoder, catalog, self.folder, batch_size=batch_size, workers=workers,
                           max_pixels=max_pixels, progress=progress)
-        return indexer.index(paths, texts=texts)
+        report = indexer.index(paths, texts=texts)
+        self.prepare_search()
+        return report
+
+    def prepare_search(self) -> None:
+        """Leave what a fast cold search needs: a fresh vector index and, once the model has been
+        loaded, its text tower exported for torch-free query encoding."""
+        open_vectors(self.catalog(), self.folder)
+        if self._encoder is not None and not os.environ.get("MBM_NO_FAST_TEXT") and self._fast_text() is None:
+            export_query_encoder(self._encoder, self.folder / QUERY_ENCODER_DIR)
+
+    def _fast_text(self) -> Any:
+        """The torch-free text encoder exported for this collection's weights, if there is one."""
+        if os.environ.get("MBM_NO_FAST_TEXT"):
+            return None
+        return load_query_encoder(self.folder / QUERY_ENCODER_DIR, self.catalog().meta().get("fingerprint", ""))
 
     # -- searching ----------------------------------------------------------------------------
     def searcher(self) -> Searcher:
@@ -162,8 +182,9 @@ class Engine:
         if catalog.count() == 0:
             raise CollectionError(f"collection {self.name!r} is empty — run `mbm index PATH` to add files")
         vectors = open_vectors(catalog, self.folder)
-        return Searcher(catalog, vectors, lambda texts: self.encoder().encode_texts(texts),
-                        lambda paths: image_paths_encoder(self.encoder())(paths))
+        fast = self._fast_text()
+        encode_text = fast.encode_texts if fast is not None else (lambda texts: self.encoder().encode_texts(texts))
+        return Searcher(catalog, vectors, encode_text, lambda paths: image_paths_encoder(self.encoder())(paths))
 
     def search(self, query: str, *, k: int = 10, min_score: float | None = None, under: str | None = None) -> list[Hit]:
         """Text, image path, or weighted ``"2:a + b.jpg - c"`` query against this collection."""
@@ -177,6 +198,8 @@ class Engine:
         hits = searcher.search(vector, k=k, min_score=min_score, under=under)
         loading, self._unaccounted_load = self._unaccounted_load, 0.0
         self.timings.update(open=t1 - t0, encode=max(0.0, t2 - t1 - loading), search=time.perf_counter() - t2)
+        if self._encoder is not None and not os.environ.get("MBM_NO_FAST_TEXT") and self._fast_text() is None:
+            export_query_encoder(self._encoder, self.folder / QUERY_ENCODER_DIR)  # next cold search skips torch
         return hits
 
     # -- information --------------------------------------------------------------------------

@@ -56,9 +56,6 @@ def index(
 
     check_index_args([str(p) for p in paths], batch_size)
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
-        encoder = eng.encoder()
-        if not quiet:
-            output.err(f"model {encoder.spec} on {encoder.device} ({encoder.precision}) -> collection {collection!r} in {eng.store}")
         with output.progress_bar(enabled=not quiet) as progress:
             report = eng.index([str(p) for p in paths], batch_size=batch_size, workers=workers,
                                max_pixels=max_pixels, progress=progress)

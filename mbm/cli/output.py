@@ -50,6 +50,8 @@ def index_summary(report, verbose: bool = False) -> str:  # type: ignore[no-unty
             key = reason.split(" (")[0].split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
         lines.append("skipped: " + "; ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])))
+    if verbose and report.model:
+        lines.append(f"model: {report.model}")
     if verbose:
         lines.append("time per stage (decode/read summed over threads): " + ", ".join(
             f"{k} {v:.2f}s" for k, v in report.seconds.items()))

@@ -21,7 +21,7 @@ from mbm.indexer.scan import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, FileEntry, displ
 from mbm.indexer.texts import read_texts, text_hash
 from mbm.models.factory import Encoder
 from mbm.store.catalog import Catalog
-from mbm.store.vectors import build_from_catalog
+from mbm.store.vectors import build_from_catalog, vectors_fresh
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class IndexReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     total_items: int = 0
+    model: str | None = None  # set when the run loaded the model
 
     @property
     def ok(self) -> bool:
@@ -49,7 +50,7 @@ class IndexReport:
         return {
             "indexed": self.indexed, "reused": self.reused, "moved": self.moved, "unchanged": self.unchanged,
             "removed": self.removed, "skipped": [{"path": display_path(p), "reason": r} for p, r in self.skipped],
-            "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "total_items": self.total_items,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "total_items": self.total_items, "model": self.model,
         }
 
 
@@ -58,11 +59,12 @@ def _under(path: str, roots: Sequence[str]) -> bool:
 
 
 class Indexer:
-    """Composes the stages; ``encoder`` is loaded by the caller (tests pass a tiny one)."""
+    """Composes the stages. ``encoder`` is an Encoder or a function returning one, called only
+    when something needs embedding (an unchanged re-run never loads the model)."""
 
     def __init__(
         self,
-        encoder: Encoder,
+        encoder: Encoder | Callable[[], Encoder],
         catalog: Catalog,
         vectors_dir: Path,
         *,
@@ -71,7 +73,7 @@ class Indexer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: Progress | None = None,
     ):
-        self.encoder = encoder
+        self._encoder = encoder
         self.catalog = catalog
         self.vectors_dir = vectors_dir
         self.batch_size = batch_size
@@ -79,6 +81,12 @@ class Indexer:
         self.max_pixels = max_pixels
         self.progress = progress or (lambda done, total: None)
         self.dtype = np.dtype(catalog.meta().get("dtype", "float16"))
+
+    @property
+    def encoder(self) -> Encoder:
+        if not isinstance(self._encoder, Encoder):
+            self._encoder = self._encoder()
+        return self._encoder
 
     def index(self, roots: Sequence[str | os.PathLike[str]], *, texts: bool = False) -> IndexReport:
         report, clock = IndexReport(), StageClock()
@@ -93,7 +101,9 @@ class Indexer:
         gone = [p for p in states if _under(p, found.roots) and p not in seen]
         clock.add("scan", time.perf_counter() - t0)
 
-        if texts:
+        if not todo:
+            failed: list[str] = []
+        elif texts:
             failed = self._index_texts(todo, report, clock)
         else:
             gone_hashes = {states[p].hash for p in gone}
@@ -106,10 +116,12 @@ class Indexer:
         clock.add("write", time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        vectors = build_from_catalog(self.catalog)
-        vectors.save(self.vectors_dir)
+        if not vectors_fresh(self.vectors_dir, self.catalog.generation(), self.catalog.count()):
+            build_from_catalog(self.catalog).save(self.vectors_dir)
         clock.add("vectors", time.perf_counter() - t0)
-        report.total_items = vectors.ntotal
+        report.total_items = self.catalog.count()
+        if isinstance(self._encoder, Encoder):
+            report.model = f"{self._encoder.spec} on {self._encoder.device} ({self._encoder.precision})"
         report.seconds = {**clock.seconds, "total": time.perf_counter() - started}
         return report
 

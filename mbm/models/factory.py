@@ -4,7 +4,8 @@ A spec is one of
 - a config shipped in ``mbm/models/configs`` (``mbm-tiny``: random weights, for tests only),
 - a model bundled with mbm (``mbm/models/bundled/<name>``, open_clip local-dir format),
 - a local checkpoint folder (open_clip local-dir: ``open_clip_config.json`` + weights),
-- an open_clip name with a pretrained tag or weights file (``ViT-B-32-256:datacomp_s34b_b86k``).
+- an open_clip name with a pretrained tag or weights file (``ViT-B-32-256:datacomp_s34b_b86k``),
+  or ``NAME:random`` for the architecture with random weights (speed benchmarks only).
 
 torch and open_clip are imported lazily so that commands which never encode stay fast.
 """
@@ -284,6 +285,11 @@ def _create(open_clip: Any, spec: str) -> tuple[Any, Any, Any, str, str]:
         raise ModelError(f"model {spec!r} is not known — use a checkpoint folder or one of: {known} (see `mbm models`)")
     if not sep:
         raise ModelError(f"model {spec!r} has no pretrained tag — use e.g. {name}:{_first_tag(open_clip, name)} (see `mbm models`)")
+    if tag == "random":  # the architecture's speed and size without its weights: benchmarks only
+        torch.manual_seed(0)
+        with _quiet_root_logger():
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        return model, preprocess, open_clip.get_tokenizer(name), f"init:{name}:seed0", "random weights (benchmarks only)"
     if Path(tag).expanduser().is_file():
         path = Path(tag).expanduser()
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path))

@@ -108,6 +108,15 @@ class VectorIndex:
         return cls(index, generation, stamp.get("kind", "Flat"))
 
 
+def vectors_fresh(folder: Path, generation: int, count: int) -> bool:
+    """Whether the saved index matches the catalog, judged from its stamp alone (cheap)."""
+    try:
+        stamp = json.loads((folder / STAMP_FILE).read_text())
+        return (stamp["generation"], stamp["count"]) == (generation, count) and (folder / INDEX_FILE).stat().st_size == stamp["bytes"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def build_from_catalog(catalog: Catalog) -> VectorIndex:
     """Read every embedding in one snapshot and build the index stamped with that generation."""
     dim = int(catalog.meta().get("dim", 0))

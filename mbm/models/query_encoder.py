@@ -1,0 +1,73 @@
+"""The torch-free query path: a collection keeps its model's text tower exported for numpy.
+
+A cold ``mbm search "red car"`` then never imports torch or open_clip (seconds on a
+small machine); image queries and models whose text tower cannot be exported use
+the full encoder as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+QUERY_ENCODER_DIR = "query_encoder"
+_SOURCE = "source.json"
+
+
+def load_query_encoder(folder: Path, fingerprint: str) -> Any:
+    """The exported encoder when it was made from weights with this fingerprint, else None."""
+    try:
+        source = json.loads((folder / _SOURCE).read_text())
+    except (OSError, ValueError):
+        return None
+    if source.get("fingerprint") != fingerprint or not source.get("supported"):
+        return None
+    from mbm.models.text_numpy import NumpyTextEncoder
+
+    return NumpyTextEncoder.load(folder)
+
+
+def export_query_encoder(encoder: Any, folder: Path) -> bool:
+    """Export ``encoder``'s text tower (once per fingerprint); False when it cannot be exported."""
+    try:
+        if json.loads((folder / _SOURCE).read_text()).get("fingerprint") == encoder.fingerprint:
+            return False  # already tried for these weights (exported, or known unsupported)
+    except (OSError, ValueError):
+        pass
+    try:
+        from mbm.models.text_numpy import UnsupportedTextTower, export_text_tower
+    except ImportError:  # TEMP until text_numpy lands
+        return False
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".query_encoder.", dir=folder.parent))
+    supported = True
+    try:
+        kind = "clip-bpe" if type(encoder.tokenizer).__name__ == "SimpleTokenizer" else type(encoder.tokenizer).__name__
+        export_text_tower(encoder.model, {"kind": kind, "context_length": _context_length(encoder)}, tmp)
+    except UnsupportedTextTower as e:
+        log.info("text queries will use the full model: %s", e)
+        supported = False
+    except OSError as e:
+        log.warning("could not export the query encoder to %s (%s)", folder, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    (tmp / _SOURCE).write_text(json.dumps({"fingerprint": encoder.fingerprint, "spec": encoder.spec, "supported": supported}))
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)  # readers see the old folder or the new one, never half of one
+    shutil.rmtree(old, ignore_errors=True)
+    return supported
+
+
+def _context_length(encoder: Any) -> int:
+    return int(getattr(encoder.tokenizer, "context_length", getattr(encoder.model, "context_length", 77)))
