@@ -54,3 +54,28 @@ def test_kill_mid_run_then_resume(tmp_path):
     stored = np.stack([index.index.reconstruct(int(i)) for i in ids])
     np.testing.assert_allclose(stored, vecs, atol=1e-6)
     assert catalog.integrity_problems() == []
+
+
+def test_search_while_indexing(tmp_path, tiny_encoder):
+    from mbm import Engine
+
+    photos = tmp_path / "photos"
+    make_images(photos, 160)
+    store = tmp_path / "store"
+    db = store / "collections" / "default" / "catalog.sqlite"
+    cmd = [sys.executable, "-c", "from mbm.cli import main; main()", "index", str(photos), "--store", str(store),
+           "-m", "mbm-tiny", "--batch-size", "2", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "MBM_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _count(db) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    searched = 0
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            with Engine.open(store, encoder=tiny_encoder) as eng:
+                hits = eng.search("a red car", k=5)  # never "database is locked"
+            assert hits and all(h.path.startswith(str(photos)) for h in hits)
+            searched += 1
+    finally:
+        proc.wait(timeout=120)
+    assert proc.returncode == 0 and searched > 0

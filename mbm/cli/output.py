@@ -50,7 +50,7 @@ def index_summary(report, verbose: bool = False) -> str:  # type: ignore[no-unty
             key = reason.split(" (")[0].split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
         lines.append("skipped: " + "; ".join(f"{n} {r}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])))
-    if verbose and report.model:
+    if report.model:
         lines.append(f"model: {report.model}")
     if verbose:
         lines.append("time per stage (decode/read summed over threads): " + ", ".join(

@@ -26,9 +26,11 @@ _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL, _DATETIME, _MAKE, _MODEL = 36867, 306, 271, 272
 
 try:  # optional formats: registered when their plugins are installed (mbm[heif])
-    from pillow_heif import register_heif_opener
+    import pillow_heif
 
-    register_heif_opener()
+    pillow_heif.register_heif_opener()
+    if hasattr(pillow_heif, "register_avif_opener"):
+        pillow_heif.register_avif_opener()
 except ImportError:
     pass
 
