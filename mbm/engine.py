@@ -24,6 +24,7 @@ from mbm.indexer.runner import IndexReport, Indexer, Progress
 from mbm.indexer.scan import display_path, is_text_source
 from mbm.models.factory import Encoder, load_model
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
+from mbm.retrieval.rerank import FusionReranker
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
 from mbm.store.catalog import Catalog
 from mbm.store.vectors import INDEX_FILE, STAMP_FILE, open_vectors
@@ -179,6 +180,7 @@ class Engine:
     # -- searching ----------------------------------------------------------------------------
     def searcher(self) -> Searcher:
         catalog = self.catalog()
+        self._check_model_spec()
         if catalog.count() == 0:
             raise CollectionError(f"collection {self.name!r} is empty — run `mbm index PATH` to add files")
         vectors = open_vectors(catalog, self.folder)
@@ -186,8 +188,11 @@ class Engine:
         encode_text = fast.encode_texts if fast is not None else (lambda texts: self.encoder().encode_texts(texts))
         return Searcher(catalog, vectors, encode_text, lambda paths: image_paths_encoder(self.encoder())(paths))
 
-    def search(self, query: str, *, k: int = 10, min_score: float | None = None, under: str | None = None) -> list[Hit]:
-        """Text, image path, or weighted ``"2:a + b.jpg - c"`` query against this collection."""
+    def search(self, query: str, *, k: int = 10, min_score: float | None = None, under: str | None = None,
+               rerank: int = 0) -> list[Hit]:
+        """Text, image path, or weighted ``"2:a + b.jpg - c"`` query against this collection.
+
+        ``rerank=N`` re-scores the top N (at least k) with the model's fusion head."""
         if k <= 0:
             raise UsageError(f"-k/--top must be at least 1, not {k}")
         t0 = time.perf_counter()
@@ -195,7 +200,12 @@ class Engine:
         t1 = time.perf_counter()
         vector = searcher.query_vector(query)
         t2 = time.perf_counter()
-        hits = searcher.search(vector, k=k, min_score=min_score, under=under)
+        hits = searcher.search(vector, k=max(k, rerank), min_score=min_score, under=under)
+        if rerank > 0:
+            t3 = time.perf_counter()
+            text_collection = self.catalog().meta().get("kind") == "text"
+            hits = FusionReranker(self.encoder()).rerank(query, hits, text_collection)[:k]
+            self.timings["rerank"] = time.perf_counter() - t3
         loading, self._unaccounted_load = self._unaccounted_load, 0.0
         self.timings.update(open=t1 - t0, encode=max(0.0, t2 - t1 - loading), search=time.perf_counter() - t2)
         if self._encoder is not None and not os.environ.get("MBM_NO_FAST_TEXT") and self._fast_text() is None:

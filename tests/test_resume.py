@@ -22,16 +22,16 @@ def _count(db) -> int:
 
 def test_kill_mid_run_then_resume(tmp_path):
     photos = tmp_path / "photos"
-    paths = make_images(photos, 160)
+    paths = make_images(photos, 300)
     store = tmp_path / "store"
     db = store / "collections" / "default" / "catalog.sqlite"
     cmd = [sys.executable, "-c", "from mbm.cli import main; main()", "index", str(photos), "--store", str(store),
-           "-m", "mbm-tiny", "--batch-size", "2", "--workers", "1", "--quiet"]
+           "-m", "mbm-tiny", "--batch-size", "1", "--workers", "1", "--quiet"]
     env = {**os.environ, "MBM_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while _count(db) < 10 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    while _count(db) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = _count(db)

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import typer
 
-from mbm.cli import commands
+from mbm.cli import commands, train_commands
 from mbm.errors import MbmError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 commands.register(app)
+train_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

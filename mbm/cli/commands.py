@@ -84,6 +84,7 @@ def search(
     as_json: JsonOpt = False,
     paths_only: Annotated[bool, typer.Option("--paths", help="Print bare paths, one per line (for piping).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print where the time went on stderr.")] = False,
+    rerank: Annotated[int, typer.Option("--rerank", help="Re-rank the top N with the model's fusion head (0 = off; needs a model trained by `mbm train`).")] = 0,
 ) -> None:
     """Search a collection with text, an image, or both.
 
@@ -98,7 +99,7 @@ def search(
     text = " + ".join(q for q in (query, str(image.expanduser().absolute()) if image else None) if q)
     started = time.perf_counter()
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
-        hits = eng.search(text, k=top, min_score=min_score, under=str(under) if under else None)
+        hits = eng.search(text, k=top, min_score=min_score, under=str(under) if under else None, rerank=rerank)
         timings = {**eng.timings, "total": time.perf_counter() - started}
     if as_json:
         doc = {"query": text, "collection": collection, "hits": [h.as_dict() for h in hits],

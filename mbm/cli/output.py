@@ -62,7 +62,8 @@ def hits_table(hits: Sequence) -> str:  # type: ignore[type-arg]
     rows = []
     for h in hits:
         what = h.text if h.text is not None else shown(h.path)
-        rows.append(f"{h.rank:>4}  {h.score:6.3f}  {what}")
+        match = f"  match {h.match:5.3f}" if h.match is not None else ""
+        rows.append(f"{h.rank:>4}  {h.score:6.3f}{match}  {what}")
     return "\n".join(rows)
 
 

@@ -240,17 +240,28 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
     spec = spec or default_model_spec()
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    model, preprocess, tokenizer, fingerprint, description = _create(open_clip, spec)
+    heads: dict[str, Any] = {}
+    folder = _spec_folder(spec)
+    if folder is not None:  # mbm's own checkpoints: packaged text towers and fusion/classifier heads
+        from mbm.models.build import load_checkpoint
+
+        weights = _weights_file(folder)
+        if weights is None:
+            raise ModelError(f"checkpoint folder {folder} has no open_clip_model.safetensors — retrain or copy the weights there")
+        model, preprocess, tokenizer, heads = load_checkpoint(folder)
+        fingerprint, description = f"file:{_sampled_sha256(weights)}", f"checkpoint {folder}"
+    else:
+        model, preprocess, tokenizer, fingerprint, description = _create(open_clip, spec)
     model.eval().to(device)
     if precision != "fp32":
         model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
-    dim = int(model.text_projection.shape[-1]) if hasattr(model, "text_projection") and model.text_projection is not None else None
-    if dim is None:
-        with torch.inference_mode():
-            dim = int(model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
-    encoder = Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description)
+    with torch.inference_mode():
+        dim = int(model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
+    for head in heads.values():
+        head.eval().to(device)
+    encoder = Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description, heads)
     encoder.load_seconds = {"imports": imported - started, "model_load": time.perf_counter() - imported}
     return encoder
 
@@ -265,14 +276,13 @@ def _spec_folder(spec: str) -> Path | None:
 def _create(open_clip: Any, spec: str) -> tuple[Any, Any, Any, str, str]:
     import torch
 
-    folder = _spec_folder(spec)
-    if folder is not None:
-        weights = _weights_file(folder)
-        if weights is None:
-            raise ModelError(f"checkpoint folder {folder} has no open_clip_model.safetensors — retrain or copy the weights there")
-        model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-        return model, preprocess, tokenizer, f"file:{_sampled_sha256(weights)}", f"checkpoint {folder}"
+    if (CONFIG_DIR / f"{spec}.json").is_file() and "pkg:" in (CONFIG_DIR / f"{spec}.json").read_text():
+        from mbm.models.build import create_from_config
+
+        torch.manual_seed(0)
+        model, _, preprocess, tokenizer = create_from_config(spec)
+        digest = hashlib.sha256((CONFIG_DIR / f"{spec}.json").read_bytes()).hexdigest()[:16]
+        return model, preprocess, tokenizer, f"init:{digest}", "untrained architecture (tests and training only)"
     if (CONFIG_DIR / f"{spec}.json").is_file():
         torch.manual_seed(0)  # random but reproducible: the same spec gives the same weights
         with _quiet_root_logger():  # open_clip warns "initialized randomly": that is the point here

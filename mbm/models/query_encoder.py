@@ -41,10 +41,7 @@ def export_query_encoder(encoder: Any, folder: Path) -> bool:
             return False  # already tried for these weights (exported, or known unsupported)
     except (OSError, ValueError):
         pass
-    try:
-        from mbm.models.text_numpy import UnsupportedTextTower, export_text_tower
-    except ImportError:  # TEMP until text_numpy lands
-        return False
+    from mbm.models.text_numpy import UnsupportedTextTower, export_text_tower
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".query_encoder.", dir=folder.parent))

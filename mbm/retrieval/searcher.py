@@ -34,6 +34,7 @@ class Hit:
     modified: str | None = None
     taken_at: str | None = None
     camera: str | None = None
+    match: float | None = None  # fusion re-ranker's match probability, when re-ranked
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,0 +1,102 @@
+"""`mbm data build`, `mbm train` and `mbm eval`: thin wrappers over mbm.train."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mbm.cli import output
+from mbm.errors import UsageError
+
+data_app = typer.Typer(help="Build the offline training/evaluation datasets from Debian packages.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
+    app.command("train")(train)
+    app.command("eval")(evaluate)
+
+
+@data_app.command("build")
+def data_build(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for manifest.jsonl, its stats and the rendered images.")] = Path("cache/mbm-data"),
+    sources: Annotated[str, typer.Option("--sources", help="Comma-separated: openclipart, emoji, symbola, tuxpaint, fashion-mnist.")] = "openclipart,emoji,symbola,tuxpaint,fashion-mnist",
+    size: Annotated[int, typer.Option("--size", help="Rendered image side in pixels.")] = 128,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows per source (quick runs).", show_default=False)] = None,
+    val: Annotated[int, typer.Option("--val", help="Validation rows (one per group).")] = 500,
+    test: Annotated[int, typer.Option("--test", help="Test rows (one per group).")] = 700,
+    seed: Annotated[int, typer.Option("--seed", help="Split seed.")] = 0,
+) -> None:
+    """Render the offline image-caption sources and write a leakage-safe split manifest.
+
+    Example: mbm data build --out cache/mbm-data --size 128
+    """
+    from mbm.train.sources.build import build_all
+
+    names = tuple(s.strip() for s in sources.split(",") if s.strip())
+    manifest = build_all(out, sources=names, size=size, limit=limit, val=val, test=test, seed=seed, log=output.err)
+    typer.echo(str(manifest))
+
+
+def train(
+    manifest: Annotated[Path, typer.Argument(help="JSONL/CSV manifest of image-caption pairs with a split column (see data/README.md).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: config, metrics.jsonl, last/ and best/ checkpoints.")] = Path("runs/mbm-small"),
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture config (mbm-small, mbm-tiny, a JSON file) or a checkpoint folder to fine-tune.")] = "mbm-small",
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the train split.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Pairs per step (in-batch negatives).")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine after warmup).")] = 5e-4,
+    warmup: Annotated[int, typer.Option("--warmup", help="Linear warmup steps.")] = 100,
+    w_itm: Annotated[float, typer.Option("--w-itm", help="Weight of the fusion image-text matching loss (0 = no fusion head).")] = 1.0,
+    w_cls: Annotated[float, typer.Option("--w-cls", help="Weight of the classification loss on labelled rows (0 = none).")] = 0.5,
+    freeze_text: Annotated[bool, typer.Option("--freeze-text/--train-text", help="Keep the pretrained text transformer frozen (LiT).")] = True,
+    augment: Annotated[float, typer.Option("--augment", help="Style augmentation strength, 0 = none.")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last after an interruption.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps.", show_default=False)] = None,
+) -> None:
+    """Train dual encoders (contrastive) jointly with the fusion and classification heads.
+
+    Example: mbm train cache/mbm-data/manifest.jsonl --out runs/small --epochs 15
+    """
+    from mbm.train.loop import TrainConfig
+    from mbm.train.loop import train as run_training
+
+    if not manifest.is_file():
+        raise UsageError(f"manifest {manifest} does not exist — build one with `mbm data build` or see data/README.md")
+    config = TrainConfig(manifest=str(manifest), out_dir=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                         warmup_steps=warmup, w_itm=w_itm, w_cls=w_cls, freeze_text=freeze_text, augment=augment, seed=seed,
+                         device=device, resume=resume, max_steps=max_steps)
+    result = run_training(config, progress=_print_progress)
+    typer.echo(json.dumps(result, indent=2))
+
+
+def _print_progress(event: dict) -> None:
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in event.items()}
+    output.err(" ".join(f"{k}={v}" for k, v in shown.items()))
+
+
+def evaluate(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (e.g. runs/small/best) or model spec.", show_default=False)],
+    manifest: Annotated[Path, typer.Argument(help="Manifest with the split to evaluate.", show_default=False)],
+    split: Annotated[str, typer.Option("--split", help="train, val, test or heldout.")] = "test",
+    rerank_top: Annotated[int, typer.Option("--rerank-top", help="Re-rank each query's top N with the fusion head (0 = off).")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Recall@1/5/10 both directions (with and without fusion re-ranking), classifier accuracy.
+
+    Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl --split heldout
+    """
+    from mbm.train.evaluate import evaluate as run_eval
+
+    if not manifest.is_file():
+        raise UsageError(f"manifest {manifest} does not exist — build one with `mbm data build`")
+    metrics = run_eval(checkpoint, manifest, split=split, rerank_top=rerank_top)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    for key, value in metrics.items():
+        typer.echo(f"{key:<32} {value:.4f}" if isinstance(value, float) else f"{key:<32} {value}")

@@ -1,0 +1,144 @@
+"""Cross-attention fusion model: text tokens attend over image patch tokens -> one match logit per pair.
+
+Used to re-rank the top-N candidates of a dual-encoder search, and trained beside the
+encoders as image-text matching (ITM) with hard negatives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POOLS = ("mean", "query")
+
+
+@dataclass
+class FusionConfig:
+    """Architecture of a ``FusionModel``; stored in ``mbm_heads.json`` beside the weights."""
+
+    width: int = 256
+    layers: int = 2
+    heads: int = 4
+    text_dim: int = 384
+    image_dim: int = 256
+    dropout: float = 0.0
+    mlp_ratio: float = 4.0
+    pool: str = "mean"  # "mean": masked mean over text tokens; "query": a learned attention query
+    # read only the first N text tokens (0 = all): on CPU a few 32-token keyword lists would pad every pair
+    # of a batch to 32 and double the cost; training and re-ranking see the same cut since it lives here
+    max_text_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"fusion width {self.width} is not divisible by heads {self.heads}")
+        if self.pool not in POOLS:
+            raise ValueError(f"fusion pool {self.pool!r} is not known — use one of {POOLS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    """Pre-LN block: self-attention over text, cross-attention text -> image, MLP."""
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        w, self.heads, self.dropout = cfg.width, cfg.heads, cfg.dropout
+        self.ln_self = nn.LayerNorm(w)
+        self.self_qkv = nn.Linear(w, 3 * w)
+        self.self_out = nn.Linear(w, w)
+        self.ln_cross = nn.LayerNorm(w)
+        self.ln_image = nn.LayerNorm(w)
+        self.cross_q = nn.Linear(w, w)
+        self.cross_kv = nn.Linear(w, 2 * w)
+        self.cross_out = nn.Linear(w, w)
+        self.ln_mlp = nn.LayerNorm(w)
+        hidden = int(w * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(w, hidden), nn.GELU(), nn.Linear(hidden, w))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).reshape(b, n, h * d)
+
+    def image_kv(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of image tokens: computed once per distinct image, then shared by its pairs."""
+        k, v = self.cross_kv(self.ln_image(image)).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        q, ks, vs = (self._split(t) for t in self.self_qkv(self.ln_self(x)).chunk(3, dim=-1))
+        x = x + self.drop(self.self_out(self._merge(F.scaled_dot_product_attention(q, ks, vs, key_mask, dropout_p=p))))
+        q = self._split(self.cross_q(self.ln_cross(x)))
+        x = x + self.drop(self.cross_out(self._merge(F.scaled_dot_product_attention(q, k, v, dropout_p=p))))
+        return x + self.drop(self.mlp(self.ln_mlp(x)))
+
+
+class FusionModel(nn.Module):
+    """Scores (text, image) pairs from token-level features of both towers."""
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.width))
+        self.image_in = nn.Sequential(nn.LayerNorm(cfg.image_dim), nn.Linear(cfg.image_dim, cfg.width))
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.layers))
+        self.ln_out = nn.LayerNorm(cfg.width)
+        self.query = nn.Parameter(torch.randn(cfg.width) / math.sqrt(cfg.width)) if cfg.pool == "query" else None
+        self.head = nn.Linear(cfg.width, 1)
+
+    def forward(
+        self,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_tokens: torch.Tensor,
+        *,
+        text_index: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Match logits ``(B,)`` for text tokens ``(B,T,Dt)`` with mask ``(B,T)`` (True = real) and image tokens ``(B,P,Dv)``.
+
+        With ``text_index`` / ``image_index`` (both (B,) long) the inputs hold distinct
+        texts and images and pair k is (text_index[k], image_index[k]): each image's
+        keys/values are then computed once however many pairs use it (ITM scores every
+        image three times).
+        """
+        if self.cfg.max_text_tokens > 0:
+            text_tokens, text_mask = text_tokens[:, : self.cfg.max_text_tokens], text_mask[:, : self.cfg.max_text_tokens]
+        text_mask = text_mask.to(torch.bool)
+        x = self.text_in(text_tokens)
+        image = self.image_in(image_tokens)
+        if text_index is not None:
+            x, text_mask = x[text_index], text_mask[text_index]
+        # at least one real key per row, or the softmax of an all-masked row is NaN (an empty caption)
+        text_mask = text_mask.clone()
+        text_mask[:, 0] = True
+        key_mask = text_mask[:, None, None, :]
+        for block in self.blocks:
+            k, v = block.image_kv(image)
+            if image_index is not None:
+                k, v = k[image_index], v[image_index]
+            x = block(x, key_mask, k, v)
+        return self.head(self._pool(self.ln_out(x), text_mask)).squeeze(-1)
+
+    def _pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.to(x.dtype)
+        if self.query is not None:
+            scores = (x @ self.query) / math.sqrt(x.shape[-1])
+            weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+            return (x * weights[..., None]).sum(1)
+        return (x * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+
+    @torch.no_grad()
+    def score(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Match probabilities in [0, 1], without gradients (call ``eval()`` first when dropout is set)."""
+        return torch.sigmoid(self.forward(text_tokens, text_mask, image_tokens).float())
