@@ -208,14 +208,15 @@ def save_checkpoint(
     built under a temporary name beside it and swapped in, so a crash leaves either
     the old or the new checkpoint, never a mix.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_state_to_save(model, dtype, exclude_frozen_text), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    # save() + write_bytes rather than save_file, which creates files readable by their owner only (0600)
+    (tmp / WEIGHTS_FILE).write_bytes(save(_state_to_save(model, dtype, exclude_frozen_text), metadata={"format": "pt"}))
     packages = _packages(model_cfg)
     mbm_meta: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,

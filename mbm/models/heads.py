@@ -58,7 +58,7 @@ class ClassifierHead(nn.Module):
 
 def save_heads(folder: str | Path, fusion: FusionModel | None, classifier: ClassifierHead | None) -> None:
     """Write ``mbm_heads.safetensors`` + ``mbm_heads.json`` into ``folder`` (nothing when both are None)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     if fusion is None and classifier is None:
@@ -75,7 +75,7 @@ def save_heads(folder: str | Path, fusion: FusionModel | None, classifier: Class
     folder.mkdir(parents=True, exist_ok=True)
     # temp name + rename: a reader never sees half a file (the json goes last, so it never names missing weights)
     tmp = folder / f".{HEADS_WEIGHTS}.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.write_bytes(save(tensors, metadata={"format": "pt"}))  # save_file would make the file 0600
     os.replace(tmp, folder / HEADS_WEIGHTS)
     tmp = folder / f".{HEADS_CONFIG}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(meta, indent=2))

@@ -11,6 +11,7 @@ argmax/eos/first/last, matrix or Linear projection. Anything else raises ``Unsup
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
 import importlib.util
@@ -157,6 +158,18 @@ _ACTIVATIONS = {
 }
 
 
+@lru_cache(maxsize=1)
+def _blas_threads() -> Any:
+    # OpenBLAS threads spin-wait for each other: with a busy second core one 8-token query took
+    # 1.25 s on 2 threads and 48 ms on 1. threadpoolctl is optional (present with scikit-learn).
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        return ThreadpoolController()
+    except Exception:  # noqa: BLE001 - absent or failing: keep the BLAS defaults
+        return None
+
+
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     # one GEMM over all (batch, position) rows instead of one per batch item
     return (x.reshape(-1, x.shape[-1]) @ w.T + b).reshape(*x.shape[:-1], w.shape[0])
@@ -183,34 +196,48 @@ class NumpyTextEncoder:
                 if (f.metadata() or {}).get("export_id") != config["export_id"]:  # files from two exports
                     return None
                 weights = {k: f.get_tensor(k) for k in f.keys()}
-            if config["tokenizer"]["kind"] != "clip-bpe" or set(weights) != set(_weight_names(config)):
+            if config["tokenizer"]["kind"] != "clip-bpe":
                 return None
-            tokenizer = ClipTokenizer(config["tokenizer"]["context_length"])
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            encoder = cls(config, weights, ClipTokenizer(config["tokenizer"]["context_length"]))
+            # a one-text forward proves every weight the config asks for is there with its shape
+            if encoder.encode_tokens(encoder.tokenizer([""])).shape != (1, encoder.dim):
+                return None
+        except (OSError, ValueError, KeyError, TypeError, IndexError, SafetensorError) as e:
             log.debug("no usable numpy text tower in %s: %s", folder, e)
             return None
-        return cls(config, weights, tokenizer)
+        return encoder
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalized float32 ``(N, dim)`` embeddings of ``texts``."""
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         ids = self.tokenizer(list(texts))
-        out = np.concatenate([self.encode_tokens(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+        # batch texts of similar length: a batch runs up to its longest text (see encode_tokens)
+        order, out = np.argsort(self._positions(ids), kind="stable"), np.empty((len(ids), self.dim), np.float32)
+        for i in range(0, len(ids), batch_size):
+            out[order[i : i + batch_size]] = self.encode_tokens(ids[order[i : i + batch_size]])
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # as F.normalize
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """The position each row is pooled from (argmax: EOT has the highest id; ties take the first, as torch)."""
+        pool = self.config["pool_type"]
+        if pool in ("argmax", "eos"):
+            return (ids if pool == "argmax" else ids == self.config["eos_id"]).argmax(1)
+        return np.full(len(ids), 0 if pool == "first" else ids.shape[1] - 1)
 
     def encode_tokens(self, ids: np.ndarray) -> np.ndarray:
         """Unnormalized features of token ids ``(N, context_length)``, as ``model.encode_text`` returns."""
-        c, w = self.config, self._w
-        pool, rows = c["pool_type"], np.arange(len(ids))
-        if pool in ("argmax", "eos"):  # argmax: EOT has the highest id; ties take the first, as torch does
-            pos = (ids if pool == "argmax" else ids == c["eos_id"]).argmax(1)
-        else:
-            pos = np.full(len(ids), 0 if pool == "first" else ids.shape[1] - 1)
+        pos = self._positions(ids)
         # Causal mask: position p sees only positions <= p, so nothing after the pooled token can
         # change it. Run only up to the furthest pooled position; shorter rows need no padding mask.
         n = int(pos.max()) + 1
-        x = w["token_embedding"][ids[:, :n]].astype(np.float32) + w["positional_embedding"][:n]
+        small = len(ids) * n <= 512 and _blas_threads() is not None  # queries: one BLAS thread, see _blas_threads
+        with _blas_threads().limit(limits=1, user_api="blas") if small else contextlib.nullcontext():
+            return self._forward(ids[:, :n], pos)
+
+    def _forward(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        c, w, n = self.config, self._w, ids.shape[1]
+        x = w["token_embedding"][ids].astype(np.float32) + w["positional_embedding"][:n]
         mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         heads, eps = c["heads"], c["ln_eps"]
         for i in range(c["layers"]):
@@ -220,9 +247,10 @@ class NumpyTextEncoder:
             h = _linear(h, w[p + "attn.out_proj.weight"], w[p + "attn.out_proj.bias"])
             x = x + (h * w[p + "ls_1"] if c["layer_scale"] else h)
             h = _layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], eps)
-            h = _linear(self._act(_linear(h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"])), w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"])
+            h = self._act(_linear(h, w[p + "mlp.c_fc.weight"], w[p + "mlp.c_fc.bias"]))
+            h = _linear(h, w[p + "mlp.c_proj.weight"], w[p + "mlp.c_proj.bias"])
             x = x + (h * w[p + "ls_2"] if c["layer_scale"] else h)
-        x = x[rows, pos]  # LayerNorm is per token, so pooling before ln_final is the same and cheaper
+        x = x[np.arange(len(ids)), pos]  # LayerNorm is per token, so pooling before ln_final is the same and cheaper
         if c["final_ln"]:
             x = _layer_norm(x, w["ln_final.weight"], w["ln_final.bias"], eps)
         if c["projection"] != "none":
@@ -237,16 +265,6 @@ class NumpyTextEncoder:
         s = np.exp(s - s.max(-1, keepdims=True))  # stable softmax; the diagonal keeps each max finite
         s /= s.sum(-1, keepdims=True)
         return (s @ v).transpose(0, 2, 1, 3).reshape(b, n, d)
-
-
-def _weight_names(c: dict) -> list[str]:
-    names = ["token_embedding", "positional_embedding"]
-    for i in range(c["layers"]):
-        names += [f"blocks.{i}.{m}.{t}" for m in ("ln_1", "attn.in_proj", "attn.out_proj", "ln_2", "mlp.c_fc", "mlp.c_proj") for t in ("weight", "bias")]
-        names += [f"blocks.{i}.ls_1", f"blocks.{i}.ls_2"] if c["layer_scale"] else []
-    names += ["ln_final.weight", "ln_final.bias"] if c["final_ln"] else []
-    names += {"none": [], "matrix": ["text_projection"], "linear": ["text_projection", "text_projection_bias"]}[c["projection"]]
-    return names
 
 
 def export_text_tower(model: Any, tokenizer_info: Any, folder: str | Path, *, dtype: str = "auto", meta: dict | None = None) -> None:
@@ -330,40 +348,47 @@ def _describe(model: Any) -> tuple[dict, dict]:
         inner = type(getattr(model, "text", model)).__name__
         raise UnsupportedTextTower(f"text tower {inner} of {type(model).__name__} is not open_clip's TextTransformer")
     mask, num_pos, blocks = tower.attn_mask, tower.positional_embedding.shape[0], tower.transformer.resblocks
-    if mask is None or mask.shape != (num_pos, num_pos) or not bool((mask.float() == mask.float().new_full(mask.shape, float("-inf")).triu(1)).all()):
+    causal = torch.full((num_pos, num_pos), float("-inf")).triu(1)
+    if mask is None or mask.shape != causal.shape or not torch.equal(mask.detach().float().cpu(), causal):
         raise UnsupportedTextTower("only causal text towers are supported (no_causal_mask or another mask found)")
     if pool not in ("argmax", "eos", "first", "last"):
         raise UnsupportedTextTower(f"text pool_type {pool!r} is not supported")
     # every module must be one whose forward the numpy code reproduces: this refuses custom blocks
     # (qk_norm, scaled cosine attention, head scales, MLP norm), other activations and norms
-    known = (oc.Transformer, nn.ModuleList, oc.ResidualAttentionBlock, nn.MultiheadAttention, nn.Sequential, nn.Linear, nn.GELU,
-             oc.QuickGELU, oc.LayerScale, nn.Identity, nn.LayerNorm, oc.LayerNorm, oc.LayerNormFp32, nn.modules.linear.NonDynamicallyQuantizableLinear)
+    known = (oc.Transformer, nn.ModuleList, oc.ResidualAttentionBlock, nn.MultiheadAttention, nn.Sequential, nn.Linear,
+             nn.modules.linear.NonDynamicallyQuantizableLinear, nn.GELU, oc.QuickGELU, oc.LayerScale, nn.Identity,
+             nn.LayerNorm, oc.LayerNorm, oc.LayerNormFp32)
     odd = sorted({type(m).__name__ for m in [*tower.transformer.modules(), tower.ln_final] if type(m) not in known})
-    if odd or any(hasattr(b, "ln_1_kv") or b.attn.bias_k is not None or b.attn.add_zero_attn or not b.attn._qkv_same_embed_dim for b in blocks):
+    if odd or any(hasattr(b, "ln_1_kv") or b.attn.bias_k is not None or b.attn.add_zero_attn or not b.attn._qkv_same_embed_dim
+                  for b in blocks):
         raise UnsupportedTextTower(f"text transformer parts {odd or 'cross/bias_kv attention'} are not supported")
     tensors = {"token_embedding": tower.token_embedding.weight, "positional_embedding": tower.positional_embedding}
     for i, b in enumerate(blocks):
         p = f"blocks.{i}."
         tensors.update({p + "attn.in_proj.weight": b.attn.in_proj_weight, p + "attn.in_proj.bias": b.attn.in_proj_bias})
-        for name, m in (("ln_1", b.ln_1), ("ln_2", b.ln_2), ("attn.out_proj", b.attn.out_proj), ("mlp.c_fc", b.mlp.c_fc), ("mlp.c_proj", b.mlp.c_proj)):
+        for name, m in (("ln_1", b.ln_1), ("ln_2", b.ln_2), ("attn.out_proj", b.attn.out_proj), ("mlp.c_fc", b.mlp.c_fc),
+                        ("mlp.c_proj", b.mlp.c_proj)):
             tensors.update({p + name + ".weight": m.weight, p + name + ".bias": m.bias})
         tensors.update({p + name: getattr(b, name).gamma for name in ("ls_1", "ls_2") if type(getattr(b, name)) is oc.LayerScale})
     final_ln = type(tower.ln_final) is not nn.Identity
     if final_ln:
         tensors.update({"ln_final.weight": tower.ln_final.weight, "ln_final.bias": tower.ln_final.bias})
     proj, width = tower.text_projection, tower.token_embedding.embedding_dim
-    projection = "none" if proj is None else "linear" if type(proj) is nn.Linear else "matrix" if isinstance(proj, torch.Tensor) else None
+    projection = "none" if proj is None else "linear" if type(proj) is nn.Linear else "matrix"
+    projection = None if projection == "matrix" and not isinstance(proj, torch.Tensor) else projection
     if projection == "linear":
         tensors["text_projection"] = proj.weight.t()  # stored (width, out) like the matrix form
         tensors["text_projection_bias"] = proj.bias if proj.bias is not None else proj.weight.new_zeros(proj.out_features)
     elif projection == "matrix":
         tensors["text_projection"] = proj
-    gelu = {type(m) is oc.QuickGELU and "quick_gelu" or {"none": "gelu", "tanh": "gelu_tanh"}[m.approximate] for b in blocks for m in [b.mlp.gelu]}
-    kinds = {"activation": gelu, "layer_scale": {type(getattr(b, n)) is oc.LayerScale for b in blocks for n in ("ls_1", "ls_2")},
-             "ln_eps": {m.eps for m in tower.modules() if isinstance(m, nn.LayerNorm)} if tower is not model else
-             {m.eps for m in [*tower.transformer.modules(), tower.ln_final] if isinstance(m, nn.LayerNorm)}}
+    kinds = {
+        "activation": {"quick_gelu" if type(b.mlp.gelu) is oc.QuickGELU else f"gelu{'' if b.mlp.gelu.approximate == 'none' else '_tanh'}"
+                       for b in blocks},
+        "layer_scale": {type(getattr(b, n)) is oc.LayerScale for b in blocks for n in ("ls_1", "ls_2")},
+        "ln_eps": {m.eps for m in [*tower.transformer.modules(), tower.ln_final] if isinstance(m, nn.LayerNorm)},
+    }
     if projection is None or any(t is None for t in tensors.values()) or any(len(v) != 1 for v in kinds.values()):
-        raise UnsupportedTextTower(f"unsupported projection {type(proj).__name__}, missing bias/affine, or blocks that differ ({kinds})")
+        raise UnsupportedTextTower(f"projection {type(proj).__name__}, a missing bias/affine or blocks that differ ({kinds}): not supported")
     return {
         "source": type(model).__name__, "width": width, "heads": blocks[0].attn.num_heads, "layers": len(blocks),
         "mlp_width": blocks[0].mlp.c_fc.out_features, "num_positions": num_pos, "vocab_size": tower.token_embedding.num_embeddings,

@@ -1,11 +1,13 @@
 """Training and evaluation of mbm's own dual encoders and heads.
 
-    from mbm.train import TrainConfig, train, evaluate
+    from mbm.train import TrainConfig, train
+    from mbm.train.evaluate import evaluate
     result = train(TrainConfig(manifest="data/pairs.jsonl", out_dir="runs/small", model="mbm-small"))
     metrics = evaluate("runs/small/best", "data/pairs.jsonl", split="test")
 
 Names are imported on first use, so that ``mbm.train.sources`` (dataset builders)
-does not pull in torch and open_clip.
+does not pull in torch and open_clip. (``evaluate`` is not re-exported here: the
+name belongs to the submodule ``mbm.train.evaluate``.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ _EXPORTS = {
     "TrainConfig": "mbm.train.loop",
     "train": "mbm.train.loop",
     "lr_at": "mbm.train.loop",
-    "evaluate": "mbm.train.evaluate",
     "recall_at_k": "mbm.train.evaluate",
     "rerank_recall": "mbm.train.evaluate",
     "zero_shot_accuracy": "mbm.train.evaluate",

@@ -200,10 +200,6 @@ class EpochBatches(torch.utils.data.Sampler):
         return max(0, self.n // self.batch_size - self.start)
 
 
-def batches_per_epoch(n: int, batch_size: int) -> int:
-    return n // batch_size
-
-
 def describe(rows: Sequence[dict]) -> dict[str, Any]:
     """Counts by source and split, for the run's config.json."""
     out: dict[str, Any] = {"pairs": len(rows), "captions": sum(len(r["captions"]) for r in rows), "by_source": {}}

@@ -10,14 +10,11 @@ Conventions (the standard ones of CLIP / ALBEF evaluations):
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 
