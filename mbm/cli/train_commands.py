@@ -57,6 +57,7 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last after an interruption.")] = False,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many steps.", show_default=False)] = None,
+    sources: Annotated[str, typer.Option("--sources", help="Train on these manifest sources only (comma-separated); '-name' leaves one out, e.g. --sources=-symbola.")] = "",
 ) -> None:
     """Train dual encoders (contrastive) jointly with the fusion and classification heads.
 
@@ -69,7 +70,8 @@ def train(
         raise UsageError(f"manifest {manifest} does not exist — build one with `mbm data build` or see data/README.md")
     config = TrainConfig(manifest=str(manifest), out_dir=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                          warmup_steps=warmup, w_itm=w_itm, w_cls=w_cls, freeze_text=freeze_text, augment=augment, seed=seed,
-                         device=device, resume=resume, max_steps=max_steps)
+                         device=device, resume=resume, max_steps=max_steps,
+                         sources=[s.strip() for s in sources.split(",") if s.strip()])
     result = run_training(config, progress=_print_progress)
     typer.echo(json.dumps(result, indent=2))
 
@@ -82,19 +84,35 @@ def _print_progress(event: dict) -> None:
 def evaluate(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (e.g. runs/small/best) or model spec.", show_default=False)],
     manifest: Annotated[Path, typer.Argument(help="Manifest with the split to evaluate.", show_default=False)],
-    split: Annotated[str, typer.Option("--split", help="train, val, test or heldout.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="train, val, test or heldout; 'suite' runs every test of mbm.train.suite.")] = "suite",
+    sources: Annotated[str, typer.Option("--sources", help="Only these sources of the split (comma-separated); '-name' leaves one out.")] = "",
     rerank_top: Annotated[int, typer.Option("--rerank-top", help="Re-rank each query's top N with the fusion head (0 = off).")] = 10,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Recall@1/5/10 both directions (with and without fusion re-ranking), classifier accuracy.
+    """Recall@1/5/10 both directions (with and without fusion re-ranking), cross-style, zero-shot accuracy.
 
-    Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl --split heldout
+    Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl              (the whole suite)
+    Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl --split heldout --json
     """
-    from mbm.train.evaluate import evaluate as run_eval
-
     if not manifest.is_file():
         raise UsageError(f"manifest {manifest} does not exist — build one with `mbm data build`")
-    metrics = run_eval(checkpoint, manifest, split=split, rerank_top=rerank_top)
+    if split == "suite":
+        if sources:
+            raise UsageError("--sources selects rows of one split — use it with --split test|val|heldout, not the suite")
+        from mbm.train.suite import evaluate_suite, summary_table
+
+        report = evaluate_suite(checkpoint, manifest, rerank_top=rerank_top, device=device)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+        else:
+            for section, figures in summary_table(report):
+                typer.echo(f"{section:<52} {figures}")
+        return
+    from mbm.train.evaluate import evaluate as run_eval
+
+    names = [s.strip() for s in sources.split(",") if s.strip()]
+    metrics = run_eval(checkpoint, manifest, split=split, rerank_top=rerank_top, device=device, sources=names)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from mbm.atomic import temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def export_query_encoder(encoder: Any, folder: Path) -> bool:
     from mbm.models.text_numpy import UnsupportedTextTower, export_text_tower
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".query_encoder.", dir=folder.parent))
+    tmp = temp_dir(folder.parent, "query_encoder")
     supported = True
     try:
         kind = "clip-bpe" if type(encoder.tokenizer).__name__ == "SimpleTokenizer" else type(encoder.tokenizer).__name__

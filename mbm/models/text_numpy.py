@@ -18,7 +18,6 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +26,9 @@ from typing import Any, Sequence
 import numpy as np
 import regex  # open_clip's own dependency; \p{L} needs it; imports in ~20 ms
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
+
+from mbm.atomic import temp_file
 
 log = logging.getLogger(__name__)
 
@@ -296,13 +297,12 @@ def export_text_tower(model: Any, tokenizer_info: Any, folder: str | Path, *, dt
     folder.mkdir(parents=True, exist_ok=True)
     # weights first, config last: each lands whole (temp + os.replace), and the export_id both
     # carry tells load() when it sees the weights of one export next to the config of another
-    _replace(folder / WEIGHTS_FILE, lambda p: save_file(arrays, p, metadata={"export_id": config["export_id"]}))
+    _replace(folder / WEIGHTS_FILE, lambda p: Path(p).write_bytes(save(arrays, metadata={"export_id": config["export_id"]})))
     _replace(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=1)))
 
 
 def _replace(target: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = str(temp_file(target.parent, target.name))
     try:
         write(tmp)
         os.replace(tmp, target)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from mbm.atomic import fsync, temp_file
 from mbm.store.catalog import Catalog, read_snapshot
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,14 @@ class VectorIndex:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        index_tmp = _atomic_temp(folder, INDEX_FILE)
+        index_tmp = temp_file(folder, INDEX_FILE)
         faiss.write_index(self.index, str(index_tmp))
-        _fsync(index_tmp)
+        fsync(index_tmp)
         stamp = {"generation": self.generation, "count": self.ntotal, "kind": self.kind,
                  "bytes": index_tmp.stat().st_size, "saved_at": time.time()}
-        stamp_tmp = _atomic_temp(folder, STAMP_FILE)
+        stamp_tmp = temp_file(folder, STAMP_FILE)
         stamp_tmp.write_text(json.dumps(stamp))
-        _fsync(stamp_tmp)
+        fsync(stamp_tmp)
         # Index first, stamp second: a crash between leaves an old stamp, which reads as stale.
         os.replace(index_tmp, folder / INDEX_FILE)
         os.replace(stamp_tmp, folder / STAMP_FILE)
@@ -144,14 +144,3 @@ def open_vectors(catalog: Catalog, folder: Path, *, save: bool = True) -> Vector
         except OSError as e:  # a read-only store can still be searched
             log.warning("could not save the vector index in %s (%s); it will be rebuilt next time", folder, e)
     return index
-
-
-def _atomic_temp(folder: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

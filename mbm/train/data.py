@@ -48,8 +48,12 @@ def _read_manifest(path: Path) -> list[dict]:
         raise UsageError(str(e)) from e
 
 
-def load_rows(manifest_path: str | Path, split: str | None = None) -> list[dict]:
-    """Rows of one split (all rows when ``split`` is None) with ``image`` made absolute."""
+def load_rows(manifest_path: str | Path, split: str | None = None, sources: Sequence[str] | None = None) -> list[dict]:
+    """Rows of one split (all rows when ``split`` is None) with ``image`` made absolute.
+
+    ``sources`` keeps only rows whose ``source`` is listed; a name prefixed with ``-``
+    drops that source instead (``["-symbola"]``: everything but Symbola).
+    """
     path = Path(manifest_path).expanduser()
     if not path.is_file():
         raise UsageError(f"manifest {path} does not exist — build one first (see data/)")
@@ -59,11 +63,20 @@ def load_rows(manifest_path: str | Path, split: str | None = None) -> list[dict]
     for row in _read_manifest(path):
         if split is not None and row.get("split") != split:
             continue
+        if sources and not source_selected(row.get("source"), sources):
+            continue
         captions = [c.strip() for c in row.get("captions") or [] if isinstance(c, str) and c.strip()]
         if not row.get("image") or not captions:
             continue  # a picture without words (or words without a picture) cannot be a pair
         rows.append({**row, "captions": captions, "image": str(path.parent / row["image"])})
     return rows
+
+
+def source_selected(source: str | None, sources: Sequence[str]) -> bool:
+    """True when ``source`` passes a ``sources`` filter (names to keep, or ``-name`` to drop)."""
+    keep = [s for s in sources if not s.startswith("-")]
+    drop = {s[1:] for s in sources if s.startswith("-")}
+    return source not in drop and (not keep or source in keep)
 
 
 def label_index(rows: Sequence[dict]) -> dict[str, int]:

@@ -202,6 +202,7 @@ def evaluate(
     *,
     device: str = "cpu",
     batch_size: int = 64,
+    sources: Sequence[str] = (),
 ) -> dict[str, Any]:
     """JSON-able metrics of a checkpoint folder, a model spec or an ``Encoder`` on a manifest split.
 
@@ -212,9 +213,12 @@ def evaluate(
     from mbm.train.data import load_rows
 
     model, preprocess, tokenizer, heads, name = _unpack(checkpoint_or_encoder, device)
-    rows = load_rows(manifest, split)
+    rows = load_rows(manifest, split, sources)
     if not rows:
-        raise ValueError(f"split {split!r} of {manifest} has no image-caption rows")
+        from mbm.errors import UsageError
+
+        raise UsageError(f"split {split!r} of {manifest} has no image-caption rows{' from ' + ','.join(sources) if sources else ''}"
+                         " — pick another --split/--sources or rebuild the manifest")
     fusion = heads.get("fusion") if rerank_top > 0 else None
     model.eval()
     data = embed_rows(model, preprocess, tokenizer, rows, device=device, batch_size=batch_size, with_tokens=fusion is not None)

@@ -69,6 +69,7 @@ class TrainConfig:
     fusion: dict = field(default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16})
     cache_text: bool = True  # frozen HF text: compute each caption's hidden states once
     val_rerank_top: int = 0  # also report fusion re-ranked R@K on validation (costs time)
+    sources: list = field(default_factory=list)  # train/validate on these sources only; "-name" leaves one out
 
 
 class _Run:
@@ -127,7 +128,7 @@ def _setup(cfg: TrainConfig, device: str) -> _Run:
     run.model, run.preprocess_val, run.tokenizer, heads, run.model_cfg = _build_model(
         cfg, resume_from or (source if (source / "open_clip_config.json").is_file() else None)
     )
-    train_rows, run.val_rows = load_rows(cfg.manifest, "train"), load_rows(cfg.manifest, "val")
+    train_rows, run.val_rows = load_rows(cfg.manifest, "train", cfg.sources), load_rows(cfg.manifest, "val", cfg.sources)
     if len(train_rows) < cfg.batch_size:
         raise UsageError(f"{cfg.manifest} has {len(train_rows)} training pairs, fewer than batch_size={cfg.batch_size}")
     labels = label_index(train_rows) if cfg.w_cls > 0 else {}

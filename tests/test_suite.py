@@ -1,0 +1,108 @@
+"""The evaluation suite: source filters, cross-style pairing, zero-shot and the whole report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_train import make_manifest, tiny_config
+
+from mbm.train.data import load_rows, source_selected
+from mbm.train.evaluate import recall_at_k
+from mbm.train.loop import train
+from mbm.train.suite import _subset, cross_style, evaluate_suite, summary_table, zero_shot
+
+
+def test_source_filter_keeps_or_drops():
+    assert source_selected("emoji", []) and source_selected("emoji", ["emoji", "symbola"])
+    assert not source_selected("tuxpaint", ["emoji"])
+    assert not source_selected("symbola", ["-symbola"]) and source_selected("emoji", ["-symbola"])
+
+
+def test_subset_equals_recall_on_the_subset_alone():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(10, 8)).astype(np.float32)
+    txt = rng.normal(size=(15, 8)).astype(np.float32)
+    t2i = np.array([i % 10 for i in range(15)])
+    data = {"image_emb": img, "text_emb": txt, "text_to_image": t2i}
+    keep = [1, 4, 7]
+    sub = _subset(data, keep)
+    captions = [t for t in range(15) if t2i[t] in keep]
+    assert np.array_equal(sub["text_emb"], txt[captions])
+    assert [keep[i] for i in sub["text_to_image"]] == [int(t2i[t]) for t in captions]
+    assert recall_at_k(sub["image_emb"], sub["text_emb"], sub["text_to_image"]) == recall_at_k(
+        img[keep], txt[captions], np.array([keep.index(int(t2i[t])) for t in captions]))
+
+
+def test_cross_style_pairs_by_group_and_searches_the_other_style():
+    rows = [{"source": "emoji", "group": "g1"}, {"source": "emoji", "group": "g2"}, {"source": "emoji", "group": "g3"},
+            {"source": "symbola", "group": "g2"}, {"source": "symbola", "group": "g1"}, {"source": "symbola", "group": "g9"},
+            {"source": "openclipart", "group": "g1"}]
+    e = np.eye(7, dtype=np.float32)
+    emb = np.stack([e[0], e[1], e[2], e[1] * 0.2 + e[5], e[0], e[6], e[0]])  # g1 twins identical; g2's twin is nearer g9
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    out = cross_style(rows, emb)
+    assert out["pairs"] == 2 and out["emoji->symbola_gallery"] == 3 and out["symbola->emoji_gallery"] == 3
+    # emoji g1 finds symbola g1 first; emoji g2 scores 0.196 with its twin, 0 with the others: also first
+    assert out["emoji->symbola_R@1"] == 1.0
+    # symbola g1 -> emoji g1 first; symbola g2 -> emoji g2 first (0.196 > 0)
+    assert out["symbola->emoji_R@1"] == 1.0
+    emb[3] = -e[1]  # symbola g2 now opposes its twin: emoji g2 ranks it last of 3
+    out = cross_style(rows, emb)
+    assert out["emoji->symbola_R@1"] == 0.5 and out["emoji->symbola_R@5"] == 1.0
+    assert cross_style([{"source": "emoji", "group": "x"}], emb[:1]) == {}
+
+
+class _TwoClassModel(torch.nn.Module):
+    """encode_text maps a prompt to e0 when it mentions 'boot', else e1."""
+
+    def encode_text(self, ids):
+        return torch.stack([torch.tensor([1.0, 0.0]) if int(i[0]) == 1 else torch.tensor([0.0, 1.0]) for i in ids])
+
+
+def test_zero_shot_hand_made_case():
+    tokenizer = lambda texts: torch.tensor([[1 if "boot" in t else 2] for t in texts])  # noqa: E731
+    rows = [{"label": "Boot"}, {"label": "Shirt"}, {"label": "Shirt"}, {"label": None}]
+    img = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], np.float32)
+    out = zero_shot(_TwoClassModel(), tokenizer, rows, img, "cpu")
+    assert out["n"] == 3 and out["classes"] == 2 and out["top1"] == pytest.approx(2 / 3) and out["chance"] == 0.5
+
+
+def test_suite_reports_every_section_on_a_small_manifest(tmp_path):
+    manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    # turn the val rows into a test split with two styles of the same groups, a held-out source and a labelled source
+    for i, r in enumerate(rows[16:]):
+        r.update(split="test", source=("emoji", "symbola")[i % 2], group=f"pair{i // 2}")
+    rows += [{**r, "split": "heldout", "source": "tuxpaint", "group": f"h{i}"} for i, r in enumerate(rows[:6])]
+    rows += [{**r, "split": "test", "source": "fashion-mnist", "group": f"f{i}"} for i, r in enumerate(rows[:9])]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert len(load_rows(manifest, "test", ["-fashion-mnist"])) == 8
+    train(tiny_config(manifest, tmp_path / "run", epochs=1, val_every=0))
+    report = evaluate_suite(tmp_path / "run" / "last", manifest, rerank_top=3)
+    assert json.loads(json.dumps(report)) == report
+    assert report["test"]["n_images"] == 8 and report["test:emoji"]["n_images"] == 4
+    assert "rerank_t2i_R@1" in report["test"] and report["cross_style"]["pairs"] == 4
+    assert report["heldout"]["n_images"] == 6 and report["heldout"]["source"] == "tuxpaint"
+    section = report["zero_shot_fashion_mnist"]
+    assert section["n"] == 9 and section["classes"] == 3 and 0 <= section["top1"] <= 1 and "classifier_top1" in section
+    names = [name for name, _ in summary_table(report)]
+    assert any(n.startswith("cross_style") for n in names) and any(n.startswith("heldout") for n in names)
+
+
+def test_eval_command_runs_the_suite(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbm.cli import app
+
+    manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)
+    train(tiny_config(manifest, tmp_path / "run", epochs=1, val_every=0))
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_images"] == 8
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--sources", "nope"])
+    assert result.exit_code != 0 and "no image-caption rows from nope" in str(result.exception)
