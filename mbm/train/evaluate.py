@@ -97,12 +97,15 @@ def rerank_recall(
     text_to_image: np.ndarray,
     ks: Sequence[int] = KS,
     batch: int = 512,
+    dual_logits: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Text -> image Recall@K after re-scoring each text's candidate images with the fusion model.
 
     ``candidates`` (texts, N) are image rows from the dual encoder, best first; the
     fusion model re-orders them (its score, then the original order). An image
     outside the candidates counts as rank N, so R@K for K > N is a lower bound.
+    With ``dual_logits`` (texts, N: the dual encoder's ``logit_scale * cosine`` of each
+    candidate) also ``rerank_combined_t2i_R@K``: ordered by fusion logit + dual logit.
     """
     fusion.eval()
     n_txt, n = candidates.shape
@@ -115,13 +118,27 @@ def rerank_recall(
         logits = fusion(text_tokens[ti].to(device).float(), text_mask[ti].to(device), image_tokens[ii].to(device).float())
         scores[s : s + batch] = logits.float().cpu()
     scores = scores.view(n_txt, n).numpy()
-    order = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)
-    reranked = np.take_along_axis(candidates, order, 1)
-    hit = reranked == np.asarray(text_to_image)[:, None]
-    rank = np.where(hit.any(1), hit.argmax(1), n)
-    out = {f"rerank_t2i_R@{k}": float((rank < k).mean()) for k in ks}
+    out = {f"rerank_t2i_R@{k}": v for k, v in _recall_after(scores, candidates, text_to_image, ks).items()}
+    if dual_logits is not None:
+        combined = _recall_after(scores + np.asarray(dual_logits, np.float32), candidates, text_to_image, ks)
+        out.update({f"rerank_combined_t2i_R@{k}": v for k, v in combined.items()})
     out["rerank_top"] = int(n)
     return out
+
+
+def _recall_after(scores: np.ndarray, candidates: np.ndarray, text_to_image: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """R@K once each row of ``candidates`` is sorted by ``scores`` (ties keep the original order)."""
+    n = candidates.shape[1]
+    order = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)
+    hit = np.take_along_axis(candidates, order, 1) == np.asarray(text_to_image)[:, None]
+    rank = np.where(hit.any(1), hit.argmax(1), n)
+    return {k: float((rank < k).mean()) for k in ks}
+
+
+def candidate_logits(image_emb: np.ndarray, text_emb: np.ndarray, candidates: np.ndarray, model: Any) -> np.ndarray:
+    """The dual encoder's ``logit_scale * cosine`` of each (text, candidate image), shaped like ``candidates``."""
+    scale = float(model.logit_scale.detach().float().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 1.0
+    return scale * np.einsum("td,tnd->tn", text_emb, image_emb[candidates])
 
 
 def zero_shot_accuracy(
@@ -227,7 +244,8 @@ def evaluate(
     if fusion is not None:
         candidates = top_candidates(data["image_emb"], data["text_emb"], rerank_top)
         args = (data["text_tokens"], data["text_mask"], data["image_tokens"], candidates, data["text_to_image"])
-        out.update(rerank_recall(fusion.to(device), *args))
+        dual = candidate_logits(data["image_emb"], data["text_emb"], candidates, model)
+        out.update(rerank_recall(fusion.to(device), *args, dual_logits=dual))
     if heads.get("classifier") is not None:
         out.update(_classifier_accuracy(heads["classifier"], data["image_emb"], rows))
     return out

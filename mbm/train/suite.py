@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from mbm.train.data import load_rows
-from mbm.train.evaluate import _classifier_accuracy, _unpack, embed_rows, recall_at_k, rerank_recall, top_candidates
+from mbm.train.evaluate import (_classifier_accuracy, _unpack, candidate_logits, embed_rows, recall_at_k, rerank_recall,
+                                top_candidates)
 
 RETRIEVAL_EXCLUDE = ("-fashion-mnist",)
 STYLE_PAIR = ("emoji", "symbola")
@@ -47,12 +48,13 @@ def _subset(data: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
     return out
 
 
-def _retrieval(data: dict[str, Any], fusion: Any, rerank_top: int, device: str) -> dict[str, Any]:
+def _retrieval(data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str) -> dict[str, Any]:
     out: dict[str, Any] = dict(recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"]))
     if fusion is not None and rerank_top > 0 and "image_tokens" in data:
         candidates = top_candidates(data["image_emb"], data["text_emb"], rerank_top)
+        dual = candidate_logits(data["image_emb"], data["text_emb"], candidates, model)
         out.update(rerank_recall(fusion.to(device), data["text_tokens"], data["text_mask"], data["image_tokens"], candidates,
-                                 data["text_to_image"]))
+                                 data["text_to_image"], dual_logits=dual))
     return out
 
 
@@ -116,10 +118,10 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path, *, rerank_t
     test_rows = load_rows(manifest, "test", RETRIEVAL_EXCLUDE)
     if test_rows:
         data = embed_rows(model, preprocess, tokenizer, test_rows, device=device, with_tokens=tokens)
-        report["test"] = _retrieval(data, fusion, rerank_top, device)
+        report["test"] = _retrieval(data, model, fusion, rerank_top, device)
         for source in sorted({r["source"] for r in test_rows}):
             idx = [i for i, r in enumerate(test_rows) if r["source"] == source]
-            report[f"test:{source}"] = _retrieval(_subset(data, idx), fusion, rerank_top, device)
+            report[f"test:{source}"] = _retrieval(_subset(data, idx), model, fusion, rerank_top, device)
         styles = cross_style(test_rows, data["image_emb"])
         if styles:
             report["cross_style"] = styles
@@ -127,7 +129,7 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path, *, rerank_t
     held_rows = load_rows(manifest, "heldout", [heldout_source])
     if held_rows:
         data = embed_rows(model, preprocess, tokenizer, held_rows, device=device, with_tokens=tokens)
-        report["heldout"] = {"source": heldout_source, **_retrieval(data, fusion, rerank_top, device)}
+        report["heldout"] = {"source": heldout_source, **_retrieval(data, model, fusion, rerank_top, device)}
 
     zs_rows = load_rows(manifest, "test", [zero_shot_source])
     if zs_rows:
@@ -154,6 +156,8 @@ def summary_table(report: dict[str, Any]) -> list[tuple[str, str]]:
                     f"i2t {pct(sec['i2t_R@1'])}/{pct(sec['i2t_R@5'])}/{pct(sec['i2t_R@10'])}")
             if "rerank_t2i_R@1" in sec:
                 text += f"  t2i re-ranked top {sec['rerank_top']}: {pct(sec['rerank_t2i_R@1'])}/{pct(sec['rerank_t2i_R@5'])}/{pct(sec['rerank_t2i_R@10'])}"
+            if "rerank_combined_t2i_R@1" in sec:
+                text += f" (fusion+dual {pct(sec['rerank_combined_t2i_R@1'])}/{pct(sec['rerank_combined_t2i_R@5'])}/{pct(sec['rerank_combined_t2i_R@10'])})"
             lines.append((f"{key} ({sec['n_texts']} captions, {sec['n_images']} images)", text))
         elif "pairs" in sec:
             a, b = STYLE_PAIR
