@@ -30,8 +30,16 @@ def load_query_encoder(folder: Path, fingerprint: str) -> Any:
         return None
     if source.get("fingerprint") != fingerprint or not source.get("supported"):
         return None
-    from mbm.models.text_numpy import NumpyTextEncoder
+    from mbm.models.text_numpy import CONFIG_FILE, NumpyTextEncoder
 
+    try:
+        kind = json.loads((folder / CONFIG_FILE).read_text()).get("format")
+    except (OSError, ValueError):
+        return None
+    if kind == "mbm-text-numpy-bert":
+        from mbm.models.text_numpy_bert import NumpyBertEncoder
+
+        return NumpyBertEncoder.load(folder)
     return NumpyTextEncoder.load(folder)
 
 
@@ -48,8 +56,13 @@ def export_query_encoder(encoder: Any, folder: Path) -> bool:
     tmp = temp_dir(folder.parent, "query_encoder")
     supported = True
     try:
-        kind = "clip-bpe" if type(encoder.tokenizer).__name__ == "SimpleTokenizer" else type(encoder.tokenizer).__name__
-        export_text_tower(encoder.model, {"kind": kind, "context_length": _context_length(encoder)}, tmp)
+        if getattr(getattr(encoder.model, "text", None), "transformer", None) is not None and hasattr(encoder.model.text, "pooler"):
+            from mbm.models.text_numpy_bert import export_bert_tower  # a Hugging Face text tower (the bundled MiniLM)
+
+            export_bert_tower(encoder.model, encoder.tokenizer, tmp)
+        else:
+            kind = "clip-bpe" if type(encoder.tokenizer).__name__ == "SimpleTokenizer" else type(encoder.tokenizer).__name__
+            export_text_tower(encoder.model, {"kind": kind, "context_length": _context_length(encoder)}, tmp)
     except UnsupportedTextTower as e:
         log.info("text queries will use the full model: %s", e)
         supported = False
