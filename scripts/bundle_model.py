@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--ablation", action="append", default=[], help="LABEL=CHECKPOINT_FOLDER, evaluated with the same suite")
     args = ap.parse_args()
     model, _, _, heads = load_checkpoint(args.run / "best")
+    model.lock_text_tower()  # the frozen MiniLM is not written: it loads from its package
     cfg = read_checkpoint_config(args.run / "best")
     target = BUNDLED_DIR / args.name
     save_checkpoint(model, target, cfg["model_cfg"], dtype=torch.float16, exclude_frozen_text=True,

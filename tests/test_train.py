@@ -145,6 +145,16 @@ def test_tokens_pooled_equal_encode_clip_and_hf(tiny_hf):
         torch.testing.assert_close(hf_pool(tiny_hf[0], hidden, mask), tiny_hf[0].encode_text(ids))
 
 
+def test_timm_cnn_tower_tokens_are_its_last_feature_map():
+    torch.manual_seed(0)
+    model = create_from_config("mbm-small-cnn")[0].eval()  # ConvNeXt-atto through open_clip's TimmModel
+    pixels = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        pooled, cells = image_tokens(model, pixels)
+        torch.testing.assert_close(pooled, model.encode_image(pixels))
+    assert cells.shape == (2, 9, model.visual.trunk.num_features)  # 96 px / stride 32 = 3 x 3 cells
+
+
 def test_checkpoint_round_trip_and_plain_open_clip(tmp_path):
     import open_clip
 
@@ -296,3 +306,26 @@ def test_shared_captions_are_not_negatives(tmp_path):
     # image 0 has both captions, so image 1's "boot" describes it; image 1 lacks "a photo of a boot"
     assert same[0, 1] and same[1, 1] and not same[0, 2] and not same[2, 0]
     assert same[1, 0] == (dataset.captions[int(batch.caption_ids[0])] == "boot")
+
+
+def test_fusion_only_stage_leaves_the_dual_encoder_bit_identical(tmp_path, manifest):
+    train(tiny_config(manifest, tmp_path / "a", epochs=1, val_every=0))
+    stage2 = tiny_config(manifest, tmp_path / "b", model=str(tmp_path / "a" / "last"), epochs=2, freeze_image=True,
+                         w_contrastive=0.0, w_cls=0.0, val_rerank_top=4, select_on="rerank_mean")
+    train(stage2)
+    before, _, _, heads_before = load_checkpoint(tmp_path / "a" / "last")
+    after, _, _, heads_after = load_checkpoint(tmp_path / "b" / "best")
+    for (name, p), q in zip(before.state_dict().items(), after.state_dict().values()):
+        assert torch.equal(p, q), name
+    for name, p in heads_before["classifier"].state_dict().items():  # w_cls=0: the classifier is not trained either
+        assert torch.equal(p, heads_after["classifier"].state_dict()[name]), name
+    assert any(not torch.equal(p, q) for p, q in zip(heads_before["fusion"].parameters(), heads_after["fusion"].parameters()))
+    epochs = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
+    assert all("rerank_mean" in r["val"] for r in epochs if r["event"] == "epoch")
+
+
+def test_select_on_rerank_needs_rerank_validation(tmp_path, manifest):
+    from mbm.errors import UsageError
+
+    with pytest.raises(UsageError, match="rerank_mean"):
+        train(tiny_config(manifest, tmp_path / "a", select_on="rerank_mean"))

@@ -52,6 +52,10 @@ def train(
     w_itm: Annotated[float, typer.Option("--w-itm", help="Weight of the fusion image-text matching loss (0 = no fusion head).")] = 1.0,
     w_cls: Annotated[float, typer.Option("--w-cls", help="Weight of the classification loss on labelled rows (0 = none).")] = 0.5,
     freeze_text: Annotated[bool, typer.Option("--freeze-text/--train-text", help="Keep the pretrained text transformer frozen (LiT).")] = True,
+    freeze_image: Annotated[bool, typer.Option("--freeze-image/--train-image", help="Keep the image tower frozen (e.g. to train only the fusion head of a trained checkpoint).")] = False,
+    w_contrastive: Annotated[float, typer.Option("--w-contrastive", help="Weight of the contrastive loss (0 = train the heads only).")] = 1.0,
+    val_rerank_top: Annotated[int, typer.Option("--val-rerank-top", help="Also measure fusion re-ranking of the top N on validation (0 = off).")] = 0,
+    select_on: Annotated[str, typer.Option("--select-on", help="Validation metric that picks best/: mean_recall, or rerank_mean (with --val-rerank-top).")] = "mean_recall",
     augment: Annotated[float, typer.Option("--augment", help="Style augmentation strength, 0 = none.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
@@ -69,7 +73,8 @@ def train(
     if not manifest.is_file():
         raise UsageError(f"manifest {manifest} does not exist — build one with `mbm data build` or see data/README.md")
     config = TrainConfig(manifest=str(manifest), out_dir=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                         warmup_steps=warmup, w_itm=w_itm, w_cls=w_cls, freeze_text=freeze_text, augment=augment, seed=seed,
+                         warmup_steps=warmup, w_itm=w_itm, w_cls=w_cls, freeze_text=freeze_text, freeze_image=freeze_image,
+                         w_contrastive=w_contrastive, val_rerank_top=val_rerank_top, select_on=select_on, augment=augment, seed=seed,
                          device=device, resume=resume, max_steps=max_steps,
                          sources=[s.strip() for s in sources.split(",") if s.strip()])
     result = run_training(config, progress=_print_progress)

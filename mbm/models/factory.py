@@ -45,7 +45,7 @@ class ModelInfo:
     """One loadable model, as listed by ``list_models``."""
 
     spec: str
-    kind: str  # "test config", "bundled", "open_clip pretrained"
+    kind: str  # "architecture", "bundled", "open_clip pretrained"
     weights_present: bool
     note: str = ""
 
@@ -347,7 +347,7 @@ def _bundled_hint() -> str:
 @functools.lru_cache(maxsize=1)
 def list_models(include_pretrained: bool = True) -> tuple[ModelInfo, ...]:
     """Models that can be named in ``--model``, with whether their weights are present here."""
-    rows = [ModelInfo(p.stem, "test config", True, "random weights: for tests, not for search") for p in sorted(CONFIG_DIR.glob("*.json"))]
+    rows = [ModelInfo(p.stem, "architecture", True, "random weights: to train with `mbm train`, or for tests; not for search") for p in sorted(CONFIG_DIR.glob("*.json"))]
     rows += [ModelInfo(name, "bundled", True, "trained offline by `mbm train`; see its MODEL_CARD.md") for name in bundled_models()]
     if include_pretrained:
         open_clip = _import_open_clip()

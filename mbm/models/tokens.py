@@ -42,10 +42,19 @@ def _tokens_on(module: Any) -> Iterator[None]:
 
 
 def image_tokens(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pooled (B,E), patch_tokens (B,P,D))``; pooled equals ``model.encode_image(pixels)``."""
+    """``(pooled (B,E), patch_tokens (B,P,D))``; pooled equals ``model.encode_image(pixels)``.
+
+    open_clip ``VisionTransformer``: the patch tokens after ``ln_post``. open_clip ``TimmModel``
+    (a timm CNN such as ConvNeXt): the last feature map, one token per cell.
+    """
     visual = model.visual
+    if hasattr(visual, "trunk") and hasattr(visual, "head") and hasattr(visual.trunk, "forward_features"):
+        features = visual.trunk.forward_features(pixels)  # TimmModel.forward is head(trunk(x)), trunk = head(features)
+        pooled = visual.head(visual.trunk.forward_head(features))
+        return pooled, features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
     if not hasattr(visual, "output_tokens"):
-        raise ModelError(f"image tower {type(visual).__name__} cannot return patch tokens — fusion needs an open_clip VisionTransformer")
+        raise ModelError(f"image tower {type(visual).__name__} cannot return patch tokens — fusion needs an open_clip "
+                         "VisionTransformer or a timm model")
     with _tokens_on(visual):
         pooled, tokens = visual(pixels)
     return pooled, tokens

@@ -69,6 +69,7 @@ class TrainConfig:
     fusion: dict = field(default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16})
     cache_text: bool = True  # frozen HF text: compute each caption's hidden states once
     val_rerank_top: int = 0  # also report fusion re-ranked R@K on validation (costs time)
+    select_on: str = "mean_recall"  # validation metric that picks best/: mean_recall, or rerank_mean (needs val_rerank_top)
     sources: list = field(default_factory=list)  # train/validate on these sources only; "-name" leaves one out
 
 
@@ -94,6 +95,8 @@ def _device_and_precision(cfg: TrainConfig) -> tuple[str, bool]:
     device = cfg.device if cfg.device not in ("", "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but no CUDA GPU is visible — use device='cpu'")
+    if cfg.select_on not in ("mean_recall", "rerank_mean") or (cfg.select_on == "rerank_mean" and cfg.val_rerank_top <= 0):
+        raise UsageError(f"select_on={cfg.select_on!r} — use mean_recall, or rerank_mean together with val_rerank_top > 0")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"precision {cfg.precision!r} is not supported for training — use auto, fp32 or bf16")
     return device, cfg.precision == "bf16" or (cfg.precision == "auto" and device.startswith("cuda"))
@@ -249,7 +252,8 @@ def _losses(run: _Run, cfg: TrainConfig, batch: Batch, device: str, step: int) -
     txt, txt_tok, mask = _encode_text(run, batch, device)
     same = batch.same().to(device)
     zero = img.sum() * 0.0
-    out = {"contrastive": contrastive_loss(img, txt, run.model.logit_scale, same=same)}
+    # a zero-weight loss is not computed at all: its zero gradients would still let AdamW decay the weights it reaches
+    out = {"contrastive": contrastive_loss(img, txt, run.model.logit_scale, same=same) if cfg.w_contrastive > 0 else zero}
     out["itm"] = _itm(run, img, txt, (txt_tok, mask, img_tok), same, gen) if use_itm else zero
     use_cls = run.classifier is not None and cfg.w_cls > 0
     out["cls"] = classification_loss(run.classifier(img.float()), batch.labels.to(device)) if use_cls else zero
@@ -291,10 +295,13 @@ def _validate(run: _Run, cfg: TrainConfig, device: str) -> dict[str, Any]:
         data = embed_rows(run.model, run.preprocess_val, run.tokenizer, run.val_rows, device=device, with_tokens=top > 0)
         metrics = recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"])
         if top > 0:
-            from mbm.train.evaluate import rerank_recall, top_candidates
+            from mbm.train.evaluate import candidate_logits, rerank_recall, top_candidates
 
             cands = top_candidates(data["image_emb"], data["text_emb"], top)
-            metrics.update(rerank_recall(run.fusion, data["text_tokens"], data["text_mask"], data["image_tokens"], cands, data["text_to_image"]))
+            dual = candidate_logits(data["image_emb"], data["text_emb"], cands, run.model)
+            metrics.update(rerank_recall(run.fusion, data["text_tokens"], data["text_mask"], data["image_tokens"], cands,
+                                         data["text_to_image"], dual_logits=dual))
+            metrics["rerank_mean"] = sum(metrics[f"rerank_t2i_R@{k}"] for k in (1, 5, 10)) / 3
     _set_train_mode(run, cfg, True)
     return metrics
 
@@ -389,8 +396,8 @@ def _run_epoch(run: _Run, cfg: TrainConfig, device: str, autocast: bool, epoch: 
     if record["complete"]:
         if cfg.val_every and run.val_rows and (epoch + 1) % cfg.val_every == 0:
             record["val"] = _validate(run, cfg, device)
-            if record["val"]["mean_recall"] > run.best:
-                run.best = record["val"]["mean_recall"]
+            if record["val"][cfg.select_on] > run.best:
+                run.best = record["val"][cfg.select_on]
                 _save(run, cfg, Path(cfg.out_dir) / "best", {"step": run.step, "epoch": epoch, "val": record["val"]}, with_state=False)
         _save(run, cfg, Path(cfg.out_dir) / "last", {"step": run.step, "epoch": epoch})
     record["seconds"] = time.perf_counter() - t_epoch
