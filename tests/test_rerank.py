@@ -1,0 +1,58 @@
+"""Fusion re-ranking through the engine: same candidates, new order, match probabilities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_train import make_manifest, tiny_config
+
+from mbm.errors import UsageError
+from mbm.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory):
+    from mbm import Engine
+
+    root = tmp_path_factory.mktemp("rerank")
+    manifest = make_manifest(root / "data", n_train=16, n_val=8)
+    train(tiny_config(manifest, root / "run", epochs=2, val_every=0))
+    with Engine.open(root / "store", model=str(root / "run" / "last")) as eng:
+        eng.index([root / "data" / "img"])
+    return root
+
+
+def test_rerank_reorders_the_same_candidates_by_fusion_plus_dual(trained_store):
+    from mbm import Engine
+    from mbm.models.tokens import image_tokens, text_tokens
+
+    with Engine.open(trained_store / "store") as eng:
+        plain = eng.search("a red circle", k=6)
+        reranked = eng.search("a red circle", k=6, rerank=6)
+        enc = eng.encoder()
+    assert {h.path for h in plain} == {h.path for h in reranked}
+    assert [h.rank for h in reranked] == list(range(1, 7))
+    assert all(0.0 <= h.match <= 1.0 for h in reranked)
+    # the order, computed independently: fusion logit + logit_scale * cosine
+    from mbm.indexer.decode import decode, read_file
+
+    with torch.inference_mode():
+        ids = enc.tokenizer(["a red circle"])
+        _, tokens, mask = text_tokens(enc.model, ids)
+        pixels = torch.stack([enc.preprocess(decode(read_file(h.path)[0], enc.image_size)[0]) for h in plain])
+        _, cells = image_tokens(enc.model, pixels.to(next(enc.model.parameters()).dtype))
+        logits = enc.heads["fusion"](tokens.float().expand(6, -1, -1), mask.expand(6, -1), cells.float()).float()
+    scale = float(enc.model.logit_scale.detach().exp())
+    combined = {h.path: float(z) + scale * h.score for z, h in zip(logits, plain)}
+    assert [h.path for h in reranked] == sorted(combined, key=lambda p: -combined[p])
+
+
+def test_rerank_refuses_combined_queries_and_image_queries_on_images(trained_store):
+    from mbm import Engine
+
+    picture = str(next((trained_store / "data" / "img").iterdir()))
+    with Engine.open(trained_store / "store") as eng:
+        with pytest.raises(UsageError, match="single text or image"):
+            eng.search("a red circle + a blue square", k=3, rerank=3)
+        with pytest.raises(UsageError, match="needs a text query"):
+            eng.search(picture, k=3, rerank=3)
