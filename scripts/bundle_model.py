@@ -54,7 +54,8 @@ def _retrieval_rows(report: dict) -> list[str]:
     return rows
 
 
-def model_card(name: str, run: Path, training: dict, stats: dict, report: dict, ablations: dict[str, dict], size: int) -> str:
+def model_card(name: str, run: Path, training: dict, stats: dict, report: dict, ablations: dict[str, dict], size: int,
+               notes: str = "") -> str:
     cfg, zs, cs = training["config"], report.get("zero_shot_fashion_mnist", {}), report.get("cross_style", {})
     lines = [
         f"# {name} — the model bundled with mbm", "",
@@ -103,14 +104,19 @@ def model_card(name: str, run: Path, training: dict, stats: dict, report: dict, 
                   + (f"; the classifier head: top-1 {_pct(zs['classifier_top1'])}%" if "classifier_top1" in zs else "")]
     if ablations:
         lines += ["", "## What each choice did", "",
-                  "Each row is one training run with one change from the bundled recipe, evaluated by the same suite",
-                  "(R@10 in percent; mean of both directions where both exist).", "",
-                  "| run | test t2i R@10 | heldout (Tux Paint) t2i R@10 | cross-style Noto→Symbola R@10 | Fashion-MNIST zero-shot top-1 |",
-                  "|---|---|---|---|---|"]
+                  "Each row is one training run (30 epochs, same data and seed) with one change from the bundled recipe,",
+                  "evaluated by the same suite. Figures in percent: R@1 / R@10 text→image; cross-style both directions.", "",
+                  "| run | test | heldout (Tux Paint) | cross-style Noto→Symbola | Symbola→Noto | Fashion-MNIST zero-shot top-1 |",
+                  "|---|---|---|---|---|---|"]
         for label, rep in {"bundled recipe": report, **ablations}.items():
             c = rep.get("cross_style", {})
-            lines.append(f"| {label} | {_pct(rep['test']['t2i_R@10'])} | {_pct(rep['heldout']['t2i_R@10'])} | "
-                         f"{_pct(c['emoji->symbola_R@10']) if c else '–'} | {_pct(rep['zero_shot_fashion_mnist']['top1'])} |")
+            cross = (f"{_pct(c['emoji->symbola_R@1'])} / {_pct(c['emoji->symbola_R@10'])} | "
+                     f"{_pct(c['symbola->emoji_R@1'])} / {_pct(c['symbola->emoji_R@10'])}") if c else "– | –"
+            lines.append(f"| {label} | {_pct(rep['test']['t2i_R@1'])} / {_pct(rep['test']['t2i_R@10'])} | "
+                         f"{_pct(rep['heldout']['t2i_R@1'])} / {_pct(rep['heldout']['t2i_R@10'])} | {cross} | "
+                         f"{_pct(rep['zero_shot_fashion_mnist']['top1'])} |")
+    if notes:
+        lines += ["", "## Notes from the runs", "", notes.strip()]
     lines += ["", "## Limits", "",
               "- Trained on drawings: photos of the same objects score far lower than these figures.",
               "- 96-pixel input: small details are lost.",
@@ -123,7 +129,9 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="training run folder (config.json, metrics.jsonl, best/)")
     ap.add_argument("--manifest", type=Path, default=Path("cache/mbm-data/manifest.jsonl"))
     ap.add_argument("--name", default="mbm-offline")
-    ap.add_argument("--ablation", action="append", default=[], help="LABEL=CHECKPOINT_FOLDER, evaluated with the same suite")
+    ap.add_argument("--notes", type=Path, help="a Markdown file appended to the model card (how the runs went)")
+    ap.add_argument("--ablation", action="append", default=[],
+                    help="LABEL=CHECKPOINT_FOLDER (evaluated with the same suite) or LABEL=SUITE.json (from `mbm eval --json`)")
     args = ap.parse_args()
     model, _, _, heads = load_checkpoint(args.run / "best")
     model.lock_text_tower()  # the frozen MiniLM is not written: it loads from its package
@@ -135,14 +143,15 @@ def main() -> None:
     report = evaluate_suite(target, args.manifest)
     ablations = {}
     for item in args.ablation:
-        label, folder = item.split("=", 1)
-        ablations[label] = evaluate_suite(folder, args.manifest)
+        label, source = item.split("=", 1)  # a checkpoint folder, or the JSON `mbm eval --json` wrote for one
+        ablations[label] = json.loads(Path(source).read_text()) if source.endswith(".json") else evaluate_suite(source, args.manifest)
     stats = json.loads(Path(str(args.manifest) + ".stats.json").read_text())
     training = _training_summary(args.run)
     (target / "eval.json").write_text(json.dumps({"bundled": report, "ablations": ablations, "training": training,
                                                   "split_sha256": stats.get("sha256")}, indent=2) + "\n")
     size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
-    (target / "MODEL_CARD.md").write_text(model_card(args.name, args.run, training, stats, report, ablations, size))
+    notes = args.notes.read_text() if args.notes else ""
+    (target / "MODEL_CARD.md").write_text(model_card(args.name, args.run, training, stats, report, ablations, size, notes))
     for section, figures in summary_table(report):
         print(f"{section:<52} {figures}", file=sys.stderr)
     print(f"bundled {target} ({size / 1e6:.1f} MB); evaluated in {time.perf_counter() - started:.0f} s", file=sys.stderr)

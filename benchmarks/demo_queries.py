@@ -1,0 +1,71 @@
+"""How well a model answers everyday queries on the demo folder: the rank of the intended picture.
+
+    python benchmarks/demo_queries.py --model mbm-offline
+
+Indexes data/demo (37 drawings) into a throwaway store and runs queries worded unlike
+the training captions ("kitty", "a yellow fruit", "something to read"); a query counts
+as answered at K when one of its intended pictures ranks within the top K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from _util import report
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+QUERIES = {  # query -> the demo pictures that answer it (file name stems)
+    "red car": ["emoji_red_car"],
+    "a blue car": ["emoji_blue_car"],
+    "a yellow fruit": ["emoji_banana"],
+    "bike": ["emoji_bicycle"],
+    "kitty": ["emoji_cat_face"],
+    "puppy": ["emoji_dog_face", "clipart_dog_dog_01_drawn_with_strai_01"],
+    "pony": ["emoji_horse_face"],
+    "something to read": ["emoji_open_book"],
+    "musical instrument": ["emoji_guitar", "emoji_violin"],
+    "a boat": ["emoji_ship"],
+    "fire truck": ["emoji_fire_engine"],
+    "night sky with the moon": ["emoji_crescent_moon"],
+    "photo camera": ["emoji_camera"],
+    "computer": ["emoji_laptop"],
+    "football": ["emoji_soccer_ball"],
+    "a hat": ["emoji_top_hat"],
+    "a slice of pizza": ["emoji_pizza"],
+    "plane": ["emoji_airplane"],
+    "a man made of snow": ["emoji_snowman"],
+    "public transport": ["emoji_bus"],
+    "pink flowers": ["emoji_cherry_blossom"],
+    "a home": ["emoji_house", "clipart_house_big_house_01"],
+    "wake up on time": ["emoji_alarm_clock"],
+    "rain protection": ["emoji_umbrella"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="mbm-offline")
+    ap.add_argument("--name", default=None, help="name for the results file (default: demo_queries)")
+    args = ap.parse_args()
+    from mbm import Engine
+
+    ranks = {}
+    with tempfile.TemporaryDirectory() as store, Engine.open(store, model=args.model) as eng:
+        eng.index([DEMO])
+        n = eng.info().items
+        for query, targets in QUERIES.items():
+            hits = eng.search(query, k=n)
+            ranks[query] = min(h.rank for h in hits if Path(h.path).stem in targets)
+    at = {k: sum(r <= k for r in ranks.values()) / len(ranks) for k in (1, 3, 5)}
+    result = {"model": args.model, "pictures": n, "queries": len(ranks), "answered_at": at, "ranks": ranks}
+    report(args.name or "demo_queries", result, [
+        ("model", f"{args.model} on data/demo ({n} pictures, {len(ranks)} queries)"),
+        ("answered at 1 / 3 / 5", " / ".join(f"{100 * v:.0f}%" for v in at.values())),
+        ("ranks", ", ".join(f"{q!r}: {r}" for q, r in ranks.items())),
+    ])
+
+
+if __name__ == "__main__":
+    main()
