@@ -70,8 +70,9 @@ def model_card(name: str, run: Path, training: dict, stats: dict, report: dict, 
         f"- heads: cross-attention fusion re-ranker ({json.dumps(cfg['fusion'])}) and a classifier over the training labels",
         f"- files: {size / 1e6:.1f} MB (fp16 weights of everything but the frozen MiniLM)", "",
         "## Training",
-        f"- command: `mbm train {cfg['manifest']} --out {run} --epochs {cfg['epochs']} --batch-size {cfg['batch_size']}"
-        f" --lr {cfg['lr']}{' --sources=' + ','.join(cfg['sources']) if cfg.get('sources') else ''}`",
+        f"- command: `mbm train {cfg['manifest']} --out {run} --model {cfg['model']} --epochs {cfg['epochs']}"
+        f" --batch-size {cfg['batch_size']} --lr {cfg['lr']} --augment {cfg['augment']} --seed {cfg['seed']}"
+        f"{' --sources=' + ','.join(cfg['sources']) if cfg.get('sources') else ''}`",
         f"- losses: contrastive (weight {cfg['w_contrastive']}) + fusion ITM with in-batch hard negatives ({cfg['w_itm']})"
         f" + classification ({cfg['w_cls']}); AdamW, lr {cfg['lr']}, cosine, {cfg['warmup_steps']} warmup steps,"
         f" style augmentation strength {cfg['augment']}, seed {cfg['seed']}",

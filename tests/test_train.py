@@ -20,7 +20,7 @@ from mbm.models.heads import ClassifierHead, load_heads, save_heads
 from mbm.models.losses import classification_loss, contrastive_loss, hard_negatives
 from mbm.models.tokens import hf_hidden, hf_pool, image_tokens, text_tokens
 from mbm.train.augment import flip_is_safe, has_colour_word, train_transform
-from mbm.train.evaluate import evaluate, recall_at_k, zero_shot_accuracy
+from mbm.train.evaluate import evaluate, recall_at_k, top_candidates, zero_shot_accuracy
 from mbm.train.loop import TrainConfig, train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 210, 30)}
@@ -218,6 +218,22 @@ def test_recall_matches_brute_force_and_chunking():
     assert {k: full[k] for k in expected} == pytest.approx(expected, abs=1e-12)
     assert recall_at_k(img, txt, t2i, chunk=7) == full
     assert full["n_images"] == 35 and full["n_texts"] == 60
+
+
+def test_top_candidates_matches_full_sort_in_any_block_size():
+    rng = np.random.default_rng(1)
+    # small integers: every dot product is exact in float32 whatever the BLAS blocking, so ties are real ties
+    img = rng.integers(-4, 5, size=(30, 6)).astype(np.float32)
+    img[7] = img[3]  # a tie: the lower row comes first
+    txt = rng.integers(-4, 5, size=(11, 6)).astype(np.float32)
+    expected = np.argsort(-(txt @ img.T), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(top_candidates(img, txt, 5), expected)
+    for chunk in (1, 4, 7):  # blocks smaller and larger than n: the running top n is merged across blocks
+        np.testing.assert_array_equal(top_candidates(img, txt, 5, chunk=chunk), expected)
+    ties = np.repeat(img[:3], 4, axis=0)  # every image four times: ties everywhere, including at the boundary
+    np.testing.assert_array_equal(top_candidates(ties, txt, 6, chunk=5),
+                                  np.argsort(-(txt @ ties.T), axis=1, kind="stable")[:, :6])
+    np.testing.assert_array_equal(top_candidates(img, txt, 50)[:, :5], expected)  # n > images: all of them
 
 
 def test_recall_hand_made_case():

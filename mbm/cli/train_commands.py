@@ -56,7 +56,7 @@ def train(
     w_contrastive: Annotated[float, typer.Option("--w-contrastive", help="Weight of the contrastive loss (0 = train the heads only).")] = 1.0,
     val_rerank_top: Annotated[int, typer.Option("--val-rerank-top", help="Also measure fusion re-ranking of the top N on validation (0 = off).")] = 0,
     select_on: Annotated[str, typer.Option("--select-on", help="Validation metric that picks best/: mean_recall, or rerank_mean (with --val-rerank-top).")] = "mean_recall",
-    augment: Annotated[float, typer.Option("--augment", help="Style augmentation strength, 0 = none.")] = 1.0,
+    augment: Annotated[float, typer.Option("--augment", help="Style augmentation strength, 0 = none (0.5: the bundled recipe).")] = 0.5,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last after an interruption.")] = False,
