@@ -307,6 +307,19 @@ def test_frozen_hf_text_training_and_resume(tmp_path, manifest):
     assert weights.stat().st_size < 5_000_000  # the 90 MB MiniLM comes from the package, not the file
 
 
+def test_text_tower_is_trained_when_fresh_and_frozen_when_pretrained(tmp_path, manifest):
+    train(tiny_config(manifest, tmp_path / "fresh", max_steps=2, val_every=0))  # mbm-tiny: a random CLIP text tower
+    assert json.loads((tmp_path / "fresh" / "config.json").read_text())["config"]["freeze_text"] is False
+    torch.manual_seed(0)
+    start = create_from_config("mbm-tiny")[0].token_embedding.weight
+    trained = load_checkpoint(tmp_path / "fresh" / "last")[0].token_embedding.weight
+    assert not torch.equal(start, trained)
+    train(tiny_config(manifest, tmp_path / "hf", model="mbm-tiny-hf", max_steps=1, val_every=0))  # pretrained MiniLM
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["config"]["freeze_text"] is True
+    train(tiny_config(manifest, tmp_path / "tuned", model=str(tmp_path / "fresh" / "last"), max_steps=1, val_every=0))
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["config"]["freeze_text"] is True
+
+
 def test_shared_captions_are_not_negatives(tmp_path):
     from mbm.train.data import PairDataset, collate
 

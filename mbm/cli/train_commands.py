@@ -51,7 +51,7 @@ def train(
     warmup: Annotated[int, typer.Option("--warmup", help="Linear warmup steps.")] = 100,
     w_itm: Annotated[float, typer.Option("--w-itm", help="Weight of the fusion image-text matching loss (0 = no fusion head).")] = 1.0,
     w_cls: Annotated[float, typer.Option("--w-cls", help="Weight of the classification loss on labelled rows (0 = none).")] = 0.5,
-    freeze_text: Annotated[bool, typer.Option("--freeze-text/--train-text", help="Keep the pretrained text transformer frozen (LiT).")] = True,
+    freeze_text: Annotated[Optional[bool], typer.Option("--freeze-text/--train-text", help="Keep the text transformer frozen (LiT). Default: frozen when it is pretrained (MiniLM, a checkpoint's), trained when it starts from random weights.")] = None,
     freeze_image: Annotated[bool, typer.Option("--freeze-image/--train-image", help="Keep the image tower frozen (e.g. to train only the fusion head of a trained checkpoint).")] = False,
     w_contrastive: Annotated[float, typer.Option("--w-contrastive", help="Weight of the contrastive loss (0 = train the heads only).")] = 1.0,
     val_rerank_top: Annotated[int, typer.Option("--val-rerank-top", help="Also measure fusion re-ranking of the top N on validation (0 = off).")] = 0,

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,7 +53,9 @@ class TrainConfig:
     w_contrastive: float = 1.0
     w_itm: float = 1.0
     w_cls: float = 0.5
-    freeze_text: bool = True  # LiT: keep the pretrained text transformer (its projection still trains)
+    # LiT: keep the pretrained text transformer (its projection still trains). None: freeze a pretrained tower
+    # (a Hugging Face one such as MiniLM, or a checkpoint's), train a freshly initialised open_clip one
+    freeze_text: bool | None = None
     freeze_image: bool = False
     augment: float = 0.5  # strength of mbm.train.augment (0 = none); 0.5 measured best (bundled model card)
     seed: int = 0
@@ -120,6 +122,18 @@ def _build_model(cfg: TrainConfig, folder: Path | None) -> tuple[Any, Any, Any, 
         return model, preprocess_val, tokenizer, heads, read_checkpoint_config(folder)["model_cfg"]
     model, _, preprocess_val, tokenizer = create_from_config(cfg.model)
     return model, preprocess_val, tokenizer, {}, load_model_cfg(cfg.model)
+
+
+def _resolve_freeze_text(cfg: TrainConfig) -> TrainConfig:
+    """Settle ``freeze_text=None``: frozen when the text tower starts from trained weights."""
+    source = Path(cfg.model).expanduser()
+    pretrained = (source / "open_clip_config.json").is_file() or "hf_model_name" in load_model_cfg(cfg.model).get("text_cfg", {})
+    if cfg.freeze_text is None:
+        return replace(cfg, freeze_text=pretrained)
+    if cfg.freeze_text and not pretrained:
+        log.warning("the text tower of %s starts from random weights and freeze_text keeps it so; "
+                    "train it (--train-text) unless that is the point", cfg.model)
+    return cfg
 
 
 def _setup(cfg: TrainConfig, device: str) -> _Run:
@@ -354,6 +368,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None) -
     """Run (or resume) a training; returns the final metrics. ``progress`` receives each logged dict."""
     started = time.perf_counter()
     device, autocast = _device_and_precision(config)
+    config = _resolve_freeze_text(config)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = _setup(config, device)
