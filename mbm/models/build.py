@@ -263,6 +263,11 @@ def _swap_in(tmp: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """True for a checkpoint folder (open_clip's local-dir format, as ``save_checkpoint`` writes it)."""
+    return (Path(path).expanduser() / CONFIG_FILE).is_file()
+
+
 def read_checkpoint_config(folder: str | Path) -> dict:
     """The parsed ``open_clip_config.json`` of a checkpoint folder."""
     path = Path(folder) / CONFIG_FILE

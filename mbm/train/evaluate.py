@@ -297,8 +297,9 @@ def _classifier_accuracy(classifier: Any, image_emb: np.ndarray, rows: Sequence[
 
 def _unpack(source: Any, device: str) -> tuple[Any, Any, Any, dict, str]:
     """A checkpoint folder, any other model spec (through ``load_model``), or an ``Encoder``-like object."""
-    if isinstance(source, (str, Path)) and (Path(source).expanduser() / "open_clip_config.json").is_file():
-        from mbm.models.build import load_checkpoint
+    from mbm.models.build import is_checkpoint_dir, load_checkpoint
+
+    if isinstance(source, (str, Path)) and is_checkpoint_dir(source):
 
         model, preprocess, tokenizer, heads = load_checkpoint(source, device=device)
         return model.to(device), preprocess, tokenizer, heads, str(source)

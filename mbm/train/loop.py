@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from mbm.errors import UsageError
-from mbm.models.build import load_checkpoint, load_model_cfg, read_checkpoint_config, save_checkpoint, create_from_config
+from mbm.models.build import create_from_config, is_checkpoint_dir, load_checkpoint, load_model_cfg, read_checkpoint_config, save_checkpoint
 from mbm.models.fusion import FusionConfig, FusionModel
 from mbm.models.heads import ClassifierHead
 from mbm.models.losses import classification_loss, clamp_logit_scale_, contrastive_loss, hard_negatives, itm_loss
@@ -126,8 +126,7 @@ def _build_model(cfg: TrainConfig, folder: Path | None) -> tuple[Any, Any, Any, 
 
 def _resolve_freeze_text(cfg: TrainConfig) -> TrainConfig:
     """Settle ``freeze_text=None``: frozen when the text tower starts from trained weights."""
-    source = Path(cfg.model).expanduser()
-    pretrained = (source / "open_clip_config.json").is_file() or "hf_model_name" in load_model_cfg(cfg.model).get("text_cfg", {})
+    pretrained = is_checkpoint_dir(cfg.model) or "hf_model_name" in load_model_cfg(cfg.model).get("text_cfg", {})
     if cfg.freeze_text is None:
         return replace(cfg, freeze_text=pretrained)
     if cfg.freeze_text and not pretrained:
@@ -143,7 +142,7 @@ def _setup(cfg: TrainConfig, device: str) -> _Run:
     source = Path(cfg.model).expanduser()
     torch.manual_seed(cfg.seed)  # the fresh image tower and heads start from the same weights every run
     run.model, run.preprocess_val, run.tokenizer, heads, run.model_cfg = _build_model(
-        cfg, resume_from or (source if (source / "open_clip_config.json").is_file() else None)
+        cfg, resume_from or (source if is_checkpoint_dir(source) else None)
     )
     train_rows, run.val_rows = load_rows(cfg.manifest, "train", cfg.sources), load_rows(cfg.manifest, "val", cfg.sources)
     if len(train_rows) < cfg.batch_size:
