@@ -277,10 +277,15 @@ def test_augmentation_respects_captions():
 # ---------------------------------------------------------------- training runs
 
 
-def test_training_lowers_contrastive_loss(tmp_path):
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_training_lowers_contrastive_loss(tmp_path, device):
     manifest = make_manifest(tmp_path / "data", n_train=8, n_val=4, two_captions=False)
     # one caption per picture, batch = the whole train split: every step sees the same 8 pairs
-    train(tiny_config(manifest, tmp_path / "run", epochs=10, augment=0.0, val_every=0, lr=5e-3, w_itm=0.0, w_cls=0.0))
+    train(tiny_config(manifest, tmp_path / "run", epochs=10, augment=0.0, val_every=0, lr=5e-3, w_itm=0.0, w_cls=0.0,
+                      device=device))
     losses = step_losses(tmp_path / "run")
     assert losses[10][0] < 0.8 * losses[1][0]
 
