@@ -37,3 +37,24 @@ def check_collection_name(name: str) -> str:
 
 def collection_dir(store: Path, name: str) -> Path:
     return store / "collections" / check_collection_name(name)
+
+
+def ensure_store(store: Path) -> Path:
+    """Create the store folder and its ``collections`` folder private to the user (0700):
+    catalogs hold file paths, capture times and camera names. Missing parents get the
+    umask's mode; a folder that already exists keeps its mode."""
+    store = Path(store)
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (store, store / "collections"):
+            try:
+                folder.mkdir(mode=0o700)
+            except FileExistsError:
+                if folder.is_dir():
+                    continue
+                raise NotADirectoryError(20, "it exists and is not a folder") from None
+            os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask: make it exactly 0700
+    except OSError as e:
+        raise UsageError(f"cannot create the store folder {store} ({e.strerror or e}) — choose another one "
+                         "with --store or MBM_HOME") from e
+    return store

@@ -4,32 +4,41 @@
 >>> eng = Engine.open()                    # default store, collection "default"
 >>> report = eng.index(["./photos"])
 >>> hits = eng.search("red car", k=10)
+
+An Engine stays warm: its vector index and encoders are loaded once and refreshed
+only when the catalog changes (another catalog id, or a newer generation, which is
+applied incrementally from the catalog's change log). Searching opens the catalog
+read-only and never waits for an index run; one index run at a time holds the
+collection's lock, and only the lock holder rewrites derived caches.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from mbm import __version__
-from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION, collection_dir, resolve_store
-from mbm.errors import CollectionError, UsageError
+from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION, collection_dir, ensure_store, resolve_store
+from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import IndexReport, Indexer, Progress
 from mbm.indexer.scan import display_path, is_text_source
-from mbm.models.factory import Encoder, load_model
+from mbm.models.factory import Encoder, load_model, normalize_spec
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
 from mbm.retrieval.rerank import FusionReranker
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
-from mbm.store.catalog import Catalog
-from mbm.store.vectors import INDEX_FILE, STAMP_FILE, open_vectors
+from mbm.store.catalog import Catalog, CatalogState
+from mbm.store.check import CheckReport
+from mbm.store.lock import CollectionLock
+from mbm.store.vectors import VectorIndex, open_vectors, read_stamp
 
 CATALOG_FILE = "catalog.sqlite"
+Notify = Callable[[str], None]
 
 
 def check_index_args(paths: Sequence[str | os.PathLike[str]], batch_size: int = DEFAULT_BATCH_SIZE) -> None:
@@ -41,6 +50,26 @@ def check_index_args(paths: Sequence[str | os.PathLike[str]], batch_size: int = 
     for p in paths:
         if not os.path.exists(os.path.expanduser(os.fspath(p))):
             raise UsageError(f"path {display_path(os.fspath(p))} does not exist — check the spelling")
+
+
+def collection_kind(paths: Sequence[str | os.PathLike[str]], texts: bool | None = None) -> str:
+    """"text" or "image", from what is named: ``texts=True`` asks for text sources (also under
+    folders); otherwise text files named on their own make a text collection, and anything
+    else an image one. Text files beside folders or images are refused, never guessed."""
+    if texts is not None:
+        return "text" if texts else "image"
+    given = [os.path.expanduser(os.fspath(p)) for p in paths]
+    text_files = [p for p in given if os.path.isfile(p) and is_text_source(p)]
+    others = [p for p in given if p not in text_files]
+    if text_files and others:
+        other = others[0]
+        what = "a folder" if os.path.isdir(other) else "not a text source"
+        raise UsageError(
+            f"{display_path(text_files[0])} is a text source but {display_path(other)} is {what} — index texts and "
+            "images into separate collections (`--collection`), or pass --texts to index the text files "
+            "(.txt/.jsonl/.csv) found under folders too"
+        )
+    return "text" if text_files else "image"
 
 
 @dataclass(frozen=True)
@@ -56,24 +85,31 @@ class CollectionInfo:
     catalog_bytes: int
     vectors_bytes: int
     created_at: str
+    precision: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class Engine:
-    """One collection in one store. Heavy parts (model, vectors) load on first use."""
+    """One collection in one store. Heavy parts (model, vectors) load on first use and stay loaded."""
 
     def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION, *, model: str | None = None,
                  device: str | None = None, precision: str | None = None, encoder: Encoder | None = None):
         self.store = store
         self.name = collection
         self.folder = collection_dir(store, collection)
-        self.model_spec = model
+        self.model_spec = normalize_spec(model) if model else None
         self.device = device
         self.precision = precision
         self._encoder = encoder
         self._catalog: Catalog | None = None
+        self._catalog_inode: tuple[int, int] | None = None
+        self._lock = CollectionLock(self.folder, collection)
+        self._vectors: VectorIndex | None = None
+        self._searcher: Searcher | None = None
+        self._fast: Any = None  # the torch-free text encoder, once loaded
+        self._refresh = threading.RLock()
         self._unaccounted_load = 0.0
         self.timings: dict[str, float] = {}  # seconds per phase of the last search (imports, model, encode, ...)
 
@@ -89,21 +125,42 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        self._drop_catalog()
+
+    def _drop_catalog(self) -> None:
         if self._catalog is not None:
             self._catalog.close()
-            self._catalog = None
+        self._catalog, self._catalog_inode, self._vectors, self._searcher = None, None, None, None
 
     # -- collection ---------------------------------------------------------------------------
     @property
     def exists(self) -> bool:
         return (self.folder / CATALOG_FILE).is_file()
 
-    def catalog(self, *, create: bool = False) -> Catalog:
+    def catalog(self, *, create: bool = False, write: bool = False) -> Catalog:
+        """The catalog, opened read-only unless ``write``/``create`` (then reopened for writing)."""
+        path = self.folder / CATALOG_FILE
+        if self._catalog is not None:
+            try:
+                st = path.stat()
+                replaced = (st.st_dev, st.st_ino) != self._catalog_inode
+            except OSError:
+                replaced = True
+            if replaced or ((write or create) and self._catalog.readonly):
+                self._drop_catalog()  # another file now (replaced or removed), or we need to write
         if self._catalog is None:
             if not create and not self.exists:
                 raise CollectionError(self._missing_message())
-            self._catalog = Catalog.open(self.folder / CATALOG_FILE, create=create)
+            if create:
+                ensure_store(self.store)
+                self.folder.mkdir(parents=True, exist_ok=True)
+            self._catalog = Catalog.open(path, create=create, readonly=not (write or create))
+            st = path.stat()
+            self._catalog_inode = (st.st_dev, st.st_ino)
         return self._catalog
+
+    def _meta(self) -> dict[str, str]:
+        return self.catalog().meta() if self.exists else {}
 
     def _missing_message(self) -> str:
         others = [c.name for c in Engine.collections(self.store)]
@@ -119,7 +176,11 @@ class Engine:
             self.timings.update(self._encoder.load_seconds)
             self._unaccounted_load = sum(self._encoder.load_seconds.values())
         enc = self._encoder
-        meta = self.catalog().meta() if self.exists else {}
+        meta = self._meta()
+        if meta.get("fingerprint") and meta["fingerprint"] == enc.legacy_fingerprint:
+            if self._catalog is not None and not self._catalog.readonly:  # an index run: record the full one
+                self._catalog.set_meta(fingerprint=enc.fingerprint)
+            return enc
         if meta.get("fingerprint") and meta["fingerprint"] != enc.fingerprint:
             raise CollectionError(
                 f"the weights of model {enc.spec!r} changed since collection {self.name!r} was indexed "
@@ -127,9 +188,9 @@ class Engine:
             )
         return enc
 
-    def _check_model_spec(self) -> str | None:
-        recorded = (self.catalog().meta() if self.exists else {}).get("model")
-        if recorded and self.model_spec and self.model_spec != recorded:
+    def _check_model_spec(self, meta: dict[str, str] | None = None) -> str | None:
+        recorded = (self._meta() if meta is None else meta).get("model")
+        if recorded and self.model_spec and self.model_spec != normalize_spec(recorded):
             raise CollectionError(
                 f"collection {self.name!r} was indexed with model {recorded!r}, not {self.model_spec!r} — "
                 "omit --model, or index into another --collection"
@@ -137,60 +198,121 @@ class Engine:
         return recorded
 
     # -- indexing -----------------------------------------------------------------------------
-    def index(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = DEFAULT_BATCH_SIZE,
-              workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, progress: Progress | None = None,
-              dtype: str = "float16") -> IndexReport:
-        """Add new and changed files under ``paths``, reuse moved ones, drop deleted ones."""
+    def index(self, paths: Sequence[str | os.PathLike[str]], *, texts: bool | None = None,
+              batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+              progress: Progress | None = None, dtype: str = "float16", wait: bool = True,
+              notify: Notify | None = None) -> IndexReport:
+        """Add new and changed files under ``paths``, reuse moved ones, drop deleted ones.
+
+        One index run per collection at a time: another one waits for this (telling ``notify``),
+        or raises ``CollectionBusy`` with ``wait=False``."""
         check_index_args(paths, batch_size)
-        texts = all(is_text_source(p) for p in paths if os.path.isfile(os.path.expanduser(os.fspath(p))))
-        texts = texts and any(os.path.isfile(os.path.expanduser(os.fspath(p))) for p in paths)
-        kind = "text" if texts else "image"
-        meta = self.catalog().meta() if self.exists else {}
-        if meta.get("kind") and meta["kind"] != kind:
-            raise CollectionError(
-                f"collection {self.name!r} holds {meta['kind']}s; {', '.join(map(str, paths))} "
-                f"{'are text files' if texts else 'are images'} — use another --collection"
-            )
-        self._check_model_spec()
-        catalog = self.catalog(create=True)
-        if not meta:
-            encoder = self.encoder()
-            catalog.set_meta(kind=kind, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim,
-                             dtype=dtype, created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                             mbm_version=__version__)
-        indexer = Indexer(self.encoder, catalog, self.folder, batch_size=batch_size, workers=workers,
-                          max_pixels=max_pixels, progress=progress)
-        report = indexer.index(paths, texts=texts)
-        self.prepare_search()
+        kind = collection_kind(paths, texts)
+        try:  # fail fast before waiting; the checks that count are made again under the lock
+            early = self._meta()
+        except CatalogError:  # e.g. being created by another run right now
+            early = {}
+        self._check_kind(early, kind, paths)
+        self._check_model_spec(early)
+        ensure_store(self.store)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock.hold(wait=wait, on_wait=notify):
+            catalog = self.catalog(create=True, write=True)
+            meta = catalog.meta()
+            self._check_kind(meta, kind, paths)  # another run may have created it while we waited
+            self._check_model_spec(meta)
+            if not meta.get("model"):
+                self._init_collection(catalog, kind, dtype, notify)
+            indexer = Indexer(self.encoder, catalog, self.folder, batch_size=batch_size, workers=workers,
+                              max_pixels=max_pixels, progress=progress)
+            report = indexer.index(paths, texts=kind == "text")
+            self._export_query_encoder()
         return report
 
+    def _check_kind(self, meta: dict[str, str], kind: str, paths: Sequence[Any]) -> None:
+        if meta.get("kind") and meta["kind"] != kind:
+            raise CollectionError(
+                f"collection {self.name!r} holds {meta['kind']}s; {', '.join(display_path(os.fspath(p)) for p in paths)} "
+                f"{'are text sources' if kind == 'text' else 'are images'} — use another --collection"
+            )
+
+    def _init_collection(self, catalog: Catalog, kind: str, dtype: str, notify: Notify | None) -> None:
+        """Record the model once (insert-if-absent, then compare: two first runs never mix models)."""
+        reason = None
+        if self.model_spec is None and self._encoder is None:
+            from mbm.models.factory import choose_default_model
+
+            self.model_spec, reason = choose_default_model()
+        encoder = self.encoder()
+        if reason and notify is not None:
+            notify(f"new collection {self.name!r}: model {encoder.spec} ({reason}; choose another with --model)")
+        meta = catalog.init_meta(
+            kind=kind, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim, dtype=dtype,
+            precision=encoder.precision, model_reason=reason or "named with --model",
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), mbm_version=__version__,
+        )
+        if (meta["model"], meta["fingerprint"], meta["kind"]) != (encoder.spec, encoder.fingerprint, kind):
+            raise CollectionError(
+                f"collection {self.name!r} was just created by another run with model {meta['model']!r} "
+                f"({meta['kind']}s) — use that model, or index into another --collection"
+            )
+
     def prepare_search(self) -> None:
-        """Leave what a fast cold search needs: a fresh vector index and, once the model has been
-        loaded, its text tower exported for torch-free query encoding."""
-        open_vectors(self.catalog(), self.folder)
-        if self._encoder is not None and not os.environ.get("MBM_NO_FAST_TEXT") and self._fast_text() is None:
-            export_query_encoder(self._encoder, self.folder / QUERY_ENCODER_DIR)
+        """Leave what a fast cold search needs: a current vector index on disk and, once the model
+        has been loaded, its text tower exported for torch-free query encoding."""
+        with self._lock.attempt() as holder:
+            if holder:
+                from mbm.store.vectors import ensure_saved
+
+                ensure_saved(self.catalog(write=True), self.folder)
+                self._export_query_encoder()
+
+    def _export_query_encoder(self) -> None:
+        """Export the text tower for torch-free queries (only by the lock holder, once per fingerprint)."""
+        if self._encoder is None or os.environ.get("MBM_NO_FAST_TEXT") or self._fast_text() is not None:
+            return
+        with self._lock.attempt() as holder:
+            if holder:
+                export_query_encoder(self._encoder, self.folder / QUERY_ENCODER_DIR)
 
     def _fast_text(self) -> Any:
-        """The torch-free text encoder exported for this collection's weights, if there is one."""
+        """The torch-free text encoder exported for this collection's weights, if there is one (loaded once)."""
         if os.environ.get("MBM_NO_FAST_TEXT"):
             return None
-        return load_query_encoder(self.folder / QUERY_ENCODER_DIR, self.catalog().meta().get("fingerprint", ""))
+        fingerprint = self._meta().get("fingerprint", "")
+        if self._fast is None or self._fast[0] != fingerprint:
+            encoder = load_query_encoder(self.folder / QUERY_ENCODER_DIR, fingerprint)
+            if encoder is None:
+                return None
+            self._fast = (fingerprint, encoder)
+        return self._fast[1]
 
     # -- searching ----------------------------------------------------------------------------
     def searcher(self) -> Searcher:
-        catalog = self.catalog()
-        self._check_model_spec()
-        if catalog.count() == 0:
-            raise CollectionError(f"collection {self.name!r} is empty — run `mbm index PATH` to add files")
-        vectors = open_vectors(catalog, self.folder)
-        fast = self._fast_text()
-        encode_text = fast.encode_texts if fast is not None else (lambda texts: self.encoder().encode_texts(texts))
-        return Searcher(catalog, vectors, encode_text, lambda paths: image_paths_encoder(self.encoder())(paths))
+        """The warm Searcher: its vectors are brought up to date only when the catalog changed."""
+        with self._refresh:
+            catalog = self.catalog()
+            if self._searcher is not None and self._vectors is not None and \
+                    catalog.version() == (self._vectors.state.catalog_id, self._vectors.state.generation):
+                return self._searcher
+            self._check_model_spec()
+            if catalog.count() == 0:
+                raise CollectionError(f"collection {self.name!r} is empty — run `mbm index PATH` to add files")
+            self._vectors = open_vectors(catalog, self.folder, self._lock, self._vectors)
+            if self._searcher is None:
+                self._searcher = Searcher(catalog, self._vectors, self.embed_texts,
+                                          lambda paths: image_paths_encoder(self.encoder())(paths))
+            self._searcher.catalog, self._searcher.vectors = catalog, self._vectors
+            return self._searcher
 
-    def search(self, query: str, *, k: int = 10, min_score: float | None = None, under: str | None = None,
+    def embed_texts(self, texts: list[str]) -> Any:
+        """L2-normalized float32 text embeddings (torch-free when the collection has its query encoder)."""
+        fast = self._fast_text()
+        return fast.encode_texts(texts) if fast is not None else self.encoder().encode_texts(texts)
+
+    def search(self, query: Any, *, k: int = 10, min_score: float | None = None, under: str | None = None,
                rerank: int = 0) -> list[Hit]:
-        """Text, image path, or weighted ``"2:a + b.jpg - c"`` query against this collection.
+        """Search with text, an image path (``Path``), a raw vector, or a structured ``Query``.
 
         ``rerank=N`` re-scores the top N (at least k) with the model's fusion head."""
         if k <= 0:
@@ -203,27 +325,42 @@ class Engine:
         hits = searcher.search(vector, k=max(k, rerank), min_score=min_score, under=under)
         if rerank > 0:
             t3 = time.perf_counter()
-            text_collection = self.catalog().meta().get("kind") == "text"
+            text_collection = self._meta().get("kind") == "text"
             hits = FusionReranker(self.encoder()).rerank(query, hits, text_collection)[:k]
             self.timings["rerank"] = time.perf_counter() - t3
         loading, self._unaccounted_load = self._unaccounted_load, 0.0
         self.timings.update(open=t1 - t0, encode=max(0.0, t2 - t1 - loading), search=time.perf_counter() - t2)
-        if self._encoder is not None and not os.environ.get("MBM_NO_FAST_TEXT") and self._fast_text() is None:
-            export_query_encoder(self._encoder, self.folder / QUERY_ENCODER_DIR)  # next cold search skips torch
+        self._export_query_encoder()  # the next cold search skips torch
         return hits
 
     # -- information --------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
         catalog = self.catalog()
         meta = catalog.meta()
-        stamp_path = self.folder / STAMP_FILE
-        index_type = json.loads(stamp_path.read_text()).get("kind", "Flat") if stamp_path.is_file() else "not built"
+        stamp = read_stamp(self.folder) or {}
+        current = stamp.get("catalog_id") == catalog.catalog_id
+        index_type = stamp.get("kind", "Flat") if current else "not built"
         def size(p: Path) -> int:
             return p.stat().st_size if p.is_file() else 0
         catalog_bytes = sum(size(self.folder / (CATALOG_FILE + s)) for s in ("", "-wal", "-shm"))
+        vectors_bytes = size(self.folder / stamp["file"]) if current and stamp.get("file") else 0
         return CollectionInfo(self.name, str(self.folder), meta.get("kind", "?"), meta.get("model", "?"),
                               meta.get("fingerprint", "?"), int(meta.get("dim", 0)), catalog.count(), index_type,
-                              catalog_bytes, size(self.folder / INDEX_FILE), meta.get("created_at", ""))
+                              catalog_bytes, vectors_bytes, meta.get("created_at", ""), meta.get("precision", ""))
+
+    def check(self, *, fix: bool = False) -> CheckReport:
+        """Integrity, damaged embeddings, files that are gone, stale caches, temp files; ``fix`` repairs
+        what can be repaired without losing data (it takes the collection's lock, never waits)."""
+        from mbm.store.check import check_collection
+
+        catalog = self.catalog(write=fix)
+        report = check_collection(self.name, self.folder, catalog, self._lock, fix=fix)
+        if fix:
+            self._vectors = self._searcher = None
+        return report
+
+    def state(self) -> CatalogState:
+        return self.catalog().state()
 
     @staticmethod
     def collections(store: str | os.PathLike[str] | Path | None = None) -> list[CollectionInfo]:

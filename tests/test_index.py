@@ -17,7 +17,7 @@ def test_index_then_search_finds_exact_duplicate_first(tmp_path, engine_factory)
     eng = engine_factory()
     report = eng.index([photos])
     assert (report.indexed, report.reused, report.total_items) == (12, 1, 13)
-    hits = eng.search(str(paths[3]), k=3)
+    hits = eng.search(paths[3], k=3)
     assert {h.path for h in hits[:2]} == {str(paths[3]), str(photos / "copy_of_3.png")}
     assert hits[0].score == pytest.approx(1.0, abs=1e-3) and hits[1].score == pytest.approx(1.0, abs=1e-3)
     assert hits[2].score < 0.999
@@ -42,7 +42,7 @@ def test_move_rename_reuses_vector_and_delete_removes(tmp_path, engine_factory):
     paths[1].unlink()
     report = eng.index([photos])
     assert (report.indexed, report.moved, report.removed, report.total_items) == (0, 1, 2, 5)
-    hits = eng.search(str(photos / "sub" / "renamed.png"), k=10)
+    hits = eng.search(photos / "sub" / "renamed.png", k=10)
     assert hits[0].path == str(photos / "sub" / "renamed.png") and hits[0].score > 0.999
     assert str(paths[1]) not in {h.path for h in hits}
 
@@ -96,8 +96,13 @@ def test_filters_under_and_min_score(tmp_path, engine_factory):
     eng.index([tmp_path / "a", tmp_path / "b"])
     hits = eng.search("anything", k=10, under=str(tmp_path / "b"))
     assert len(hits) == 4 and all(h.path.startswith(str(tmp_path / "b") + "/") for h in hits)
-    best = eng.search("anything", k=1)[0].score
-    assert all(h.score >= best - 1e-6 for h in eng.search("anything", k=10, min_score=best - 1e-6))
+    unfiltered = eng.search("anything", k=10)
+    assert unfiltered[0].score > unfiltered[-1].score
+    threshold = (unfiltered[0].score + unfiltered[-1].score) / 2
+    filtered = eng.search("anything", k=10, min_score=threshold)
+    assert filtered and all(h.score >= threshold for h in filtered)  # some hits pass the filter...
+    assert any(h.score < threshold for h in unfiltered)  # ...and some that it drops existed
+    assert [h.id for h in filtered] == [h.id for h in unfiltered if h.score >= threshold]
     assert eng.search("anything", k=5, under=str(tmp_path / "nothing-here")) == []
 
 
@@ -122,7 +127,7 @@ def test_text_collection_and_image_to_text(tmp_path, engine_factory):
     assert hits[0].text == "a blue sky" and hits[0].part == 3 and hits[0].score == pytest.approx(1, abs=1e-3)
     img = tmp_path / "q.png"
     pattern_image(1).save(img)
-    assert len(eng.search(str(img), k=2)) == 2  # image -> text
+    assert len(eng.search(img, k=2)) == 2  # image -> text
     captions.write_text("a red car\na green tree\n")
     report = eng.index([captions])
     assert report.total_items == 2 and report.reused == 1 and report.indexed == 1

@@ -49,10 +49,24 @@ def test_rerank_reorders_the_same_candidates_by_fusion_plus_dual(trained_store):
 
 def test_rerank_refuses_combined_queries_and_image_queries_on_images(trained_store):
     from mbm import Engine
+    from mbm.retrieval.query import Query
 
-    picture = str(next((trained_store / "data" / "img").iterdir()))
+    picture = next((trained_store / "data" / "img").iterdir())
     with Engine.open(trained_store / "store") as eng:
         with pytest.raises(UsageError, match="single text or image"):
-            eng.search("a red circle + a blue square", k=3, rerank=3)
+            eng.search(Query.parse("a red circle + a blue square"), k=3, rerank=3)
         with pytest.raises(UsageError, match="needs a text query"):
             eng.search(picture, k=3, rerank=3)
+        with pytest.raises(UsageError, match="needs a text query"):
+            eng.search(Query.parse(None, images=[picture]), k=3, rerank=3)
+
+
+def test_rerank_takes_the_structured_query_as_the_search_does(trained_store):
+    from mbm import Engine
+    from mbm.retrieval.query import Query
+
+    with Engine.open(trained_store / "store") as eng:
+        literal = eng.search("2:a red circle + a blue square", k=4, rerank=4)  # a str is one literal text
+        structured = eng.search(Query.text("2:a red circle + a blue square"), k=4, rerank=4)
+    assert [(h.path, h.match) for h in literal] == [(h.path, h.match) for h in structured]
+    assert all(h.match is not None for h in literal)

@@ -48,8 +48,8 @@ def test_kill_mid_run_then_resume(tmp_path):
     from mbm.store.vectors import VectorIndex
 
     catalog = Catalog.open(db)
-    index = VectorIndex.load(db.parent, catalog.generation(), catalog.count())
-    assert index is not None and index.ntotal == len(paths)
+    index = VectorIndex.load(db.parent, catalog.catalog_id)
+    assert index is not None and index.ntotal == len(paths) and index.state == catalog.state()
     ids, vecs = next(catalog.read_embeddings())
     stored = np.stack([index.index.reconstruct(int(i)) for i in ids])
     np.testing.assert_allclose(stored, vecs, atol=1e-6)

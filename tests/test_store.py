@@ -7,7 +7,8 @@ import pytest
 
 from mbm.errors import CatalogError
 from mbm.store.catalog import Catalog, read_snapshot
-from mbm.store.vectors import INDEX_FILE, VectorIndex, open_vectors
+from mbm.store.lock import CollectionLock
+from mbm.store.vectors import VectorIndex, index_file_name, open_vectors
 
 
 def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -27,7 +28,7 @@ def _catalog_with(tmp_path, vecs: np.ndarray) -> Catalog:
 
 def test_migrations_are_recorded_and_newer_catalogs_refused(tmp_path):
     cat = Catalog.open(tmp_path / "c.sqlite", create=True)
-    assert [r[0] for r in cat.conn.execute("SELECT name FROM _migrations")] == ["001_initial"]
+    assert [r[0] for r in cat.conn.execute("SELECT name FROM _migrations")] == ["001_initial", "002_identity_and_changes"]
     cat.conn.execute("INSERT INTO _migrations VALUES ('999_future', 'x')")
     cat.close()
     with pytest.raises(CatalogError, match="newer mbm"):
@@ -37,13 +38,16 @@ def test_migrations_are_recorded_and_newer_catalogs_refused(tmp_path):
 def test_vectors_saved_loaded_and_rebuilt_when_stale_or_corrupt(tmp_path):
     vecs = _clustered(300, 16)
     cat = _catalog_with(tmp_path, vecs)
-    first = open_vectors(cat, tmp_path)
-    assert first.ntotal == 300 and VectorIndex.load(tmp_path, cat.generation(), 300) is not None
+    first = open_vectors(cat, tmp_path, CollectionLock(tmp_path))
+    assert first.ntotal == 300
+    loaded = VectorIndex.load(tmp_path, cat.catalog_id)
+    assert loaded is not None and loaded.state == cat.state()
     cat.add_items([{"path": "/p/new.jpg", "size": 1, "mtime_ns": 1, "hash": "new"}], [vecs[0].tobytes()])
-    assert VectorIndex.load(tmp_path, cat.generation(), cat.count()) is None  # stale
-    assert open_vectors(cat, tmp_path).ntotal == 301
-    (tmp_path / INDEX_FILE).write_bytes(b"garbage" * 100)
-    assert VectorIndex.load(tmp_path, cat.generation(), cat.count()) is None  # corrupt
+    stale = VectorIndex.load(tmp_path, cat.catalog_id)
+    assert stale is not None and stale.state != cat.state()  # older generation: caught up, not served as is
+    assert open_vectors(cat, tmp_path, CollectionLock(tmp_path)).ntotal == 301
+    (tmp_path / index_file_name(cat.state())).write_bytes(b"garbage" * 100)
+    assert VectorIndex.load(tmp_path, cat.catalog_id) is None  # corrupt
     assert open_vectors(cat, tmp_path).ntotal == 301
 
 
@@ -76,5 +80,7 @@ def test_reader_sees_consistent_snapshot_while_writer_commits(tmp_path):
 def test_unreadable_catalog_is_a_clear_error(tmp_path):
     bad = tmp_path / "c.sqlite"
     bad.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(CatalogError, match="cannot be opened|move it away"):
-        Catalog.open(bad)
+    for readonly in (False, True):
+        with pytest.raises(CatalogError, match="is damaged") as info:
+            Catalog.open(bad, readonly=readonly)
+        assert "move it away" not in str(info.value)

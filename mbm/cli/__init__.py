@@ -6,6 +6,7 @@ Results go to stdout; progress, warnings and errors to stderr. Exit codes: 0 ok,
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ from typing import NoReturn
 
 import typer
 
-from mbm.cli import commands, train_commands
+from mbm.cli import commands, output, train_commands
 from mbm.errors import MbmError
 
 app = typer.Typer(
@@ -28,33 +29,49 @@ commands.register(app)
 train_commands.register(app)
 
 
+def _click_exception() -> type[Exception]:
+    """The base of the usage errors the installed typer raises. typer 0.26 and later carry their
+    own copy of click (``typer._click``), whose exceptions ``click.ClickException`` does not
+    catch; earlier versions raise click's own."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException  # type: ignore[assignment]
+    return ClickException
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: turns MbmError into one clean line (traceback with --debug or MBM_DEBUG=1)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("MBM_DEBUG"))
     args = [a for a in args if a != "--debug"]
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="mbm: %(message)s", stream=sys.stderr
-    )
+    # the command is the process: tokenizers must not warn about forks (training data workers)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(output.SafeFormatter("mbm: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
+    click_exception = _click_exception()
     try:
         code = app(args=args, prog_name="mbm", standalone_mode=False)
     except MbmError as e:
         if debug:
             raise
-        typer.echo(f"error: {e}", err=True)
+        output.err(f"error: {e}")
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        typer.echo("interrupted — everything committed so far is kept; run the same command again to resume", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, typer.Abort):  # typer < 0.28 turns Ctrl-C into Abort
+        _interrupted()
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as e:  # click's usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except click_exception as e:  # usage errors: the usage line, then the error; exit 2
+        shown = io.StringIO()
+        e.show(file=shown)  # type: ignore[attr-defined]
+        output.err(shown.getvalue().rstrip("\n"))
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    if code == 130:  # typer >= 0.28 turns Ctrl-C into a returned 130
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> NoReturn:
+    output.err("interrupted — everything committed so far is kept; run the same command again to resume")
+    sys.exit(130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,6 +31,7 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("collections", help="Same as `mbm info`: list collections.")(info)
     app.command("models")(models)
+    app.command("check")(check)
 
 
 def index(
@@ -47,6 +47,8 @@ def index(
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-file skip lines.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print time per stage.")] = False,
+    texts: Annotated[bool, typer.Option("--texts", help="Make a text collection from the .txt/.jsonl/.csv files under PATHS, folders included (default: only text files named on their own are texts).")] = False,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="If another index run is writing this collection, stop with an error instead of waiting for it.")] = False,
 ) -> None:
     """Embed every image (or text) under PATHS into a collection; re-runs only do what changed.
 
@@ -57,13 +59,14 @@ def index(
     check_index_args([str(p) for p in paths], batch_size)
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
         with output.progress_bar(enabled=not quiet) as progress:
-            report = eng.index([str(p) for p in paths], batch_size=batch_size, workers=workers,
-                               max_pixels=max_pixels, progress=progress)
+            report = eng.index([str(p) for p in paths], texts=True if texts else None, batch_size=batch_size,
+                               workers=workers, max_pixels=max_pixels, progress=progress, wait=not no_wait,
+                               notify=output.err)
     if not quiet:
         for path, reason in report.skipped:
             output.err(f"skipped {output.shown(path)}: {reason}")
     if as_json:
-        typer.echo(json.dumps(report.as_dict(), indent=2))
+        typer.echo(output.json_text(report.as_dict()))
     else:
         typer.echo(output.index_summary(report, verbose=verbose))
     if report.skipped:
@@ -71,8 +74,8 @@ def index(
 
 
 def search(
-    query: Annotated[Optional[str], typer.Argument(help='Text, an image path, or a weighted sum: "2:red car + ./beach.jpg - night".', show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Query with this image (added to QUERY if both are given).", show_default=False)] = None,
+    query: Annotated[Optional[str], typer.Argument(help='Text, an image path, or a weighted sum: "2:red car + ./beach.jpg - night". W: weights a term unless a digit follows the colon ("3:10 to Yuma" is text); "quoted" terms are literal text.', show_default=False)] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Query with this image file, taken as it is (never parsed); repeat for several. Added to QUERY if both are given.", show_default=False)] = None,
     top: Annotated[int, typer.Option("--top", "-k", help="Number of results.")] = 10,
     min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine similarity.", show_default=False)] = None,
     under: Annotated[Optional[Path], typer.Option("--in", help="Only results under this folder.", show_default=False)] = None,
@@ -82,7 +85,8 @@ def search(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
-    paths_only: Annotated[bool, typer.Option("--paths", help="Print bare paths, one per line (for piping).")] = False,
+    paths_only: Annotated[bool, typer.Option("--paths", help="Print bare paths (texts for a text collection), one per line, for piping; refuses a path holding a newline (use --print0).")] = False,
+    print0: Annotated[bool, typer.Option("--print0", help="Like --paths, but end each path with a NUL byte instead of a newline (raw bytes, for xargs -0).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print where the time went on stderr.")] = False,
     rerank: Annotated[int, typer.Option("--rerank", help="Re-rank the top N with the model's fusion head (0 = off; needs a model trained by `mbm train`).")] = 0,
 ) -> None:
@@ -91,23 +95,21 @@ def search(
     Example: mbm search "red car" -k 5
     """
     from mbm.engine import Engine
+    from mbm.retrieval.query import Query
 
-    if query is None and image is None:
+    if query is None and not image:
         raise UsageError('nothing to search for — give a QUERY ("red car") or --image PATH')
-    if image is not None and not image.expanduser().is_file():
-        raise UsageError(f"query image {image} does not exist — check the path")
-    text = " + ".join(q for q in (query, str(image.expanduser().absolute()) if image else None) if q)
+    if as_json and (paths_only or print0):
+        raise UsageError("--json and --paths/--print0 are different outputs — give one of them")
+    q = Query.parse(query, images=image or ())
     started = time.perf_counter()
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
-        hits = eng.search(text, k=top, min_score=min_score, under=str(under) if under else None, rerank=rerank)
+        hits = eng.search(q, k=top, min_score=min_score, under=str(under) if under else None, rerank=rerank)
         timings = {**eng.timings, "total": time.perf_counter() - started}
     if as_json:
-        doc = {"query": text, "collection": collection, "hits": [h.as_dict() for h in hits],
-               "seconds": {k: round(v, 4) for k, v in timings.items()}}
-        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
-    elif paths_only:
-        for h in hits:
-            typer.echo(output.shown(h.path) if h.text is None else h.text)
+        typer.echo(output.search_json(q, collection, hits, timings))
+    elif paths_only or print0:
+        output.write_paths([h.path if h.text is None else h.text for h in hits], print0=print0)
     else:
         typer.echo(output.hits_table(hits))
     if verbose:
@@ -126,7 +128,7 @@ def info(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
 
     infos = Engine.collections(store)
     if as_json:
-        typer.echo(json.dumps({"store": str(resolve_store(store)), "collections": [c.as_dict() for c in infos]}, indent=2))
+        typer.echo(output.json_text({"store": str(resolve_store(store)), "collections": [c.as_dict() for c in infos]}))
         return
     if not infos:
         output.err(f"no collections in {resolve_store(store)} — run `mbm index PATH` to create one")
@@ -143,7 +145,7 @@ def models(as_json: JsonOpt = False, all_tags: Annotated[bool, typer.Option("--a
 
     rows = [m for m in list_models() if all_tags or m.kind != "open_clip pretrained" or m.weights_present or _featured(m.spec)]
     if as_json:
-        typer.echo(json.dumps([m.__dict__ for m in rows], indent=2))
+        typer.echo(output.json_text([m.__dict__ for m in rows]))
         return
     typer.echo(output.models_table(rows))
     if not all_tags:
@@ -154,3 +156,34 @@ def _featured(spec: str) -> bool:
     return spec in {"ViT-B-32-256:datacomp_s34b_b86k", "ViT-B-32:laion2b_s34b_b79k", "ViT-B-16:datacomp_xl_s13b_b90k",
                     "ViT-L-14:datacomp_xl_s13b_b90k", "MobileCLIP-S1:datacompdr", "ViT-SO400M-14-SigLIP-384:webli"}
 
+
+
+def check(
+    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Check only this collection (default: every collection in the store).", show_default=False)] = None,
+    store: StoreOpt = None,
+    fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired without losing data: remove rows of files that are gone (never of a missing folder), damaged embeddings, stale caches and temp files.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check collections: catalog integrity, damaged embeddings, files that are gone, stale caches.
+
+    Exit code 1 when a problem is left (after --fix, when it could not be fixed).
+
+    Example: mbm check --fix -c photos
+    """
+    from mbm.config import resolve_store
+    from mbm.engine import Engine
+
+    names = [collection] if collection else [c.name for c in Engine.collections(store)]
+    if not names:
+        output.err(f"no collections in {resolve_store(store)} — run `mbm index PATH` to create one")
+        return
+    reports = []
+    for name in names:
+        with Engine.open(store, name) as eng:
+            reports.append(eng.check(fix=fix))
+    if as_json:
+        typer.echo(output.json_text({"store": str(resolve_store(store)), "collections": [r.as_dict() for r in reports]}))
+    else:
+        typer.echo(output.check_report(reports))
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)

@@ -12,9 +12,9 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import AbstractSet, Any, Callable, Iterable, Iterator, Mapping, Union
 
-from mbm.indexer.decode import DecodeError, ImageFacts, decode, read_file
+from mbm.indexer.decode import IMAGE_LIMIT, DecodeError, ImageFacts, PixelBudget, decode, read_file
 from mbm.indexer.scan import FileEntry
 
 
@@ -56,21 +56,39 @@ class StageClock:
 
 
 def make_preparer(
-    preprocess: Callable[[Any], Any], min_side: int, known_hashes: set[str], max_pixels: int, clock: StageClock
+    preprocess: Callable[[Any], Any],
+    min_side: int,
+    known_hashes: AbstractSet[str],
+    max_pixels: int,
+    clock: StageClock,
+    *,
+    previous: Mapping[str, str] | None = None,
+    budget: PixelBudget | None = None,
 ) -> Callable[[FileEntry], Prepared]:
-    lock = threading.Lock()
+    """A function that reads and decodes one file, safe to call from several threads.
+
+    A file is ``Known`` when its content is in ``known_hashes`` (stored before the run and
+    kept through it) or is unchanged from its own ``previous`` hash (path -> hash); nothing
+    learnt during the run counts, so no thread's timing decides which copy is "first".
+    Copies within a run are each decoded; the runner, which sees results in input order,
+    embeds the first and reuses its vector for the rest."""
+    known = frozenset(known_hashes)
+    previous = previous or {}
+    budget = budget or PixelBudget()
 
     def prepare(entry: FileEntry) -> Prepared:
+        too_big = IMAGE_LIMIT.problem(entry.size)
+        if too_big:  # from the scan: the file is not even opened
+            return Failed(entry, too_big)
         t0 = time.perf_counter()
         try:
             data, digest = read_file(entry.path)
             t1 = time.perf_counter()
             clock.add("read", t1 - t0)
-            with lock:  # the first file with this content is decoded; copies in this run reuse it
-                if digest in known_hashes:
-                    return Known(entry, digest)
-                known_hashes.add(digest)
-            image, facts = decode(data, min_side, max_pixels=max_pixels)
+            if digest in known or previous.get(entry.path) == digest:
+                return Known(entry, digest)
+            image, facts = decode(data, min_side, max_pixels=max_pixels, budget=budget)
+            del data  # up to MAX_FILE_BYTES: not kept while preprocessing
             pixels = preprocess(image)
             clock.add("decode", time.perf_counter() - t1)
             return Decoded(entry, digest, pixels, facts)

@@ -17,11 +17,11 @@ import numpy as np
 
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS, facts_dict
 from mbm.indexer.embed import Decoded, Failed, Known, StageClock, make_preparer, prepared_batches
-from mbm.indexer.scan import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, FileEntry, display_path, scan
+from mbm.indexer.scan import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, FileEntry, display_path, one_line, scan
 from mbm.indexer.texts import read_texts, text_hash
 from mbm.models.factory import Encoder
-from mbm.store.catalog import Catalog
-from mbm.store.vectors import build_from_catalog, vectors_fresh
+from mbm.store.catalog import Catalog, FileState
+from mbm.store.vectors import ensure_saved
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Indexer:
         started = time.perf_counter()
         t0 = time.perf_counter()
         found = scan(roots, TEXT_EXTENSIONS if texts else IMAGE_EXTENSIONS)
-        report.skipped.extend(found.problems)
+        report.skipped.extend((path, one_line(reason)) for path, reason in found.problems)
         states = self.catalog.file_states()
         todo = [f for f in found.files if not _unchanged(f, states.get(f.path))]
         report.unchanged = len(found.files) - len(todo)
@@ -107,7 +107,7 @@ class Indexer:
             failed = self._index_texts(todo, report, clock)
         else:
             gone_hashes = {states[p].hash for p in gone}
-            failed = self._index_images(todo, gone_hashes, report, clock)
+            failed = self._index_images(todo, states, gone_hashes, report, clock)
 
         t0 = time.perf_counter()
         stale = [p for p in failed if p in states]  # a file that no longer decodes loses its old vector
@@ -116,8 +116,7 @@ class Indexer:
         clock.add("write", time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        if not vectors_fresh(self.vectors_dir, self.catalog.generation(), self.catalog.count()):
-            build_from_catalog(self.catalog).save(self.vectors_dir)
+        ensure_saved(self.catalog, self.vectors_dir)  # the caller holds the collection's lock
         clock.add("vectors", time.perf_counter() - t0)
         report.total_items = self.catalog.count()
         if isinstance(self._encoder, Encoder):
@@ -125,43 +124,25 @@ class Indexer:
         report.seconds = {**clock.seconds, "total": time.perf_counter() - started}
         return report
 
-    def _index_images(self, todo: list[FileEntry], gone_hashes: set[str], report: IndexReport, clock: StageClock) -> list[str]:
-        known = self.catalog.known_hashes()
-        prepare = make_preparer(self.encoder.preprocess, self.encoder.image_size, known, self.max_pixels, clock)
+    def _index_images(
+        self, todo: list[FileEntry], states: dict[str, FileState], gone_hashes: set[str], report: IndexReport, clock: StageClock
+    ) -> list[str]:
+        todo_paths = {f.path for f in todo}
+        # Contents a file may reuse: rows this run does not rewrite stay stored throughout it,
+        # and a rewritten file whose content is unchanged rewrites its own row with that content.
+        kept = {s.hash for p, s in states.items() if s.hash and p not in todo_paths}
+        previous = {p: states[p].hash for p in todo_paths if p in states and states[p].hash}
+        prepare = make_preparer(
+            self.encoder.preprocess, self.encoder.image_size, kept, self.max_pixels, clock, previous=previous
+        )
         failed: list[str] = []
         done = 0
         self.progress(0, len(todo))
         for batch in prepared_batches(todo, prepare, self.batch_size, self.workers):
-            rows, blobs = [], []
-            fresh: dict[str, tuple[bytes, int | None, int | None, str | None, str | None]] = {}
-            decoded = [r for r in batch if isinstance(r, Decoded)]
-            if decoded:
-                import torch
-
-                t0 = time.perf_counter()
-                vecs = self.encoder.encode_image_tensors(torch.stack([r.pixels for r in decoded]))
-                clock.add("embed", time.perf_counter() - t0)
-                for r, v in zip(decoded, vecs):
-                    facts = facts_dict(r.facts)
-                    rows.append(_file_row(r.entry, r.hash, facts))
-                    blobs.append(v.astype(self.dtype).tobytes())
-                    fresh[r.hash] = (blobs[-1], facts["width"], facts["height"], facts["taken_at"], facts["camera"])
-                report.indexed += len(decoded)
-            reused = [r for r in batch if isinstance(r, Known)]
-            if reused:
-                stored = {**self.catalog.embedding_by_hash(r.hash for r in reused), **fresh}
-                for r in reused:
-                    if r.hash not in stored:  # its first copy in this run failed to decode
-                        batch.append(Failed(r.entry, "same content as a file that could not be decoded"))
-                        continue
-                    emb, w, h, taken, camera = stored[r.hash]
-                    rows.append(_file_row(r.entry, r.hash, {"width": w, "height": h, "taken_at": taken, "camera": camera}))
-                    blobs.append(emb)
-                    report.moved += r.hash in gone_hashes
-                report.reused += sum(r.hash in stored for r in reused)
+            rows, blobs = self._image_rows(batch, gone_hashes, report, clock)
             for r in batch:
                 if isinstance(r, Failed):
-                    report.skipped.append((r.entry.path, r.reason))
+                    report.skipped.append((r.entry.path, one_line(r.reason)))
                     failed.append(r.entry.path)
             t0 = time.perf_counter()
             if rows:
@@ -171,37 +152,92 @@ class Indexer:
             self.progress(done, len(todo))
         return failed
 
+    def _image_rows(
+        self, batch: list[Any], gone_hashes: set[str], report: IndexReport, clock: StageClock
+    ) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """Rows and embeddings of one batch, in input order; each content is embedded once, by its first copy.
+
+        Copies seen in earlier batches of this run are found in the catalog: those batches are committed."""
+        stored = self.catalog.embedding_by_hash(r.hash for r in batch if not isinstance(r, Failed))
+        firsts: dict[str, Decoded] = {}
+        for r in batch:
+            if isinstance(r, Decoded) and r.hash not in stored:
+                firsts.setdefault(r.hash, r)
+        stored.update(self._embed_images(list(firsts.values()), clock))
+        rows, blobs = [], []
+        for i, r in enumerate(batch):
+            if isinstance(r, Failed):
+                continue
+            if r.hash not in stored:  # a Known content vanished: only another writer could do that
+                batch[i] = Failed(r.entry, "its content was indexed but its vector is gone — run the index again")
+                continue
+            emb, width, height, taken, camera = stored[r.hash]
+            if isinstance(r, Decoded):
+                facts = facts_dict(r.facts)
+                report.indexed += firsts.get(r.hash) is r
+                report.reused += firsts.get(r.hash) is not r
+            else:
+                facts = {"width": width, "height": height, "taken_at": taken, "camera": camera}
+                report.reused += 1
+                report.moved += r.hash in gone_hashes
+            rows.append(_file_row(r.entry, r.hash, facts))
+            blobs.append(emb)
+        return rows, blobs
+
+    def _embed_images(self, decoded: list[Decoded], clock: StageClock) -> dict[str, tuple[bytes, Any, Any, Any, Any]]:
+        if not decoded:
+            return {}
+        import torch
+
+        t0 = time.perf_counter()
+        vecs = self.encoder.encode_image_tensors(torch.stack([r.pixels for r in decoded]))
+        clock.add("embed", time.perf_counter() - t0)
+        out = {}
+        for r, v in zip(decoded, vecs):
+            f = facts_dict(r.facts)
+            out[r.hash] = (v.astype(self.dtype).tobytes(), f["width"], f["height"], f["taken_at"], f["camera"])
+        return out
+
     def _index_texts(self, todo: list[FileEntry], report: IndexReport, clock: StageClock) -> list[str]:
         failed: list[str] = []
         self.progress(0, len(todo))
         for done, entry in enumerate(todo, 1):
             t0 = time.perf_counter()
             try:
-                lines = read_texts(entry.path)
-            except ValueError as e:
-                report.skipped.append((entry.path, str(e)))
+                lines = read_texts(entry.path, size=entry.size)
+            except Exception as e:  # noqa: BLE001 - one bad file must never stop a run
+                reason = str(e) if isinstance(e, ValueError) else f"unexpected {type(e).__name__}: {e}"
+                report.skipped.append((entry.path, one_line(reason)))
                 failed.append(entry.path)
                 continue
             clock.add("read", time.perf_counter() - t0)
-            hashes = [text_hash(t) for _, t in lines]
-            stored = self.catalog.embedding_by_hash(hashes)
-            new = sorted({t for (_, t), h in zip(lines, hashes) if h not in stored})
-            t0 = time.perf_counter()
-            for i in range(0, len(new), 1024):
-                chunk = new[i : i + 1024]
-                vecs = self.encoder.encode_texts(chunk)
-                stored.update({text_hash(t): (v.astype(self.dtype).tobytes(), None, None, None, None) for t, v in zip(chunk, vecs)})
-            clock.add("embed", time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            rows = [{**_file_row(entry, h, {}), "part": part, "text": text} for (part, text), h in zip(lines, hashes)]
-            with self.catalog.transaction():  # the file's old lines and its new ones change together
-                self.catalog.remove_paths([entry.path])
-                self.catalog.add_items(rows, [stored[h][0] for h in hashes])
-            clock.add("write", time.perf_counter() - t0)
-            report.indexed += len(new)
-            report.reused += len(lines) - len(new)
+            if lines:
+                self._write_texts(entry, lines, report, clock)
+            else:  # nothing to index: recorded, so the next run sees the file unchanged
+                with self.catalog.transaction():
+                    self.catalog.remove_paths([entry.path])
+                    self.catalog.mark_empty(entry.path, entry.size, entry.mtime_ns)
             self.progress(done, len(todo))
         return failed
+
+    def _write_texts(self, entry: FileEntry, lines: list[tuple[int, str]], report: IndexReport, clock: StageClock) -> None:
+        hashes = [text_hash(t) for _, t in lines]
+        stored = self.catalog.embedding_by_hash(hashes)
+        new = sorted({t for (_, t), h in zip(lines, hashes) if h not in stored})
+        t0 = time.perf_counter()
+        for i in range(0, len(new), 1024):
+            chunk = new[i : i + 1024]
+            vecs = self.encoder.encode_texts(chunk)
+            stored.update({text_hash(t): (v.astype(self.dtype).tobytes(), None, None, None, None) for t, v in zip(chunk, vecs)})
+        clock.add("embed", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        rows = [{**_file_row(entry, h, {}), "part": part, "text": text} for (part, text), h in zip(lines, hashes)]
+        with self.catalog.transaction():  # the file's old lines and its new ones change together
+            self.catalog.remove_paths([entry.path])
+            self.catalog.add_items(rows, [stored[h][0] for h in hashes])
+        clock.add("write", time.perf_counter() - t0)
+        report.indexed += len(new)
+        report.reused += len(lines) - len(new)
 
 
 def _unchanged(entry: FileEntry, state: Any) -> bool:

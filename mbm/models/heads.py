@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mbm.atomic import write_bytes, write_text
 from mbm.errors import ModelError
 from mbm.models.fusion import FusionConfig, FusionModel
 
@@ -72,14 +72,9 @@ def save_heads(folder: str | Path, fusion: FusionModel | None, classifier: Class
         meta["classifier"] = {"dim": classifier.dim, "labels": classifier.labels}
         tensors.update({f"classifier.{k}": v for k, v in classifier.state_dict().items()})
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    folder.mkdir(parents=True, exist_ok=True)
-    # temp name + rename: a reader never sees half a file (the json goes last, so it never names missing weights)
-    tmp = folder / f".{HEADS_WEIGHTS}.{os.getpid()}.tmp"
-    tmp.write_bytes(save(tensors, metadata={"format": "pt"}))  # save_file would make the file 0600
-    os.replace(tmp, folder / HEADS_WEIGHTS)
-    tmp = folder / f".{HEADS_CONFIG}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, folder / HEADS_CONFIG)
+    # each file lands whole; the json goes last, so it never names weights that are not there yet
+    write_bytes(folder / HEADS_WEIGHTS, save(tensors, metadata={"format": "pt"}))  # save_file would make it 0600
+    write_text(folder / HEADS_CONFIG, json.dumps(meta, indent=2))
 
 
 def load_heads(folder: str | Path, device: str = "cpu") -> dict[str, nn.Module]:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from mbm.atomic import temp_dir
+from mbm.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +50,25 @@ def export_query_encoder(encoder: Any, folder: Path) -> bool:
         pass
     from mbm.models.text_numpy import UnsupportedTextTower, export_text_tower
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(folder.parent, "query_encoder")
     supported = True
     try:
-        if getattr(getattr(encoder.model, "text", None), "transformer", None) is not None and hasattr(encoder.model.text, "pooler"):
-            from mbm.models.text_numpy_bert import export_bert_tower  # a Hugging Face text tower (the bundled MiniLM)
+        with atomic_dir(folder) as tmp:  # readers see the old folder or the new one, never half of one
+            try:
+                if getattr(getattr(encoder.model, "text", None), "transformer", None) is not None and hasattr(encoder.model.text, "pooler"):
+                    from mbm.models.text_numpy_bert import export_bert_tower  # a Hugging Face text tower (the bundled MiniLM)
 
-            export_bert_tower(encoder.model, encoder.tokenizer, tmp)
-        else:
-            kind = "clip-bpe" if type(encoder.tokenizer).__name__ == "SimpleTokenizer" else type(encoder.tokenizer).__name__
-            export_text_tower(encoder.model, {"kind": kind, "context_length": _context_length(encoder)}, tmp)
-    except UnsupportedTextTower as e:
-        log.info("text queries will use the full model: %s", e)
-        supported = False
+                    export_bert_tower(encoder.model, encoder.tokenizer, tmp)
+                else:
+                    kind = "clip-bpe" if type(encoder.tokenizer).__name__ == "SimpleTokenizer" else type(encoder.tokenizer).__name__
+                    export_text_tower(encoder.model, {"kind": kind, "context_length": _context_length(encoder)}, tmp)
+            except UnsupportedTextTower as e:
+                log.info("text queries will use the full model: %s", e)
+                supported = False
+            source = {"fingerprint": encoder.fingerprint, "spec": encoder.spec, "supported": supported}
+            (tmp / _SOURCE).write_text(json.dumps(source))
     except OSError as e:
         log.warning("could not export the query encoder to %s (%s)", folder, e)
-        shutil.rmtree(tmp, ignore_errors=True)
         return False
-    (tmp / _SOURCE).write_text(json.dumps({"fingerprint": encoder.fingerprint, "spec": encoder.spec, "supported": supported}))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)  # readers see the old folder or the new one, never half of one
-    shutil.rmtree(old, ignore_errors=True)
     return supported
 
 

@@ -17,7 +17,6 @@ import html
 import importlib.util
 import json
 import logging
-import os
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +27,7 @@ import regex  # open_clip's own dependency; \p{L} needs it; imports in ~20 ms
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from mbm.atomic import temp_file
+from mbm.atomic import write_with
 
 log = logging.getLogger(__name__)
 
@@ -297,18 +296,10 @@ def export_text_tower(model: Any, tokenizer_info: Any, folder: str | Path, *, dt
     folder.mkdir(parents=True, exist_ok=True)
     # weights first, config last: each lands whole (temp + os.replace), and the export_id both
     # carry tells load() when it sees the weights of one export next to the config of another
-    _replace(folder / WEIGHTS_FILE, lambda p: Path(p).write_bytes(save(arrays, metadata={"export_id": config["export_id"]})))
-    _replace(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=1)))
+    write_with(folder / WEIGHTS_FILE, lambda p: Path(p).write_bytes(save(arrays, metadata={"export_id": config["export_id"]})))
+    write_with(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=1)))
 
 
-def _replace(target: Path, write: Any) -> None:
-    tmp = str(temp_file(target.parent, target.name))
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _tokenizer_config(info: Any, num_positions: int) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save
 
+from mbm.atomic import write_with
 from mbm.models.text_numpy import (
     _PLAIN,
     CONFIG_FILE,
@@ -36,7 +37,6 @@ from mbm.models.text_numpy import (
     _gelu,
     _layer_norm,
     _linear,
-    _replace,
 )
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,9 @@ def export_bert_tower(model: Any, tokenizer: Any, folder: str | Path, *, dtype: 
     config.update(format=FORMAT, version=VERSION, export_id=uuid.uuid4().hex, dtype=dtype, params=int(params))
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _replace(folder / TOKENIZER_FILE, lambda p: Path(p).write_text(backend.to_str()))
-    _replace(folder / WEIGHTS_FILE, lambda p: Path(p).write_bytes(save(arrays, metadata={"export_id": config["export_id"]})))
-    _replace(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=1)))
+    write_with(folder / TOKENIZER_FILE, lambda p: Path(p).write_text(backend.to_str()))
+    write_with(folder / WEIGHTS_FILE, lambda p: Path(p).write_bytes(save(arrays, metadata={"export_id": config["export_id"]})))
+    write_with(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=1)))
 
 
 def _describe(model: Any) -> tuple[dict, dict]:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from mbm.errors import CollectionError, UsageError
-from mbm.retrieval.query import parse_query
+from mbm.retrieval.query import QueryLike, as_query
 from mbm.retrieval.searcher import Hit
 
 DEFAULT_RERANK_TOP = 20
@@ -50,13 +50,15 @@ class FusionReranker:
         batch = torch.stack(pixels).to(self.encoder.device, next(self.encoder.model.parameters()).dtype)
         return image_tokens(self.encoder.model, batch)[1].float()
 
-    def rerank(self, query: str, hits: list[Hit], text_collection: bool) -> list[Hit]:
-        """Hits sorted by fusion match probability (cosine score kept), ranks renumbered."""
+    def rerank(self, query: QueryLike, hits: list[Hit], text_collection: bool) -> list[Hit]:
+        """Hits sorted by fusion match probability (cosine score kept), ranks renumbered.
+
+        ``query`` is what the search was given (see :func:`mbm.retrieval.query.as_query`)."""
         import torch
 
         if not hits:
             return hits
-        terms = parse_query(query)
+        terms = as_query(query)
         if len(terms) != 1 or terms[0].weight <= 0:
             raise UsageError("--rerank needs a single text or image query, not a weighted combination")
         term = terms[0]

@@ -11,7 +11,7 @@ import numpy as np
 
 from mbm.errors import UsageError
 from mbm.indexer.scan import display_path
-from mbm.retrieval.query import combine, parse_query
+from mbm.retrieval.query import QueryLike, as_query, check_dimension, combine
 from mbm.store.catalog import Catalog
 from mbm.store.vectors import VectorIndex
 
@@ -51,15 +51,19 @@ class Searcher:
         self.encode_text = encode_text
         self.encode_image = encode_image
 
-    def query_vector(self, query: str) -> np.ndarray:
-        return combine(parse_query(query), self.encode_text, self.encode_image)
+    def query_vector(self, query: QueryLike) -> np.ndarray:
+        """The normalized vector searched for a query: str (literal text), Path (image), ndarray, or Query."""
+        q = as_query(query)
+        check_dimension(q, self.vectors.dim)
+        return combine(q, self.encode_text, self.encode_image)
 
     def search(
-        self, query: str | np.ndarray, *, k: int = 10, min_score: float | None = None, under: str | None = None
+        self, query: QueryLike, *, k: int = 10, min_score: float | None = None, under: str | None = None
     ) -> list[Hit]:
+        """Top-``k`` hits for ``query`` (anything :meth:`query_vector` takes, or a ready vector)."""
         if k <= 0:
             raise UsageError(f"-k/--top must be at least 1, not {k}")
-        vector = self.query_vector(query) if isinstance(query, str) else np.asarray(query, np.float32)
+        vector = self.query_vector(query)
         allowed = None
         if under is not None:
             folder = os.path.abspath(os.path.expanduser(under))
@@ -69,7 +73,7 @@ class Searcher:
         scores, ids = self.vectors.search(vector[None, :], k, allowed)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and (min_score is None or s >= min_score)]
         rows = self.catalog.rows([i for _, i in pairs])
-        hits = []
+        hits: list[Hit] = []
         for score, item_id in pairs:
             row = rows.get(item_id)
             if row is None:  # removed after the index was built

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Mapping
+
+from mbm.atomic import write_text
 
 from .common import SourceMissing, write_jsonl
 from .split import assign_splits, split_hashes
@@ -101,9 +102,7 @@ def build_all(out_dir: str | Path, sources: tuple[str, ...] | list[str] = DEFAUL
     stats = make_stats(rows, report=report, missing=missing, timings=timings,
                        options={"sources": list(sources), "size": size, "limit": limit,
                                 "val": val, "test": test, "seed": seed})
-    tmp = stats_path(manifest).with_suffix(".tmp")
-    tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, stats_path(manifest))
+    write_text(stats_path(manifest), json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     counts = ", ".join(f"{s} {n}" for s, n in stats["splits"].items())
     log(f"wrote {manifest} ({len(rows)} rows: {counts})")
     return manifest

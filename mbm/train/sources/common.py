@@ -23,6 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mbm.atomic import atomic_path, write_bytes
 from mbm.errors import MbmError
 
 LICENCES = {
@@ -139,10 +140,7 @@ def save_png(img: Image.Image, path: Path) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -269,9 +267,6 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> list[dict]:
 
 def write_jsonl(rows: list[dict], path: Path) -> None:
     """Write rows as UTF-8 JSONL atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
