@@ -322,7 +322,9 @@ class Engine:
         t1 = time.perf_counter()
         vector = searcher.query_vector(query)
         t2 = time.perf_counter()
-        hits = searcher.search(vector, k=max(k, rerank), min_score=min_score, under=under)
+        with self._refresh:  # threads share the index: no search runs while another thread catches it up
+            searcher = self.searcher()
+            hits = searcher.search(vector, k=max(k, rerank), min_score=min_score, under=under)
         if rerank > 0:
             t3 = time.perf_counter()
             text_collection = self._meta().get("kind") == "text"

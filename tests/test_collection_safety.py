@@ -263,3 +263,32 @@ def test_collection_fingerprinted_by_an_older_mbm_keeps_working_and_is_upgraded(
     make_images(photos, 1, start=9)  # the next run that loads the model records the full fingerprint
     engine_factory().index([photos])
     assert Catalog.open(eng.folder / "catalog.sqlite", readonly=True).meta()["fingerprint"] == full
+
+
+def test_one_engine_serves_threads_while_another_engine_indexes(tmp_path, engine_factory):
+    import threading
+
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 6)
+    eng = engine_factory()
+    eng.index([photos])
+    errors: list[BaseException] = []
+
+    def searches() -> None:
+        try:
+            for p in paths * 3:
+                assert eng.search(p, k=1)[0].path == str(p)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=searches) for _ in range(4)]
+    for t in threads:
+        t.start()
+    writer = engine_factory()
+    for start in (20, 30, 40):
+        make_images(photos, 2, start=start)
+        writer.index([photos])
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert eng.search(photos / "img0041.png", k=1)[0].path == str(photos / "img0041.png")
