@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mbm import __version__
+from mbm.atomic import clean_temp
 from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION, collection_dir, ensure_store, resolve_store
 from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
@@ -217,6 +218,7 @@ class Engine:
         ensure_store(self.store)
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._lock.hold(wait=wait, on_wait=notify):
+            clean_temp(self.folder, min_age_s=0)  # left by a crashed write: no other writer can be active now
             catalog = self.catalog(create=True, write=True)
             meta = catalog.meta()
             self._check_kind(meta, kind, paths)  # another run may have created it while we waited

@@ -292,3 +292,14 @@ def test_one_engine_serves_threads_while_another_engine_indexes(tmp_path, engine
         t.join(timeout=120)
     assert errors == []
     assert eng.search(photos / "img0041.png", k=1)[0].path == str(photos / "img0041.png")
+
+
+def test_an_index_run_removes_temp_files_of_a_crashed_write(tmp_path, engine_factory):
+    photos = tmp_path / "photos"
+    make_images(photos, 2)
+    eng = engine_factory()
+    eng.index([photos])
+    (eng.folder / ".vectors-x-3.faiss.1234abcd.tmp").write_bytes(b"half a file")
+    (eng.folder / ".query_encoder.5678abcd.tmp").mkdir()
+    eng.index([photos])
+    assert not [p for p in eng.folder.iterdir() if p.name.endswith(".tmp")]

@@ -1,6 +1,5 @@
 """Catalog migrations and the FAISS cache: freshness, corruption, filtered search vs exact."""
 
-import sqlite3
 
 import numpy as np
 import pytest
