@@ -20,28 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from _util import report
+from cold_search import build_collection
 
 WORDS = ("red car dog beach sunset mountain city night cat bowl soup tree river boat bird flower bicycle "
          "street snow forest child guitar kitchen window bridge train").split()
-
-
-def build(store: Path, spec: str, items: int) -> None:
-    from mbm import Engine
-
-    with Engine.open(store, model=spec) as eng:
-        enc = eng.encoder()
-        catalog = eng.catalog(create=True)
-        catalog.set_meta(kind="image", model=enc.spec, fingerprint=enc.fingerprint, dim=enc.dim, dtype="float16")
-        rng = np.random.default_rng(0)
-        centers = rng.normal(size=(64, enc.dim)).astype(np.float32)
-        for start in range(0, items, 10_000):
-            n = min(10_000, items - start)
-            x = centers[rng.integers(0, 64, n)] + 0.5 * rng.normal(size=(n, enc.dim)).astype(np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            rows = [{"path": f"/photos/{(start + i) // 1000:03d}/img_{start + i:06d}.jpg", "size": 1_500_000,
-                     "mtime_ns": 1, "hash": f"{start + i:032x}", "width": 3000, "height": 2000} for i in range(n)]
-            catalog.add_items(rows, [v.astype(np.float16).tobytes() for v in x])
-        eng.prepare_search()
 
 
 def queries(n: int) -> list[str]:
@@ -67,7 +49,7 @@ def main() -> None:
 
     store = args.root / f"mbm-bench-warm-{args.model}-{args.items}"
     if not (store / "collections" / "default" / "catalog.sqlite").exists():
-        build(store, args.model, args.items)
+        build_collection(store, args.model, args.items)
     texts = queries(args.searches)
     with Engine.open(store) as eng:
         t0 = time.perf_counter()

@@ -61,10 +61,10 @@ def test_empty_text_file_is_unchanged_on_the_next_run(tmp_path, engine_factory):
     (tmp_path / "blank.txt").write_text("\n   \n\t\n")
     (tmp_path / "good.txt").write_text("a red car\n")
     eng = engine_factory("texts")
-    first = eng.index([tmp_path])
+    first = eng.index([tmp_path], texts=True)
     assert first.ok and first.indexed == 1
     generation = eng.catalog().generation()
-    again = eng.index([tmp_path])
+    again = eng.index([tmp_path], texts=True)
     assert (again.unchanged, again.indexed, again.removed) == (3, 0, 0) and again.ok
     assert eng.catalog().generation() == generation
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS, facts_dict
-from mbm.indexer.embed import Decoded, Failed, Known, StageClock, make_preparer, prepared_batches
+from mbm.indexer.embed import Decoded, Failed, StageClock, make_preparer, prepared_batches
 from mbm.indexer.scan import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, FileEntry, display_path, one_line, scan
 from mbm.indexer.texts import read_texts, text_hash
 from mbm.models.factory import Encoder

@@ -92,7 +92,14 @@ def _jsonl(lines: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
 
 
 def _csv(lines: Iterable[str]) -> list[tuple[int, str]]:
-    reader = csv.DictReader(lines)
+    fetched = [0]  # lines handed to the parser: the last one is where an error is
+
+    def counted() -> Iterator[str]:
+        for line in lines:
+            fetched[0] += 1
+            yield line
+
+    reader = csv.DictReader(counted())
     out = []
     try:
         columns = reader.fieldnames
@@ -103,6 +110,6 @@ def _csv(lines: Iterable[str]) -> list[tuple[int, str]]:
             if text := clean_text(row.get("text") or ""):
                 out.append((reader.line_num, text))
     except csv.Error as e:
-        raise ValueError(f"line {reader.line_num} is not valid CSV ({e}) — quote fields and keep each under "
+        raise ValueError(f"line {fetched[0]} is not valid CSV ({e}) — quote fields and keep each under "
                          f"{csv.field_size_limit():,} characters") from None
     return out

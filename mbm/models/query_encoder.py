@@ -1,8 +1,8 @@
-"""The torch-free query path: a collection keeps its model's text tower exported for numpy.
+"""The torch-free query path: a collection keeps its model's text tower exported to ONNX.
 
 A cold ``mbm search "red car"`` then never imports torch or open_clip (seconds on a
-small machine); image queries and models whose text tower cannot be exported use
-the full encoder as before.
+small machine); image queries, models whose text tower cannot be exported and installs
+without onnxruntime/onnx/onnxscript use the full encoder as before.
 """
 
 from __future__ import annotations
@@ -17,60 +17,57 @@ from mbm.atomic import atomic_dir
 log = logging.getLogger(__name__)
 
 QUERY_ENCODER_DIR = "query_encoder"
+FORMAT = "onnx"
 _SOURCE = "source.json"
+
+
+def _source(folder: Path) -> dict:
+    """The export's record, or {} when there is none or it is of an older format (exported again)."""
+    try:
+        source = json.loads((folder / _SOURCE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return source if isinstance(source, dict) and source.get("format") == FORMAT else {}
 
 
 def load_query_encoder(folder: Path, fingerprint: str) -> Any:
     """The exported encoder when it was made from weights with this fingerprint, else None."""
-    try:
-        source = json.loads((folder / _SOURCE).read_text())
-    except (OSError, ValueError):
-        return None
+    source = _source(folder)
     if source.get("fingerprint") != fingerprint or not source.get("supported"):
         return None
-    from mbm.models.text_numpy import CONFIG_FILE, NumpyTextEncoder
+    from mbm.models.text_onnx import OnnxTextEncoder
 
-    try:
-        kind = json.loads((folder / CONFIG_FILE).read_text()).get("format")
-    except (OSError, ValueError):
-        return None
-    if kind == "mbm-text-numpy-bert":
-        from mbm.models.text_numpy_bert import NumpyBertEncoder
-
-        return NumpyBertEncoder.load(folder)
-    return NumpyTextEncoder.load(folder)
+    return OnnxTextEncoder.load(folder)
 
 
 def export_query_encoder(encoder: Any, folder: Path) -> bool:
     """Export ``encoder``'s text tower (once per fingerprint); False when it cannot be exported."""
-    try:
-        if json.loads((folder / _SOURCE).read_text()).get("fingerprint") == encoder.fingerprint:
-            return False  # already tried for these weights (exported, or known unsupported)
-    except (OSError, ValueError):
-        pass
-    from mbm.models.text_numpy import UnsupportedTextTower, export_text_tower
+    if _source(folder).get("fingerprint") == encoder.fingerprint:
+        return False  # already tried for these weights (exported, or known unsupported)
+    from mbm.models.text_onnx import (
+        UnsupportedTextTower,
+        export_text_onnx,
+        missing_export_modules,
+    )
 
+    missing = missing_export_modules()
+    if missing:  # nothing recorded: an install that adds them exports on the next index or search
+        log.info("text queries will use the full model: %s not installed (pip install onnxruntime onnx onnxscript)",
+                 " and ".join(missing))
+        return False
     supported = True
     try:
         with atomic_dir(folder) as tmp:  # readers see the old folder or the new one, never half of one
             try:
-                if getattr(getattr(encoder.model, "text", None), "transformer", None) is not None and hasattr(encoder.model.text, "pooler"):
-                    from mbm.models.text_numpy_bert import export_bert_tower  # a Hugging Face text tower (the bundled MiniLM)
-
-                    export_bert_tower(encoder.model, encoder.tokenizer, tmp)
-                else:
-                    kind = "clip-bpe" if type(encoder.tokenizer).__name__ == "SimpleTokenizer" else type(encoder.tokenizer).__name__
-                    export_text_tower(encoder.model, {"kind": kind, "context_length": _context_length(encoder)}, tmp)
+                export_text_onnx(encoder, tmp)
             except UnsupportedTextTower as e:
                 log.info("text queries will use the full model: %s", e)
                 supported = False
-            source = {"fingerprint": encoder.fingerprint, "spec": encoder.spec, "supported": supported}
+                for p in tmp.iterdir():  # keep only the record, not a half-usable export
+                    p.unlink()
+            source = {"fingerprint": encoder.fingerprint, "spec": encoder.spec, "supported": supported, "format": FORMAT}
             (tmp / _SOURCE).write_text(json.dumps(source))
     except OSError as e:
         log.warning("could not export the query encoder to %s (%s)", folder, e)
         return False
     return supported
-
-
-def _context_length(encoder: Any) -> int:
-    return int(getattr(encoder.tokenizer, "context_length", getattr(encoder.model, "context_length", 77)))
