@@ -275,7 +275,7 @@ class Engine:
             return
         with self._lock.attempt() as holder:
             if holder:
-                export_query_encoder(self._encoder, self.folder / QUERY_ENCODER_DIR)
+                export_query_encoder(self._encoder, self.folder / QUERY_ENCODER_DIR, self._meta().get("fingerprint"))
 
     def _fast_text(self) -> Any:
         """The torch-free text encoder exported for this collection's weights, if there is one (loaded once)."""

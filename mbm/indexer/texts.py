@@ -92,24 +92,18 @@ def _jsonl(lines: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
 
 
 def _csv(lines: Iterable[str]) -> list[tuple[int, str]]:
-    fetched = [0]  # lines handed to the parser: the last one is where an error is
-
-    def counted() -> Iterator[str]:
-        for line in lines:
-            fetched[0] += 1
-            yield line
-
-    reader = csv.DictReader(counted())
+    reader = csv.reader(lines)
     out = []
     try:
-        columns = reader.fieldnames
-        if not columns or "text" not in columns:
-            shown = ", ".join(repr(c) for c in (columns or [])[:5]) + (", ..." if len(columns or []) > 5 else "")
+        columns = next(reader, [])
+        if "text" not in columns:
+            shown = ", ".join(repr(c) for c in columns[:5]) + (", ..." if len(columns) > 5 else "")
             raise ValueError(f"has no 'text' column (columns: {shown or 'none'}) — add a header row with a text column")
+        column = columns.index("text")
         for row in reader:
-            if text := clean_text(row.get("text") or ""):
+            if len(row) > column and (text := clean_text(row[column])):
                 out.append((reader.line_num, text))
     except csv.Error as e:
-        raise ValueError(f"line {fetched[0]} is not valid CSV ({e}) — quote fields and keep each under "
+        raise ValueError(f"line {reader.line_num} is not valid CSV ({e}) — quote fields and keep each under "
                          f"{csv.field_size_limit():,} characters") from None
     return out

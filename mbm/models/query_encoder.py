@@ -40,9 +40,13 @@ def load_query_encoder(folder: Path, fingerprint: str) -> Any:
     return OnnxTextEncoder.load(folder)
 
 
-def export_query_encoder(encoder: Any, folder: Path) -> bool:
-    """Export ``encoder``'s text tower (once per fingerprint); False when it cannot be exported."""
-    if _source(folder).get("fingerprint") == encoder.fingerprint:
+def export_query_encoder(encoder: Any, folder: Path, fingerprint: str | None = None) -> bool:
+    """Export ``encoder``'s text tower (once per fingerprint); False when it cannot be exported.
+
+    ``fingerprint`` is the one the collection recorded for these weights, when it differs
+    from ``encoder.fingerprint`` (a collection fingerprinted by an earlier mbm)."""
+    fingerprint = fingerprint or encoder.fingerprint
+    if _source(folder).get("fingerprint") == fingerprint:
         return False  # already tried for these weights (exported, or known unsupported)
     from mbm.models.text_onnx import (
         UnsupportedTextTower,
@@ -65,7 +69,7 @@ def export_query_encoder(encoder: Any, folder: Path) -> bool:
                 supported = False
                 for p in tmp.iterdir():  # keep only the record, not a half-usable export
                     p.unlink()
-            source = {"fingerprint": encoder.fingerprint, "spec": encoder.spec, "supported": supported, "format": FORMAT}
+            source = {"fingerprint": fingerprint, "spec": encoder.spec, "supported": supported, "format": FORMAT}
             (tmp / _SOURCE).write_text(json.dumps(source))
     except OSError as e:
         log.warning("could not export the query encoder to %s (%s)", folder, e)
