@@ -84,7 +84,7 @@ def test_gif_first_frame():
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     out, _ = decode(buf.getvalue(), 8)
-    r, g, b = out.getpixel((out.width // 2, out.height // 2))
+    r, _, b = out.getpixel((out.width // 2, out.height // 2))
     assert r > 200 and b < 50
 
 

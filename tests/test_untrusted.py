@@ -10,15 +10,16 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import make_images
 from PIL import EpsImagePlugin, Image, ImageFile, PngImagePlugin
 
-from conftest import make_images
 from mbm.indexer import decode as decode_mod
-from mbm.indexer.decode import DEFAULT_MAX_PIXELS, MAX_ASPECT, MAX_FILE_BYTES, DecodeError, PixelBudget, decode, read_file
+from mbm.indexer.decode import DEFAULT_MAX_PIXELS, MAX_ASPECT, MAX_FILE_BYTES, DecodeError, PixelBudget, decode
+from mbm.indexer.decode import read_file
 from mbm.indexer.embed import Failed, StageClock, make_preparer
 from mbm.indexer.scan import FileEntry, one_line
 
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -65,7 +66,7 @@ def test_eps_named_jpg_never_reaches_the_eps_plugin(tmp_path, monkeypatch):
 def test_allowlist_is_the_indexed_extensions():
     formats = set(decode_mod.allowed_formats())
     assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM"} <= formats
-    assert not formats & {"PSD", "ICO", "TGA", "PCX", "SGI", "FITS", "XBM"}  # Pillow reads them; mbm does not index them
+    assert not formats & {"PSD", "ICO", "TGA", "PCX", "SGI", "FITS", "XBM"}  # Pillow reads them; mbm skips them
 
 
 # -- 2. no global of the host changes -----------------------------------------------------------------
@@ -338,7 +339,7 @@ def test_skip_reasons_are_one_line():
 
 
 def test_first_copy_in_input_order_wins_whatever_the_thread_timing(tmp_path, engine_factory, monkeypatch):
-    import mbm.indexer.embed as embed
+    from mbm.indexer import embed
 
     photos = tmp_path / "photos"
     others = make_images(photos, 7, start=10)  # sort between the two copies

@@ -10,6 +10,7 @@ import io
 import logging
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 import typer
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     args = [a for a in args if a != "--debug"]
     # the command is the process: tokenizers must not warn about forks (training data workers)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # odd metadata in a photo is not the user's problem: the skip lines report real failures
+    warnings.filterwarnings("ignore", module="PIL")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(output.SafeFormatter("mbm: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])

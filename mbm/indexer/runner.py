@@ -125,7 +125,12 @@ class Indexer:
         return report
 
     def _index_images(
-        self, todo: list[FileEntry], states: dict[str, FileState], gone_hashes: set[str], report: IndexReport, clock: StageClock
+        self,
+        todo: list[FileEntry],
+        states: dict[str, FileState],
+        gone_hashes: set[str],
+        report: IndexReport,
+        clock: StageClock,
     ) -> list[str]:
         todo_paths = {f.path for f in todo}
         # Contents a file may reuse: rows this run does not rewrite stay stored throughout it,

@@ -88,7 +88,7 @@ def open_regular(path: str, limit: SizeLimit) -> BinaryIO:
         if stat.S_ISDIR(st.st_mode):
             raise Unreadable("is a folder, not a file")
         if not stat.S_ISREG(st.st_mode):
-            raise Unreadable("not a regular file (it became a FIFO, socket or device after the scan) — index plain files only")
+            raise Unreadable("not a regular file (a FIFO, socket or device since the scan) — index plain files only")
         problem = limit.problem(st.st_size)
         if problem:
             raise Unreadable(problem)

@@ -56,7 +56,7 @@ def read_texts(path: str, *, size: int | None = None) -> list[tuple[int, str]]:
     except OSError as e:
         raise ValueError(f"cannot read ({e.strerror or e})") from None
     except MemoryError:
-        raise ValueError(f"too big to parse in memory — split it into files under {MAX_TEXT_FILE_BYTES // 2**20} MiB") from None
+        raise ValueError(f"too big to parse in memory — split it into files under {MAX_TEXT_FILE_BYTES >> 20} MiB") from None
 
 
 def _lines(f: BinaryIO) -> Iterator[tuple[int, str]]:
@@ -67,7 +67,8 @@ def _lines(f: BinaryIO) -> Iterator[tuple[int, str]]:
         try:
             yield n, raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"line {n} is not UTF-8 (byte {e.start + 1} of the line) — save the file as UTF-8") from None
+            reason = f"line {n} is not UTF-8 (byte {e.start + 1} of the line) — save the file as UTF-8"
+            raise ValueError(reason) from None
 
 
 def _jsonl(lines: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
