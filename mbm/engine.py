@@ -29,7 +29,7 @@ from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import IndexReport, Indexer, Progress
 from mbm.indexer.scan import display_path, is_text_source
-from mbm.models.factory import Encoder, load_model, normalize_spec
+from mbm.models.factory import Encoder, legacy_fingerprint_of, load_model, normalize_spec
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
 from mbm.retrieval.rerank import FusionReranker
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
@@ -178,7 +178,8 @@ class Engine:
             self._unaccounted_load = sum(self._encoder.load_seconds.values())
         enc = self._encoder
         meta = self._meta()
-        if meta.get("fingerprint") and meta["fingerprint"] == enc.legacy_fingerprint:
+        if meta.get("fingerprint") and meta["fingerprint"] != enc.fingerprint and \
+                meta["fingerprint"] == legacy_fingerprint_of(enc):
             if self._catalog is not None and not self._catalog.readonly:  # an index run: record the full one
                 self._catalog.set_meta(fingerprint=enc.fingerprint)
             return enc

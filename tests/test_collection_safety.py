@@ -15,6 +15,7 @@ import pytest
 
 from conftest import make_images
 from mbm.errors import CatalogError, CollectionError
+from mbm.models.factory import legacy_fingerprint_of
 from mbm.store import catalog as catalog_module
 from mbm.store.catalog import Catalog
 from mbm.store.lock import CollectionBusy, CollectionLock
@@ -256,8 +257,9 @@ def test_collection_fingerprinted_by_an_older_mbm_keeps_working_and_is_upgraded(
     eng = engine_factory()
     eng.index([photos])
     full = eng.encoder().fingerprint
-    assert eng.encoder().legacy_fingerprint and eng.encoder().legacy_fingerprint != full
-    Catalog.open(eng.folder / "catalog.sqlite").set_meta(fingerprint=eng.encoder().legacy_fingerprint)
+    legacy = legacy_fingerprint_of(eng.encoder())
+    assert legacy and legacy != full
+    Catalog.open(eng.folder / "catalog.sqlite").set_meta(fingerprint=legacy)
     eng.close()
     assert engine_factory().search(paths[0], k=1)[0].path == str(paths[0])
     make_images(photos, 1, start=9)  # the next run that loads the model records the full fingerprint

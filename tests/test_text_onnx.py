@@ -146,6 +146,14 @@ def test_load_refuses_absent_and_partial(tmp_path, clip_export):
     assert OnnxTextEncoder.load(partial) is None
 
 
+def _python(code: str) -> str:
+    """Run ``code`` in a new interpreter from the repository root; its stdout (it must succeed)."""
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 @pytest.mark.parametrize("kind", ["clip", "hf"])
 def test_loading_and_encoding_import_no_torch(kind, request):
     folder = request.getfixturevalue(f"{kind}_export")
@@ -154,9 +162,7 @@ def test_loading_and_encoding_import_no_torch(kind, request):
         f"v = E.load({str(folder)!r}).encode_texts(['a red car on a street', 'café']); assert v.shape[0] == 2; "
         "print(sorted(m for m in ('torch', 'open_clip', 'transformers', 'onnx', 'onnxscript') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert _python(code).strip() == "[]"
 
 
 def test_engine_exports_it_and_a_cold_text_search_needs_no_torch(tmp_path):
@@ -173,7 +179,5 @@ def test_engine_exports_it_and_a_cold_text_search_needs_no_torch(tmp_path):
         f"eng = Engine.open({str(store)!r}); hits = eng.search('a red circle', k=4); "
         "print(sorted(m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules)); print([h.path for h in hits])"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
-    assert out.returncode == 0, out.stderr
-    imported, paths = out.stdout.strip().splitlines()
+    imported, paths = _python(code).strip().splitlines()
     assert imported == "[]" and paths == repr(expected)

@@ -103,7 +103,6 @@ class Encoder:
     description: str = ""
     heads: dict[str, Any] = field(default_factory=dict)  # fusion / classifier when the checkpoint has them
     load_seconds: dict[str, float] = field(default_factory=dict)  # "imports" and "model load" times
-    legacy_fingerprint: str | None = None  # what mbm recorded for these weights before fingerprint version 2
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -241,6 +240,18 @@ def default_model_spec() -> str:
 
 # -- loading ------------------------------------------------------------------------------------
 
+def legacy_fingerprint_of(encoder: Encoder) -> str | None:
+    """What mbm recorded for these weights before fingerprint version 2 (computed only when asked:
+    it samples the weights file)."""
+    spec = encoder.spec
+    try:
+        folder = _spec_folder(spec)
+        weights = (folder / "open_clip_model.safetensors") if folder is not None else Path(spec.partition(":")[2]).expanduser()
+        return legacy_fingerprint(spec, weights if weights.is_file() else None, _config_file(spec) if folder is None else None)
+    except (OSError, ValueError):
+        return None
+
+
 def load_model(spec: str | None = None, *, device: str | None = None, precision: str | None = None) -> Encoder:
     """Load an encoder from a spec (see module docstring); ``None`` means the default model."""
     started = time.perf_counter()
@@ -264,15 +275,6 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
         head.eval().to(device)
     encoder = Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description, heads)
     encoder.load_seconds = {"imports": imported - started, "model_load": time.perf_counter() - imported}
-    try:
-        folder = _spec_folder(spec)
-        weights = (folder / "open_clip_model.safetensors") if folder is not None else None
-        if weights is None and Path(spec.partition(":")[2]).expanduser().is_file():
-            weights = Path(spec.partition(":")[2]).expanduser()
-        encoder.legacy_fingerprint = legacy_fingerprint(spec, weights if weights and weights.is_file() else None,
-                                                        _config_file(spec) if folder is None else None)
-    except (OSError, ValueError):
-        pass
     return encoder
 
 
