@@ -44,7 +44,7 @@ def data_build(
 def train(
     manifest: Annotated[Path, typer.Argument(help="JSONL/CSV manifest of image-caption pairs with a split column (see data/README.md).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: config, metrics.jsonl, last/ and best/ checkpoints.")] = Path("runs/mbm-small"),
-    model: Annotated[str, typer.Option("--model", "-m", help="Architecture config (mbm-small, mbm-tiny, a JSON file) or a checkpoint folder to fine-tune.")] = "mbm-small",
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture config (mbm-lite0: pretrained EfficientNet-Lite0 + MiniLM; mbm-small, mbm-tiny, a JSON file) or a checkpoint folder to fine-tune.")] = "mbm-lite0",
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the train split.")] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Pairs per step (in-batch negatives).")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, cosine after warmup).")] = 5e-4,
@@ -52,7 +52,12 @@ def train(
     w_itm: Annotated[float, typer.Option("--w-itm", help="Weight of the fusion image-text matching loss (0 = no fusion head).")] = 1.0,
     w_cls: Annotated[float, typer.Option("--w-cls", help="Weight of the classification loss on labelled rows (0 = none).")] = 0.5,
     freeze_text: Annotated[Optional[bool], typer.Option("--freeze-text/--train-text", help="Keep the text transformer frozen (LiT). Default: frozen when it is pretrained (MiniLM, a checkpoint's), trained when it starts from random weights.")] = None,
-    freeze_image: Annotated[bool, typer.Option("--freeze-image/--train-image", help="Keep the image tower frozen (e.g. to train only the fusion head of a trained checkpoint).")] = False,
+    freeze_image: Annotated[Optional[bool], typer.Option("--freeze-image/--train-image", help="Keep the image tower frozen (LiT). Default: frozen when it is pretrained (mbm-lite0's ImageNet trunk), trained when it starts from random weights.")] = None,
+    image_trainable_blocks: Annotated[int, typer.Option("--image-trainable-blocks", help="Fine-tune the last N block groups of a pretrained image trunk (the rest stays frozen; no feature cache then).")] = 0,
+    feature_cache: Annotated[Optional[Path], typer.Option("--feature-cache", help="Folder of cached frozen-trunk features: filled on first use (resumable), then epochs run the heads only.", show_default=False)] = None,
+    views: Annotated[int, typer.Option("--views", help="With --feature-cache: views per picture (1 = as indexed; more = augmented copies).")] = 1,
+    w_kd: Annotated[float, typer.Option("--w-kd", help="Weight of the distillation loss from the image tower's ImageNet classifier (class-bridge models; 0 = off).")] = 1.0,
+    kd_temperature: Annotated[float, typer.Option("--kd-temperature", help="Softmax temperature of the distillation loss.")] = 2.0,
     w_contrastive: Annotated[float, typer.Option("--w-contrastive", help="Weight of the contrastive loss (0 = train the heads only).")] = 1.0,
     val_rerank_top: Annotated[int, typer.Option("--val-rerank-top", help="Also measure fusion re-ranking of the top N on validation (0 = off).")] = 0,
     select_on: Annotated[str, typer.Option("--select-on", help="Validation metric that picks best/: mean_recall, or rerank_mean (with --val-rerank-top).")] = "mean_recall",
@@ -65,7 +70,7 @@ def train(
 ) -> None:
     """Train dual encoders (contrastive) jointly with the fusion and classification heads.
 
-    Example: mbm train cache/mbm-data/manifest.jsonl --out runs/small --epochs 15
+    Example: mbm train cache/mbm-data/manifest.jsonl --out runs/v2 --feature-cache cache/features --views 2
     """
     from mbm.train.loop import TrainConfig
     from mbm.train.loop import train as run_training
@@ -75,7 +80,9 @@ def train(
     config = TrainConfig(manifest=str(manifest), out_dir=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                          warmup_steps=warmup, w_itm=w_itm, w_cls=w_cls, freeze_text=freeze_text, freeze_image=freeze_image,
                          w_contrastive=w_contrastive, val_rerank_top=val_rerank_top, select_on=select_on, augment=augment, seed=seed,
-                         device=device, resume=resume, max_steps=max_steps,
+                         device=device, resume=resume, max_steps=max_steps, w_kd=w_kd, kd_temperature=kd_temperature,
+                         feature_cache=str(feature_cache) if feature_cache else None, views=views,
+                         image_trainable_blocks=image_trainable_blocks,
                          sources=[s.strip() for s in sources.split(",") if s.strip()])
     result = run_training(config, progress=_print_progress)
     typer.echo(json.dumps(result, indent=2))
@@ -93,11 +100,16 @@ def evaluate(
     sources: Annotated[str, typer.Option("--sources", help="Only these sources of the split (comma-separated); '-name' leaves one out.")] = "",
     rerank_top: Annotated[int, typer.Option("--rerank-top", help="Re-rank each query's top N with the fusion head (0 = off).")] = 10,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option("--precision", help="Weights precision: fp32, bf16, fp16 (GPU) or auto (what search would pick here). The same for a model name and a folder.")] = "fp32",
+    photos: Annotated[Optional[str], typer.Option("--photos", help="photos.jsonl of `python -m mbm.train.evalsets` (suite only). Default: looked for next to MANIFEST and in cache/mbm-eval; 'none' skips it.", show_default=False)] = None,
+    style_shift: Annotated[Optional[str], typer.Option("--style-shift", help="icon-themes.jsonl of `python -m mbm.train.evalsets` (suite only). Default: looked for like --photos; 'none' skips it.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Recall@1/5/10 both directions (with and without fusion re-ranking), cross-style, zero-shot accuracy.
+    """Recall@1/5/10 both directions (with and without fusion re-ranking), cross-style, zero-shot accuracy,
+    real photos (with 95% intervals) and icon-theme styles.
 
     Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl              (the whole suite)
+    Example: mbm eval mbm-offline cache/mbm-data/manifest.jsonl --photos cache/mbm-eval/photos.jsonl
     Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl --split heldout --json
     """
     if not manifest.is_file():
@@ -107,17 +119,21 @@ def evaluate(
             raise UsageError("--sources selects rows of one split — use it with --split test|val|heldout, not the suite")
         from mbm.train.suite import evaluate_suite, summary_table
 
-        report = evaluate_suite(checkpoint, manifest, rerank_top=rerank_top, device=device)
+        report = evaluate_suite(checkpoint, manifest, rerank_top=rerank_top, device=device, precision=precision,
+                                photos=photos, style_shift=style_shift)
         if as_json:
             typer.echo(json.dumps(report, indent=2))
         else:
             for section, figures in summary_table(report):
                 typer.echo(f"{section:<52} {figures}")
         return
+    if photos is not None or style_shift is not None:
+        raise UsageError("--photos and --style-shift belong to the suite — leave out --split to run them")
     from mbm.train.evaluate import evaluate as run_eval
 
     names = [s.strip() for s in sources.split(",") if s.strip()]
-    metrics = run_eval(checkpoint, manifest, split=split, rerank_top=rerank_top, device=device, sources=names)
+    metrics = run_eval(checkpoint, manifest, split=split, rerank_top=rerank_top, device=device, sources=names,
+                       precision=precision)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return

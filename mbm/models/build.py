@@ -42,6 +42,7 @@ from mbm.atomic import atomic_dir, write_text
 from mbm.errors import ModelError
 from mbm.models.fusion import FusionModel
 from mbm.models.heads import HEADS_CONFIG, HEADS_WEIGHTS, ClassifierHead, load_heads, save_heads
+from mbm.models.image_towers import install_image_parts, mbm_section
 from mbm.models.loading import environ_kept, quiet_loading
 from mbm.models.tokens import is_hf_text
 
@@ -120,6 +121,7 @@ def _register(resolved: dict) -> str:
     """Register a resolved config with open_clip (through its public add_model_config) and return its name."""
     global _registry_dir
     open_clip = _open_clip()
+    resolved = {k: v for k, v in resolved.items() if k != "mbm"}  # mbm's own section: open_clip would refuse it
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
     name = f"mbm-cfg-{digest}"
     if name in open_clip.list_models():
@@ -162,22 +164,28 @@ def create_from_config(
     name_or_cfg: str | Path | dict,
     *,
     pretrained_text: bool = True,
+    pretrained_image: bool = True,
     device: str = "cpu",
     preprocess_cfg: dict | None = None,
 ) -> tuple[Any, Any, Any, Any]:
-    """``(model, preprocess_train, preprocess_val, tokenizer)`` for a config; image tower random, HF text tower pretrained.
+    """``(model, preprocess_train, preprocess_val, tokenizer)`` for a config: HF text tower pretrained, image tower
+    random unless the config's ``"mbm"`` section names packaged image weights (``mbm.models.image_towers``).
 
-    ``preprocess_cfg`` may override ``mean``, ``std``, ``interpolation`` and ``resize_mode``.
+    ``preprocess_cfg`` (or the config's ``"mbm": {"preprocess": ...}``) may override ``mean``, ``std``,
+    ``interpolation`` and ``resize_mode``. ``pretrained_image=False`` skips the packaged image weights (a checkpoint's are loaded over them).
     """
-    name = _register(resolve_model_cfg(load_model_cfg(name_or_cfg)))
+    cfg = load_model_cfg(name_or_cfg)
+    name = _register(resolve_model_cfg(cfg))
     open_clip = _open_clip()
-    pp = preprocess_cfg or {}
+    pp = {**mbm_section(cfg).get("preprocess", {}), **(preprocess_cfg or {})}
     overrides = {f"image_{k}": pp.get(k) for k in ("mean", "std", "interpolation", "resize_mode")}
     with _quiet_loading():
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             name, pretrained=None, pretrained_text=pretrained_text, device=device, **overrides
         )
-    return model, preprocess_train, preprocess_val, open_clip.get_tokenizer(name)
+    tokenizer = open_clip.get_tokenizer(name)
+    install_image_parts(model, tokenizer, cfg, pretrained_image=pretrained_image)
+    return model, preprocess_train, preprocess_val, tokenizer
 
 
 def _state_to_save(model: Any, dtype: torch.dtype, exclude_frozen_text: bool) -> dict[str, torch.Tensor]:
@@ -291,7 +299,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> tuple[Any, Any, 
         raise ModelError(f"checkpoint {folder} has no {WEIGHTS_FILE} — retrain or copy the weights there")
     _warn_on_package_change(meta)
     open_clip = _open_clip()
-    if not _packages(model_cfg) and meta.get("text_weights", "file") == "file":
+    if not _packages(model_cfg) and not mbm_section(model_cfg) and meta.get("text_weights", "file") == "file":
         with _quiet_loading():
             model, _, preprocess_val = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device, weights_only=True)
     else:
@@ -332,7 +340,7 @@ def _load_with_packages(folder: Path, config: dict, weights: Path) -> tuple[Any,
 
     package_text = config.get("mbm", {}).get("text_weights") == "package"
     model, _, preprocess_val, _ = create_from_config(
-        config["model_cfg"], pretrained_text=package_text, preprocess_cfg=config.get("preprocess_cfg")
+        config["model_cfg"], pretrained_text=package_text, pretrained_image=False, preprocess_cfg=config.get("preprocess_cfg")
     )
     state = load_file(str(weights))
     if not package_text:

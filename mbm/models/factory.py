@@ -114,8 +114,13 @@ class Encoder:
         """Encode a preprocessed batch ``(N, 3, H, W)``."""
         import torch
 
+        from mbm.models.image_towers import is_conv_tower
+
         with torch.inference_mode():
-            out = self.model.encode_image(pixels.to(self.device, self._dtype, non_blocking=True))
+            pixels = pixels.to(self.device, self._dtype, non_blocking=True)
+            if is_conv_tower(self.model):
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            out = self.model.encode_image(pixels)
             out = torch.nn.functional.normalize(out.float(), dim=-1)
         return out.cpu().numpy()
 
@@ -267,6 +272,10 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
     model.eval().to(device)
     if precision != "fp32":
         model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    from mbm.models.image_towers import is_conv_tower
+
+    if is_conv_tower(model):  # depthwise convolutions are several times faster in channels_last on CPU
+        model.visual.to(memory_format=torch.channels_last)
     image_size = model.visual.image_size
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else int(image_size)
     with torch.inference_mode():

@@ -31,6 +31,9 @@ class FusionConfig:
     # read only the first N text tokens (0 = all): on CPU a few 32-token keyword lists would pad every pair
     # of a batch to 32 and double the cost; training and re-ranking see the same cut since it lives here
     max_text_tokens: int = 0
+    # pool a square map of image tokens (a CNN's 7x7 feature map) to grid x grid before attending (0 = as is):
+    # fewer tokens to store per image and to attend over; the cut lives here so training and search agree
+    image_grid: int = 0
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -40,6 +43,17 @@ class FusionConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def pool_image_tokens(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(B, P, D)`` tokens of a square map -> ``(B, grid*grid, D)`` by adaptive average pooling (no-op when
+    ``grid`` is 0, when the map is already that size, or when P is not a square)."""
+    side = math.isqrt(tokens.shape[1])
+    if grid <= 0 or side == grid or side * side != tokens.shape[1]:
+        return tokens
+    b, p, d = tokens.shape
+    square = tokens.transpose(1, 2).reshape(b, d, side, side)
+    return F.adaptive_avg_pool2d(square, grid).flatten(2).transpose(1, 2)
 
 
 class _Block(nn.Module):
@@ -115,6 +129,7 @@ class FusionModel(nn.Module):
         if self.cfg.max_text_tokens > 0:
             text_tokens, text_mask = text_tokens[:, : self.cfg.max_text_tokens], text_mask[:, : self.cfg.max_text_tokens]
         text_mask = text_mask.to(torch.bool)
+        image_tokens = pool_image_tokens(image_tokens, self.cfg.image_grid)
         x = self.text_in(text_tokens)
         image = self.image_in(image_tokens)
         if text_index is not None:

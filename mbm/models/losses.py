@@ -91,3 +91,24 @@ def clamp_logit_scale_(logit_scale: torch.nn.Parameter) -> None:
     """Keep the stored log-temperature in [0, ln 100] after an optimizer step (open_clip does the same)."""
     with torch.no_grad():
         logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+
+
+def distillation_loss(
+    image_emb: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    class_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    temperature: float = 2.0,
+) -> torch.Tensor:
+    """Knowledge distillation from an image classifier into the shared space.
+
+    The student's class distribution is the softmax over its cosine similarities to the
+    classes' text embeddings (``class_emb``, normalized rows, scaled like the contrastive
+    logits); the loss is KL(teacher || student) at ``temperature``, times T^2 (Hinton et
+    al.) so that its gradient scale does not depend on T.
+    """
+    scale = logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+    student = scale * F.normalize(image_emb.float(), dim=-1) @ class_emb.float().T
+    t = float(temperature)
+    target = torch.softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(F.log_softmax(student / t, dim=-1), target, reduction="batchmean") * t * t

@@ -119,6 +119,7 @@ class Batch(NamedTuple):
     caption_ids: torch.Tensor  # (B,) index into PairDataset.captions: equal ids = the same caption text
     groups: torch.Tensor  # (B,) stable hash of the row's group: equal = duplicate pictures
     describes: torch.Tensor  # (B, B) bool: caption j is also one of row i's captions
+    image_tokens: torch.Tensor | None = None  # (B, P, C) cached trunk tokens; then ``pixels`` holds pooled features
 
     def same(self) -> torch.Tensor:
         """(B, B) bool, [image i, text j]: pairs that must not serve as negatives.

@@ -26,11 +26,13 @@ from mbm.errors import UsageError
 from mbm.models.build import create_from_config, is_checkpoint_dir, load_checkpoint, load_model_cfg, read_checkpoint_config, save_checkpoint
 from mbm.models.fusion import FusionConfig, FusionModel
 from mbm.models.heads import ClassifierHead
-from mbm.models.losses import classification_loss, clamp_logit_scale_, contrastive_loss, hard_negatives, itm_loss
+from mbm.models.image_towers import ClassBridgeHead, mbm_section
+from mbm.models.losses import classification_loss, clamp_logit_scale_, contrastive_loss, distillation_loss, hard_negatives, itm_loss
 from mbm.models.tokens import hf_hidden, hf_pool, image_tokens, is_hf_text, supports_hidden_cache, text_pad_id, text_tokens, trim_padding
 from mbm.train.augment import train_transform
 from mbm.train.data import Batch, EpochBatches, PairDataset, collate, describe, label_index, load_rows
 from mbm.train.evaluate import embed_rows, recall_at_k
+from mbm.train.features import trunk_features
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class TrainConfig:
 
     manifest: str
     out_dir: str
-    model: str = "mbm-small"  # a config name/JSON file (fresh image tower) or a checkpoint folder (fine-tune)
+    model: str = "mbm-lite0"  # a config name/JSON file (fresh model) or a checkpoint folder (fine-tune)
     epochs: int = 20
     batch_size: int = 64
     lr: float = 5e-4
@@ -56,7 +58,7 @@ class TrainConfig:
     # LiT: keep the pretrained text transformer (its projection still trains). None: freeze a pretrained tower
     # (a Hugging Face one such as MiniLM, or a checkpoint's), train a freshly initialised open_clip one
     freeze_text: bool | None = None
-    freeze_image: bool = False
+    freeze_image: bool | None = None  # None: frozen when the image tower starts pretrained (a config's packaged weights)
     augment: float = 0.5  # strength of mbm.train.augment (0 = none); 0.5 measured best (bundled model card)
     seed: int = 0
     device: str = "auto"
@@ -68,11 +70,20 @@ class TrainConfig:
     log_every: int = 10
     # FusionConfig fields (text_dim/image_dim are filled in); 128 wide and 16 text tokens keep ITM to ~1/3 of
     # a CPU step for mbm-small (256 wide: 2x slower); on a GPU the FusionConfig defaults cost little
-    fusion: dict = field(default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16})
+    # image_grid 3: a 7x7 CNN map (or a ViT's patch grid) is pooled to 9 tokens: 5x less to cache and to store per item
+    fusion: dict = field(default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16, "image_grid": 3})
     cache_text: bool = True  # frozen HF text: compute each caption's hidden states once
     val_rerank_top: int = 0  # also report fusion re-ranked R@K on validation (costs time)
     select_on: str = "mean_recall"  # validation metric that picks best/: mean_recall, or rerank_mean (needs val_rerank_top)
     sources: list = field(default_factory=list)  # train/validate on these sources only; "-name" leaves one out
+    # knowledge distillation from the image tower's ImageNet classifier (models with a class-bridge head only)
+    w_kd: float = 1.0
+    kd_temperature: float = 2.0
+    # a folder of cached frozen-trunk features (mbm.train.features): filled on first use, then each epoch runs the
+    # heads only; views 0..views-1 are trained on (0 = the picture as indexed, 1.. = augmented)
+    feature_cache: str | None = None
+    views: int = 1
+    image_trainable_blocks: int = 0  # fine-tune the image trunk's last N block groups (no feature cache then)
 
 
 class _Run:
@@ -88,6 +99,7 @@ class _Run:
     train_set: PairDataset
     val_rows: list
     text_cache: "_TextCache | None"
+    val_cache: Any = None  # cached val features (feature_cache runs)
     step: int = 0
     best: float = -1.0
     steps_per_epoch: int = 0
@@ -99,6 +111,8 @@ def _device_and_precision(cfg: TrainConfig) -> tuple[str, bool]:
         raise UsageError(f"device {device!r} requested but no CUDA GPU is visible — use device='cpu'")
     if cfg.select_on not in ("mean_recall", "rerank_mean") or (cfg.select_on == "rerank_mean" and cfg.val_rerank_top <= 0):
         raise UsageError(f"select_on={cfg.select_on!r} — use mean_recall, or rerank_mean together with val_rerank_top > 0")
+    if cfg.feature_cache and (cfg.image_trainable_blocks or not cfg.freeze_image):
+        raise UsageError("a feature cache needs a frozen image trunk — drop --feature-cache, or --image-trainable-blocks")
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"precision {cfg.precision!r} is not supported for training — use auto, fp32 or bf16")
     return device, cfg.precision == "bf16" or (cfg.precision == "auto" and device.startswith("cuda"))
@@ -108,10 +122,13 @@ def _token_dims(model: Any, tokenizer: Any) -> tuple[int, int, int]:
     """(embed dim, text token dim, image token dim), probed with one dummy pair."""
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    was_training = model.training
+    model.eval()  # in train mode the dummy picture would move BatchNorm's running statistics
     with torch.no_grad():
         device = next(model.parameters()).device
         _, img = image_tokens(model, torch.zeros(1, 3, size, size, device=device))
         pooled, txt, _ = text_tokens(model, tokenizer(["x"]).to(device))
+    model.train(was_training)
     return pooled.shape[-1], txt.shape[-1], img.shape[-1]
 
 
@@ -125,8 +142,12 @@ def _build_model(cfg: TrainConfig, folder: Path | None) -> tuple[Any, Any, Any, 
 
 
 def _resolve_freeze_text(cfg: TrainConfig) -> TrainConfig:
-    """Settle ``freeze_text=None``: frozen when the text tower starts from trained weights."""
-    pretrained = is_checkpoint_dir(cfg.model) or "hf_model_name" in load_model_cfg(cfg.model).get("text_cfg", {})
+    """Settle ``freeze_text=None`` / ``freeze_image=None``: frozen when the tower starts from trained weights."""
+    model_cfg = read_checkpoint_config(cfg.model)["model_cfg"] if is_checkpoint_dir(cfg.model) else load_model_cfg(cfg.model)
+    if cfg.freeze_image is None:
+        pretrained_image = bool(mbm_section(model_cfg).get("image_weights")) and not cfg.image_trainable_blocks
+        cfg = replace(cfg, freeze_image=pretrained_image)
+    pretrained = is_checkpoint_dir(cfg.model) or "hf_model_name" in model_cfg.get("text_cfg", {})
     if cfg.freeze_text is None:
         return replace(cfg, freeze_text=pretrained)
     if cfg.freeze_text and not pretrained:
@@ -158,11 +179,18 @@ def _setup(cfg: TrainConfig, device: str) -> _Run:
             module.to(device)
     if cfg.freeze_text:
         run.model.lock_text_tower()
-    if cfg.freeze_image:
-        run.model.lock_image_tower()
-    pp = _preprocess(run.model)
-    transform = train_transform(pp["size"], pp["mean"], pp["std"], cfg.augment)
-    run.train_set = PairDataset(train_rows, transform, run.tokenizer, labels, seed=cfg.seed, image_size=pp["size"])
+    if cfg.freeze_image or cfg.image_trainable_blocks:
+        # not freeze_bn_stats: open_clip swaps in torchvision's FrozenBatchNorm2d, which drops the activation of timm's
+        # BatchNormAct2d (EfficientNet's ReLU6); the tower runs in eval mode instead (_set_train_mode)
+        run.model.lock_image_tower(unlocked_groups=cfg.image_trainable_blocks)
+    pp = preprocess_of(run.model)
+    if cfg.feature_cache:
+        from mbm.train.features import cached_sets
+
+        run.train_set, run.val_cache = cached_sets(run, cfg, train_rows, labels)
+    else:
+        transform = train_transform(pp["size"], pp["mean"], pp["std"], cfg.augment)
+        run.train_set = PairDataset(train_rows, transform, run.tokenizer, labels, seed=cfg.seed, image_size=pp["size"])
     run.steps_per_epoch = len(train_rows) // cfg.batch_size
     run.optimizer = torch.optim.AdamW(_param_groups(run, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     cache_ok = cfg.freeze_text and cfg.cache_text and supports_hidden_cache(run.model)
@@ -173,7 +201,7 @@ def _setup(cfg: TrainConfig, device: str) -> _Run:
     return run
 
 
-def _preprocess(model: Any) -> dict:
+def preprocess_of(model: Any) -> dict:
     import open_clip
 
     pp = open_clip.get_model_preprocess_cfg(model)
@@ -259,9 +287,18 @@ def _itm(run: _Run, img: torch.Tensor, txt: torch.Tensor, tokens: tuple, same: t
 def _losses(run: _Run, cfg: TrainConfig, batch: Batch, device: str, step: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout draws depend on the step only
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-    pixels = batch.pixels.to(device, non_blocking=True)
     use_itm = run.fusion is not None and cfg.w_itm > 0
-    img, img_tok = image_tokens(run.model, pixels) if use_itm else (run.model.encode_image(pixels), None)
+    head = getattr(run.model.visual, "head", None)
+    use_kd = cfg.w_kd > 0 and isinstance(head, ClassBridgeHead)
+    if batch.image_tokens is not None:  # cached trunk features: only the head runs
+        pooled, img_tok = batch.pixels.to(device).float(), batch.image_tokens.to(device).float()
+        img = head(pooled)
+    elif use_kd:
+        pooled, img_tok = trunk_features(run.model, batch.pixels.to(device, non_blocking=True), grid=0)
+        img = head(pooled)
+    else:
+        pixels = batch.pixels.to(device, non_blocking=True)
+        img, img_tok = image_tokens(run.model, pixels) if use_itm else (run.model.encode_image(pixels), None)
     txt, txt_tok, mask = _encode_text(run, batch, device)
     same = batch.same().to(device)
     zero = img.sum() * 0.0
@@ -270,7 +307,10 @@ def _losses(run: _Run, cfg: TrainConfig, batch: Batch, device: str, step: int) -
     out["itm"] = _itm(run, img, txt, (txt_tok, mask, img_tok), same, gen) if use_itm else zero
     use_cls = run.classifier is not None and cfg.w_cls > 0
     out["cls"] = classification_loss(run.classifier(img.float()), batch.labels.to(device)) if use_cls else zero
-    out["total"] = cfg.w_contrastive * out["contrastive"] + cfg.w_itm * out["itm"] + cfg.w_cls * out["cls"]
+    out["kd"] = (distillation_loss(img, head.teacher_logits(pooled), head.class_emb, run.model.logit_scale, cfg.kd_temperature)
+                 if use_kd else zero)
+    out["total"] = (cfg.w_contrastive * out["contrastive"] + cfg.w_itm * out["itm"] + cfg.w_cls * out["cls"]
+                    + cfg.w_kd * out["kd"])
     return out
 
 
@@ -280,7 +320,7 @@ def _set_train_mode(run: _Run, cfg: TrainConfig, training: bool) -> None:
             module.train(training)
     if training and cfg.freeze_text:  # a frozen tower must not apply dropout
         (run.model.text if hasattr(run.model, "text") else run.model.transformer).eval()
-    if training and cfg.freeze_image:
+    if training and (cfg.freeze_image or cfg.image_trainable_blocks):  # BatchNorm keeps its ImageNet statistics
         run.model.visual.eval()
 
 
@@ -305,6 +345,12 @@ def _validate(run: _Run, cfg: TrainConfig, device: str) -> dict[str, Any]:
     _set_train_mode(run, cfg, False)
     with torch.no_grad():
         top = cfg.val_rerank_top if run.fusion is not None else 0
+        if run.val_cache is not None:
+            from mbm.train.features import validate_cached
+
+            metrics = validate_cached(run, device)
+            _set_train_mode(run, cfg, True)
+            return metrics
         data = embed_rows(run.model, run.preprocess_val, run.tokenizer, run.val_rows, device=device, with_tokens=top > 0)
         metrics = recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"])
         if top > 0:
@@ -366,8 +412,8 @@ class _Metrics:
 def train(config: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run (or resume) a training; returns the final metrics. ``progress`` receives each logged dict."""
     started = time.perf_counter()
-    device, autocast = _device_and_precision(config)
     config = _resolve_freeze_text(config)
+    device, autocast = _device_and_precision(config)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = _setup(config, device)
@@ -390,7 +436,11 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None) -
 def _run_epoch(run: _Run, cfg: TrainConfig, device: str, autocast: bool, epoch: int, start: int, stop: int, emit: _Metrics) -> dict:
     run.train_set.set_epoch(epoch)
     sampler = EpochBatches(len(run.train_set), cfg.batch_size, cfg.seed, epoch, start)
-    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    if cfg.feature_cache:
+        from mbm.train.features import collate_cached as collate_fn
+    else:
+        collate_fn = collate
+    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers)
     sums: dict[str, float] = {}
     t_epoch = t_log = time.perf_counter()
     n_steps = n_log = 0
