@@ -23,7 +23,8 @@ from mbm.train.sources.openclipart import clean_keywords, clean_title, read_meta
 
 def _rows(n: int, *, source: str = "openclipart", prefix: str = "g") -> list[dict]:
     return [{"image": f"images/{source}/{prefix}{i}.png", "captions": [f"{prefix} thing {i}"],
-             "label": None, "source": source, "group": f"{source}:{prefix}{i}", "sha256": f"{prefix}{i:04d}"}
+             "label": None, "source": source, "group": f"{source}:{prefix}{i}", "sha256": f"{prefix}{i:04d}",
+             "origin": f"{source}:{prefix}{i}"}
             for i in range(n)]
 
 
@@ -36,7 +37,8 @@ def test_groups_and_identical_captions_stay_in_one_split():
         rows[i]["group"] = "openclipart:same"
     rows[20]["captions"] = ["A red car."]
     rows[21]["captions"] = ["a red  car", "other words"]
-    rows[30]["sha256"] = rows[31]["sha256"] = "same-picture"  # one image under two names
+    rows[30]["links"] = rows[31]["links"] = ["noto-glyph:same"]  # one source glyph under two names
+    rows[40]["sha256"] = rows[41]["sha256"] = "same-png"  # equal PNG bytes alone link nothing
     for seed in range(8):
         out = assign_splits(rows, val=40, test=40, seed=seed)
         split_of = {r["image"]: r["split"] for r in out}
@@ -106,7 +108,9 @@ def test_split_hash_stable_and_sensitive(tmp_path):
     changed = [dict(r) for r in rows]
     changed[0]["captions"] = ["something else"]
     assert split_hash(changed) != h
-    # without a sha256 field the image file is hashed, relative to base
+    # PNG bytes do not count: another machine's renderer must give the same hash
+    assert split_hash([dict(r, sha256="other") for r in rows]) == h
+    # a row with no origin (a user's own picture) is identified by its file, relative to base
     Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "a.png")
     r = {"image": "a.png", "captions": ["x"]}
     assert split_hash([r], tmp_path) == split_hash([r], tmp_path)

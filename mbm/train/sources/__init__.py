@@ -1,11 +1,16 @@
-"""Offline image-text data from Debian packages, written as a JSONL manifest plus PNGs.
+"""Offline image-text data from Debian packages (and npm's Iconify sets), written as a JSONL
+manifest plus PNGs.
 
 Sources (each a module with ``build(out_dir, *, limit=None, size=224, root=..., report=None)``):
 ``openclipart`` (public domain), ``emoji`` (Noto Color Emoji, Apache-2.0), ``symbola``
 (the same concepts in a second style), ``tuxpaint`` (GPL-2.0, evaluation only: split
-"heldout") and ``fashion-mnist`` (MIT, keeps its own train/test). See data/README.md.
+"heldout"), ``fashion-mnist`` (MIT, keeps its own train/test) and ``iconify`` (npm
+``@iconify/json``: emoji in nine more styles and pictograms from ~30 icon sets, each under
+its own permissive or CC-BY licence; needs ``--iconify PATH``). Every row has a ``style``.
+Splits come from source identities and captions, never from rendered pixels. See
+data/README.md.
 
-    python -m mbm.train.sources --out cache/mbm-data --size 128
+    python -m mbm.train.sources --out cache/mbm-data --size 224 --iconify iconify-json-2.2.535.tgz
 """
 
 from __future__ import annotations

@@ -128,8 +128,11 @@ def is_blank(img: Image.Image, *, threshold: int = 250) -> bool:
 
 
 def tiny_hash(img: Image.Image) -> str:
-    """Hash of the 16x16 grayscale thumbnail: equal for pictures that are identical to the eye
-    (the same clip art filed under two names), used as a group id so they share a split."""
+    """Hash of the 16x16 grayscale thumbnail: equal for pictures that are identical to the eye.
+
+    For analysis only: splits must not depend on rendered pixels (another machine's renderer
+    moves thumbnails across hash boundaries); groups come from source identities instead
+    (``openclipart.drawing_key``)."""
     small = img.convert("L").resize((16, 16), Image.BOX)
     return hashlib.sha1(small.tobytes()).hexdigest()[:16]
 

@@ -8,6 +8,7 @@ them land in one split; the Symbola builder uses the same group ids for the same
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -107,13 +108,25 @@ class NotoRenderer:
         # sequence falls apart into several glyphs and measures two or three advances
         self.advance = self.font.getlength("\U0001F600")
 
-    def render(self, text: str, size: int) -> Image.Image | None:
+    def glyph(self, text: str) -> Image.Image | None:
+        """The font's own bitmap for ``text`` at its native size (no scaling), cropped; None
+        when the font has no single glyph for it."""
         if self.font.getlength(text) > 1.2 * self.advance:
             return None
         canvas = Image.new("RGB", (int(self.advance) + 40, FONT_SIZE + 60), (255, 255, 255))
         ImageDraw.Draw(canvas).text((20, 20), text, font=self.font, embedded_color=True, fill=(0, 0, 0))
-        glyph = crop_to_content(canvas)
+        return crop_to_content(canvas)
+
+    def render(self, text: str, size: int) -> Image.Image | None:
+        glyph = self.glyph(text)
         return None if glyph is None else pad_square(glyph, size, margin=MARGIN)
+
+
+def glyph_key(glyph: Image.Image) -> str:
+    """Identity of a glyph of the font: sha256 (16 hex) of its embedded bitmap as decoded at
+    the native size (lossless PNG data of the font file, no scaling or resampling). Two emoji
+    drawn with one glyph (Norway / Svalbard & Jan Mayen) get equal keys on any machine."""
+    return hashlib.sha256(f"{glyph.size}".encode() + glyph.tobytes()).hexdigest()[:16]
 
 
 def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Path = FONT,
@@ -135,19 +148,19 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
         if limit is not None and len(rows) >= limit:
             break
         dest = out_dir / "images" / "emoji" / f"{file_stem(text)}.png"
+        glyph = renderer.glyph(text)  # also on a re-run: its key links rows sharing a glyph
+        if glyph is None:
+            report["emoji: Noto has no single glyph for the sequence"] += 1
+            continue
         hit = cached_png(dest, size)
         if hit is None:
-            img = renderer.render(text, size)
-            if img is None:
-                report["emoji: Noto has no single glyph for the sequence"] += 1
-                continue
-            sha = save_png(img, dest)
+            sha = save_png(pad_square(glyph, size, margin=MARGIN), dest)
         else:
             sha = hit[1]
         rows.append({
             "image": dest.relative_to(out_dir).as_posix(), "captions": captions(text, data),
-            "label": None, "source": "emoji", "group": group_id(text),
-            "licence": LICENCES["emoji"], "sha256": sha,
+            "label": None, "source": "emoji", "style": "noto", "group": group_id(text),
+            "links": [f"noto-glyph:{glyph_key(glyph)}"], "licence": LICENCES["emoji"], "sha256": sha,
             "origin": "noto-color-emoji:" + " ".join(f"U+{ord(c):04X}" for c in text),
         })
     return rows

@@ -97,7 +97,7 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
             label = int(labels[i])
             rows.append({
                 "image": dest.relative_to(out_dir).as_posix(), "captions": captions_for(label),
-                "label": CLASSES[label], "source": "fashion-mnist", "group": f"fashion-mnist:{split}:{i}",
+                "label": CLASSES[label], "source": "fashion-mnist", "style": "fashion-mnist", "group": f"fashion-mnist:{split}:{i}",
                 "split": split, "licence": LICENCES["fashion-mnist"], "sha256": sha,
                 "origin": f"dataset-fashion-mnist:{img_name}[{i}]",
             })

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from .common import (LICENCES, SourceMissing, cached_png, cap_length, crop_to_content, is_blank,
-                     on_white, pad_square, save_png, split_words, strip_urls_emails, tiny_hash)
+                     on_white, pad_square, save_png, split_words, strip_urls_emails)
 
 ROOT = Path("/usr/share/openclipart/svg")
 APT = "apt-get install -y openclipart-svg librsvg2-bin"
@@ -116,6 +116,29 @@ def read_metadata(data: bytes) -> tuple[str, list[str]]:
     return (title.group(1).strip() if title else ""), keywords
 
 
+_NOT_DRAWING = [
+    re.compile(rb"<\?xml.*?\?>|<!DOCTYPE.*?>|<!--.*?-->", re.S),
+    re.compile(rb"<metadata\b.*?</metadata>|<title\b.*?</title>|<desc\b.*?</desc>", re.S),
+    re.compile(rb"<sodipodi:namedview\b.*?(?:/>|</sodipodi:namedview>)", re.S),
+    re.compile(rb"\s(?:inkscape|sodipodi):[\w-]+=\"[^\"]*\""),
+    re.compile(rb"\s(?:id|xml:space|version)=\"[^\"]*\""),
+]
+
+
+def drawing_key(data: bytes) -> str:
+    """sha256 (16 hex) of an SVG's drawing: the file without its metadata, title, comments,
+    editor state (Inkscape/Sodipodi attributes), ids and whitespace differences.
+
+    The same clip art filed under several names differs mostly in those parts; its drawing
+    key is equal, so its copies share a group (and a split). Computed from the source file,
+    never from a rendering, it is the same on every machine.
+    """
+    for pattern in _NOT_DRAWING:
+        data = pattern.sub(b" ", data)
+    data = re.sub(rb"\s+", b" ", data).replace(b"> <", b"><").strip()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def rasterise(svg: Path, size: int, *, timeout: float = TIMEOUT_S,
               margin: float = MARGIN) -> Image.Image | None:
     """Render an SVG into a white ``size`` square; None on failure or timeout.
@@ -145,8 +168,9 @@ def rasterise(svg: Path, size: int, *, timeout: float = TIMEOUT_S,
     return pad_square(content, size, margin=margin)
 
 
-def _candidates(root: Path, report: Counter) -> list[tuple[str, Path, str, list[str]]]:
-    """Unique SVGs as (relative path, file, title, keywords): symlinks and copies removed."""
+def _candidates(root: Path, report: Counter) -> list[tuple[str, Path, str, list[str], str, str]]:
+    """Unique SVGs as (relative path, file, title, keywords, file sha256, drawing key):
+    symlinks and byte-identical copies removed."""
     paths = sorted(root.rglob("*.svg"), key=lambda p: (p.relative_to(root).parts[0] in SKIP_CATEGORIES, str(p)))
     seen_real: set[Path] = set()
     seen_hash: set[str] = set()
@@ -168,7 +192,7 @@ def _candidates(root: Path, report: Counter) -> list[tuple[str, Path, str, list[
             continue
         seen_hash.add(digest)
         title, keywords = read_metadata(data)
-        out.append((p.relative_to(root).as_posix(), p, title, keywords))
+        out.append((p.relative_to(root).as_posix(), p, title, keywords, digest, drawing_key(data)))
     return out
 
 
@@ -176,8 +200,9 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
           report: Counter | None = None, log=None) -> list[dict]:
     """Rasterise Open Clip Art into ``out_dir/images/openclipart/`` and return manifest rows.
 
-    Rows carry ``group = "openclipart:<16x16 thumbnail hash>"`` so identical drawings filed
-    under several names share a split. ``limit`` caps the number of rows (taken in path order).
+    Rows carry ``group = "openclipart:<drawing key>"`` (:func:`drawing_key`, from the SVG
+    source, not the pixels) so the same drawing filed under several names shares a split,
+    and ``source_sha256`` (the SVG file's sha256). ``limit`` caps the number of rows (taken in path order).
     ``report`` (a Counter) receives the count of each reason an item was dropped.
     Raises SourceMissing when the package or rsvg-convert is absent.
     """
@@ -188,10 +213,10 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
     if shutil.which("rsvg-convert") is None:
         raise SourceMissing(f"rsvg-convert (to rasterise Open Clip Art) not found — install it with: {APT}")
     cands = _candidates(root, report)
-    title_uses = Counter(t.strip() for _, _, t, _ in cands)
+    title_uses = Counter(c[2].strip() for c in cands)
     rows: list[dict] = []
     t0 = time.monotonic()
-    for i, (rel, path, raw_title, raw_keywords) in enumerate(cands):
+    for i, (rel, path, raw_title, raw_keywords, file_sha, drawing) in enumerate(cands):
         if limit is not None and len(rows) >= limit:
             break
         if log and i and i % 1000 == 0:
@@ -224,11 +249,12 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
                 continue
             sha = save_png(img, dest)
         else:
-            img, sha = hit
+            sha = hit[1]
         rows.append({
             "image": dest.relative_to(out_dir).as_posix(),
             "captions": captions_for(title, clean_keywords(raw_keywords, title)),
-            "label": category, "source": "openclipart", "group": f"openclipart:{tiny_hash(img)}",
-            "licence": LICENCES["openclipart"], "sha256": sha, "origin": f"openclipart-svg:{rel}",
+            "label": category, "source": "openclipart", "style": "openclipart",
+            "group": f"openclipart:{drawing}", "licence": LICENCES["openclipart"], "sha256": sha,
+            "source_sha256": file_sha, "origin": f"openclipart-svg:{rel}",
         })
     return rows

@@ -1,13 +1,18 @@
 """Leakage-safe train/val/test assignment for manifest rows.
 
-Rows are linked when they share a ``group`` id (identical drawings, skin-tone variants, the
-Noto and Symbola renderings of one emoji), an identical normalised caption or identical
-image bytes (``sha256``). Each linked
-component goes to one split as a whole, so no picture or caption seen in training reappears
-in val/test. Val and test keep one item per component *and source*: near-duplicates would
-make retrieval metrics ambiguous, while the Noto/Symbola pair of one concept stays together
-so a cross-style test can pair them. The other items of such a component are dropped rather
-than moved to train (that would leak them).
+Rows are linked when they share a ``group`` id (the same drawing filed twice, skin-tone
+variants, one emoji concept in every style, one pictogram concept across icon sets), an
+identical normalised caption, or a ``links`` key (a source-level identity such as the Noto
+glyph two flags share). Each linked component goes to one split as a whole, so no picture or
+caption seen in training reappears in val/test. Val and test keep one item per component
+*and style*: near-duplicates would make retrieval metrics ambiguous, while the drawings of
+one concept in different styles stay together so a cross-style test can pair them. The
+other items of such a component are dropped rather than moved to train (that would leak them).
+
+Nothing here looks at rendered pixels: groups, links and the split hashes come from source
+identities (SVG/file content hashes of the *source* files, codepoints, concept names) and
+captions, so the same packages give the same splits on any machine, whatever the renderers'
+bytes.
 """
 
 from __future__ import annotations
@@ -45,13 +50,14 @@ def _group_of(row: dict) -> str:
 
 
 def components(rows: list[dict]) -> list[list[int]]:
-    """Indices of ``rows`` linked by equal group ids, normalised captions or image sha256s."""
+    """Indices of ``rows`` linked by equal group ids, normalised captions or ``links`` keys."""
     uf = _UnionFind(len(rows))
     first: dict[str, int] = {}
     for i, row in enumerate(rows):
         keys = [f"g\0{_group_of(row)}"] + [f"c\0{normalize_caption(c)}" for c in row["captions"]]
-        if row.get("sha256"):  # byte-identical pictures under different names (Noto draws
-            keys.append(f"h\0{row['sha256']}")  # Norway's flag for Svalbard & Jan Mayen too)
+        # source-level identities shared by rows of different groups (Noto draws Norway's
+        # flag for Svalbard & Jan Mayen too: one glyph of the font)
+        keys += [f"l\0{k}" for k in row.get("links") or ()]
         for key in keys:
             if key.endswith("\0"):
                 continue  # an empty caption links nothing
@@ -62,6 +68,10 @@ def components(rows: list[dict]) -> list[list[int]]:
     for i in range(len(rows)):
         comps[uf.find(i)].append(i)
     return list(comps.values())
+
+
+def _style_of(row: dict) -> str:
+    return f"{row.get('source')}/{row.get('style') or row.get('source')}"
 
 
 def _pick_key(row: dict) -> tuple:
@@ -80,7 +90,7 @@ def assign_splits(rows: list[dict], *, val: int, test: int, seed: int,
     - The rest are linked into components (shared group id or normalised caption); the
       components are shuffled with ``random.Random(seed)`` (after sorting, so the result does
       not depend on input order) and fill val, then test, up to ``val``/``test`` rows, one row
-      per component and source; everything else goes to train.
+      per component and style (``style``, else ``source``); everything else goes to train.
     ``report`` (a Counter) receives the count of rows dropped from val/test.
     """
     report = report if report is not None else Counter()
@@ -102,7 +112,7 @@ def assign_splits(rows: list[dict], *, val: int, test: int, seed: int,
     for comp in comps:
         by_source: dict[str, list[int]] = defaultdict(list)
         for i in comp:
-            by_source[str(out[i].get("source"))].append(i)
+            by_source[_style_of(out[i])].append(i)
         keep = {min(idx, key=lambda i: _pick_key(out[i])) for idx in by_source.values()}
         target = next((s for s in ("val", "test") if 0 < len(keep) <= left[s]), "train")
         if target != "train":
@@ -116,17 +126,31 @@ def assign_splits(rows: list[dict], *, val: int, test: int, seed: int,
     return [row for i, row in enumerate(out) if i not in drop]
 
 
-def split_hash(rows: list[dict], base: Path | None = None) -> str:
-    """sha256 over the sorted (image content hash, captions) pairs of ``rows``.
+SPLIT_HASH_COVERS = ("source", "style", "group", "origin", "source_sha256", "captions")
 
-    Uses a row's ``sha256`` field when present, else hashes the image file (relative paths
-    resolved against ``base``). Independent of row order, file names and folder location, so
-    two builds with equal hashes hold the same pictures with the same captions.
+
+def row_identity(row: dict, base: Path | None = None) -> list[str]:
+    """What a row *is*, independent of how it was rendered: source, style, group, origin
+    (package + file/codepoint/icon name) and the source file's content hash when known.
+
+    A row with neither ``origin`` nor ``source_sha256`` (a user's own picture, which is its
+    own source) is identified by its ``sha256`` field, else the sha256 of its image file
+    (relative paths resolved against ``base``). Every row our builders write has an origin.
     """
-    items = []
-    for row in rows:
-        digest = row.get("sha256") or file_sha256(row_image_path(row, Path(base or ".")))
-        items.append([digest, list(row["captions"])])
+    ident = [str(row.get(k) or "") for k in SPLIT_HASH_COVERS[:-1]]
+    if not row.get("origin") and not row.get("source_sha256"):
+        ident[-1] = row.get("sha256") or file_sha256(row_image_path(row, Path(base or ".")))
+    return ident
+
+
+def split_hash(rows: list[dict], base: Path | None = None) -> str:
+    """sha256 over the sorted (identity, captions) pairs of ``rows`` (:func:`row_identity`).
+
+    Independent of row order, folder location and the PNG bytes (another machine's
+    rsvg-convert or FreeType draws slightly different pixels): two builds with equal hashes
+    hold the same items with the same captions in each split.
+    """
+    items = [[row_identity(row, base), list(row["captions"])] for row in rows]
     items.sort()
     blob = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()

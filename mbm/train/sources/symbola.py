@@ -84,7 +84,7 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
         rows.append({
             "image": dest.relative_to(out_dir).as_posix(),
             "captions": captions(text, data, style="a black and white drawing of"),
-            "label": None, "source": "symbola", "group": group_id(text),
+            "label": None, "source": "symbola", "style": "symbola", "group": group_id(text),
             "licence": LICENCES["symbola"], "sha256": sha, "origin": f"symbola:U+{cps[0]:04X}",
         })
     return rows

@@ -96,7 +96,7 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
             sha = hit[1]
         rows.append({
             "image": dest.relative_to(out_dir).as_posix(), "captions": [caption],
-            "label": rel.parts[0], "source": "tuxpaint", "group": "tuxpaint:" + rel.with_suffix("").as_posix(),
+            "label": rel.parts[0], "source": "tuxpaint", "style": "tuxpaint", "group": "tuxpaint:" + rel.with_suffix("").as_posix(),
             "split": HELDOUT, "licence": LICENCES["tuxpaint"], "sha256": sha,
             "origin": f"tuxpaint-stamps-default:{rel.as_posix()}",
         })
