@@ -127,3 +127,25 @@ def test_a_cache_from_another_trunk_is_refused(tmp_path):
     FeatureStore(tmp_path, {"weights": "a", "grid": 3})
     with pytest.raises(UsageError, match="weights"):
         FeatureStore(tmp_path, {"weights": "b", "grid": 3})
+
+
+def test_the_trunk_runs_in_onnx_runtime_with_the_same_embeddings_and_falls_back_to_torch(tmp_path, lite0, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from mbm.models import image_onnx
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = lite0[0].eval()
+    assert image_onnx.wanted(model, "cpu", "fp32") and not image_onnx.wanted(model, "cpu", "bf16")
+    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
+    assert not image_onnx.wanted(model, "cpu", "fp32")
+    pixels = torch.rand(3, 3, 224, 224)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
+    trunk = image_onnx.OnnxTrunk(model, "sha256:test", 224)
+    got = torch.nn.functional.normalize(image_onnx.encode(model, trunk, pixels), dim=-1)
+    assert trunk.path.is_file() and trunk.session is not None
+    assert float((got * want).sum(-1).min()) > 0.99999
+    # a runtime that disagrees with torch is dropped on the first batch, and torch takes over
+    broken = image_onnx.OnnxTrunk(model, "sha256:broken", 224)
+    monkeypatch.setattr(image_onnx.OnnxTrunk, "_run", lambda self, x: torch.zeros(len(x), 1280, 7, 7))
+    assert image_onnx.encode(model, broken, pixels) is None and broken.failed and not broken.path.exists()

@@ -103,6 +103,7 @@ class Encoder:
     description: str = ""
     heads: dict[str, Any] = field(default_factory=dict)  # fusion / classifier when the checkpoint has them
     load_seconds: dict[str, float] = field(default_factory=dict)  # "imports" and "model load" times
+    image_onnx: Any = None  # mbm.models.image_onnx.OnnxTrunk: a timm trunk run in ONNX Runtime (fp32 CPU encoders)
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -116,6 +117,12 @@ class Encoder:
 
         from mbm.models.image_towers import is_conv_tower
 
+        if self.image_onnx is not None:
+            from mbm.models.image_onnx import encode
+
+            out = encode(self.model, self.image_onnx, pixels.to(self._dtype))
+            if out is not None:
+                return torch.nn.functional.normalize(out.float(), dim=-1).numpy()
         with torch.inference_mode():
             pixels = pixels.to(self.device, self._dtype, non_blocking=True)
             if is_conv_tower(self.model):
@@ -284,6 +291,10 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
         head.eval().to(device)
     encoder = Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description, heads)
     encoder.load_seconds = {"imports": imported - started, "model_load": time.perf_counter() - imported}
+    from mbm.models import image_onnx
+
+    if image_onnx.wanted(model, device, precision):
+        encoder.image_onnx = image_onnx.OnnxTrunk(model, fingerprint, image_size)
     return encoder
 
 

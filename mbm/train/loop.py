@@ -84,6 +84,9 @@ class TrainConfig:
     feature_cache: str | None = None
     views: int = 1
     image_trainable_blocks: int = 0  # fine-tune the image trunk's last N block groups (no feature cache then)
+    # score ITM pairs for the first N rows of a batch only (0 = all; negatives are still mined over the whole batch):
+    # the fusion head costs 3 forward passes per row, and a big contrastive batch need not pay it for every row
+    itm_rows: int = 0
 
 
 class _Run:
@@ -100,6 +103,7 @@ class _Run:
     val_rows: list
     text_cache: "_TextCache | None"
     val_cache: Any = None  # cached val features (feature_cache runs)
+    itm_rows: int = 0
     step: int = 0
     best: float = -1.0
     steps_per_epoch: int = 0
@@ -158,6 +162,7 @@ def _resolve_freeze_text(cfg: TrainConfig) -> TrainConfig:
 
 def _setup(cfg: TrainConfig, device: str) -> _Run:
     run = _Run()
+    run.itm_rows = cfg.itm_rows
     out = Path(cfg.out_dir)
     resume_from = out / "last" if cfg.resume and (out / "last" / STATE_JSON).is_file() else None
     source = Path(cfg.model).expanduser()
@@ -194,7 +199,12 @@ def _setup(cfg: TrainConfig, device: str) -> _Run:
     run.steps_per_epoch = len(train_rows) // cfg.batch_size
     run.optimizer = torch.optim.AdamW(_param_groups(run, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     cache_ok = cfg.freeze_text and cfg.cache_text and supports_hidden_cache(run.model)
-    run.text_cache = _TextCache(run.model, run.train_set.tokens, device) if cache_ok else None
+    text_store = None
+    if cache_ok and cfg.feature_cache:
+        from mbm.train.features import TextStore
+
+        text_store = TextStore(cfg.feature_cache, run.model_cfg.get("text_cfg", {}))
+    run.text_cache = _TextCache(run.model, run.train_set.tokens, device, store=text_store) if cache_ok else None
     if resume_from is not None:
         _load_trainer_state(run, resume_from)
         log.info("resuming %s from step %d", cfg.out_dir, run.step)
@@ -235,11 +245,15 @@ class _TextCache:
     values never depend on when a caption was first needed: resumed runs stay exact.
     """
 
-    def __init__(self, model: Any, tokens: torch.Tensor, device: str, batch: int = 256):
+    def __init__(self, model: Any, tokens: torch.Tensor, device: str, batch: int = 256, store: Any = None):
+        """``store`` (a ``features.TextStore``): hidden states kept on disk between runs, keyed by token ids."""
         self.device, pad = device, text_pad_id(model)
         lengths = (tokens != pad).sum(1)
-        self.hidden: list[torch.Tensor] = [torch.empty(0)] * len(tokens)
-        order = torch.argsort(lengths, stable=True)  # similar lengths together: little padding
+        keys = [bytes(tokens[i, : int(lengths[i])].numpy().astype("int32").tobytes()) for i in range(len(tokens))] if store else []
+        known = store.load() if store is not None else {}
+        self.hidden: list[torch.Tensor] = [known.get(k, torch.empty(0)) for k in keys] if store else [torch.empty(0)] * len(tokens)
+        todo = torch.tensor([i for i in range(len(tokens)) if not store or keys[i] not in known], dtype=torch.long)
+        order = todo[torch.argsort(lengths[todo], stable=True)]  # similar lengths together: little padding
         was_training = model.text.training
         model.text.eval()
         with torch.no_grad():
@@ -250,6 +264,8 @@ class _TextCache:
                 for j, i in enumerate(idx.tolist()):
                     self.hidden[i] = hidden[j, : int(lengths[i])].to(torch.float16).cpu()
         model.text.train(was_training)
+        if store is not None and len(order):
+            store.save({**known, **{keys[i]: self.hidden[i] for i in order.tolist()}})
 
     def get(self, caption_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.hidden[i] for i in caption_ids.tolist()]
@@ -274,8 +290,10 @@ def _itm(run: _Run, img: torch.Tensor, txt: torch.Tensor, tokens: tuple, same: t
     with torch.no_grad():
         scale = run.model.logit_scale.exp().clamp(max=100)
         sim = scale * torch.nn.functional.normalize(img.float(), dim=-1) @ torch.nn.functional.normalize(txt.float(), dim=-1).T
-    neg_text, neg_image = hard_negatives(sim, gen, same=same)
-    b = torch.arange(len(sim), device=sim.device)
+    neg_text, neg_image = hard_negatives(sim, gen, same=same)  # mined over the whole batch
+    n = min(len(sim), run.itm_rows) if run.itm_rows > 0 else len(sim)  # scored for the first n rows only
+    neg_text, neg_image = neg_text[:n], neg_image[:n]
+    b = torch.arange(n, device=sim.device)
     ok_t, ok_i = neg_text >= 0, neg_image >= 0
     text_index = torch.cat([b, neg_text[ok_t], b[ok_i]])
     image_index = torch.cat([b, b[ok_t], neg_image[ok_i]])
