@@ -60,6 +60,16 @@ def test_bridge_head_starts_as_the_bridge_and_keeps_the_teacher_frozen():
     assert head.proj.weight.requires_grad and float(head.proj.weight.detach().abs().sum()) == 0.0
 
 
+def test_a_normalized_projection_cannot_drown_the_bridge_on_inputs_it_never_saw():
+    head = ClassBridgeHead(in_dim=8, embed_dim=4, num_classes=3, normalize_proj=True, bridge_weight=1.0)
+    head.set_class_embeddings(torch.eye(3, 4))
+    pooled = torch.randn(5, 8)
+    for scale in (1.0, 100.0):  # far larger features (photos vs drawings): the learned part stays a unit vector
+        learned = head(pooled * scale) - head.bridge(pooled * scale)
+        assert torch.allclose(learned.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert not head.bridge_weight.requires_grad
+
+
 def test_class_embeddings_average_each_class_prompts():
     vectors = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.0, 1.0]), "c": torch.tensor([1.0, 1.0])}
     emb = class_embeddings(lambda texts: torch.stack([vectors[t] for t in texts]), [["a", "b"], ["c"]])

@@ -121,20 +121,32 @@ def imagenet_prompts(max_lemmas: int = MAX_LEMMAS) -> list[list[str]]:
 class ClassBridgeHead(nn.Module):
     """Image head: ``proj(f) + weight * normalize(softmax(teacher(f) / T) @ class_emb)``.
 
+    With ``normalize_proj`` the projection is normalized too and ``weight`` is fixed, so the
+    two parts keep a set balance whatever the input: features of photos (which the projection
+    never trains on) have twice the projected norm of drawings, and an unnormalized projection
+    drowned the bridge exactly where it is right (measured: photo R@5 46 % vs 73 % for the
+    bridge alone).
+
     ``f`` is the pooled trunk feature. ``class_emb`` (a buffer: saved with the weights) holds
     the normalized text embeddings of the class prompts in the shared space; it is filled by
     ``set_class_embeddings`` when a model is created and read back from a checkpoint after.
     """
 
-    def __init__(self, in_dim: int, embed_dim: int, num_classes: int = 1000, temperature: float = 1.0):
+    def __init__(self, in_dim: int, embed_dim: int, num_classes: int = 1000, temperature: float = 1.0,
+                 normalize_proj: bool = False, bridge_weight: float = 1.0):
         super().__init__()
         self.proj = nn.Linear(in_dim, embed_dim, bias=False)
-        nn.init.zeros_(self.proj.weight)
+        self.normalize_proj = bool(normalize_proj)
+        if self.normalize_proj:  # normalize() has no useful gradient at 0: start small and random
+            nn.init.normal_(self.proj.weight, std=0.01)
+            self.register_buffer("bridge_weight", torch.tensor(float(bridge_weight)))
+        else:  # start exactly at the bridge
+            nn.init.zeros_(self.proj.weight)
+            self.bridge_weight = nn.Parameter(torch.tensor(float(bridge_weight)))
         self.teacher = nn.Linear(in_dim, num_classes)
         self.teacher.requires_grad_(False)
         self.register_buffer("class_emb", torch.zeros(num_classes, embed_dim))
         self.temperature = float(temperature)
-        self.bridge_weight = nn.Parameter(torch.tensor(1.0))
 
     def teacher_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """The frozen ImageNet classifier's logits ``(B, classes)``."""
@@ -145,7 +157,10 @@ class ClassBridgeHead(nn.Module):
         return F.normalize(probs.to(self.class_emb.dtype) @ self.class_emb, dim=-1)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.proj(pooled) + self.bridge_weight * self.bridge(pooled).to(pooled.dtype)
+        learned = self.proj(pooled)
+        if self.normalize_proj:
+            learned = F.normalize(learned, dim=-1)
+        return learned + self.bridge_weight.to(learned.dtype) * self.bridge(pooled).to(learned.dtype)
 
     @torch.no_grad()
     def set_class_embeddings(self, embeddings: torch.Tensor) -> None:
@@ -185,7 +200,8 @@ def install_image_parts(model: Any, tokenizer: Any, cfg: dict, *, pretrained_ima
             raise ModelError(f"image_head type {head_cfg.get('type')!r} is not known — use \"class_bridge\"")
         in_dim = visual.trunk.num_features
         head = ClassBridgeHead(in_dim, int(cfg["embed_dim"]), int(head_cfg.get("classes", 1000)),
-                               float(head_cfg.get("temperature", 1.0)))
+                               float(head_cfg.get("temperature", 1.0)), bool(head_cfg.get("normalize_proj", False)),
+                               float(head_cfg.get("bridge_weight", 1.0)))
         if teacher is not None:
             head.teacher.load_state_dict(teacher.state_dict())
         visual.head = head
