@@ -1,13 +1,19 @@
-"""Render the demo folder data/demo/ from Debian packages (licences allow redistribution).
+"""Render the demo folder data/demo/ from Debian packages and the scikit-image wheel (licences allow redistribution).
 
     apt-get install -y fonts-noto-color-emoji openclipart-svg librsvg2-bin
-    python data/make_demo.py
+    pip install scikit-image      # its wheel ships the sample photos: nothing is downloaded
+    python data/make_demo.py      # --only photos | drawings: one part
 
 Noto Color Emoji is Apache-2.0; Open Clip Art is public domain. Renders are 160x160 PNGs.
+The photos (photo_*.jpg, at most 320 px a side) are scikit-image sample photos that are
+public domain or CC0 (as its skimage.data docstrings state), read from the files inside
+the installed wheel — never through skimage.data's loaders, which may download.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,6 +33,15 @@ EMOJI = {
     "snowman": "\u26C4", "soccer_ball": "\u26BD", "violin": "\U0001F3BB", "camera": "\U0001F4F7",
     "laptop": "\U0001F4BB", "top_hat": "\U0001F3A9", "blue_car": "\U0001F699", "fire_engine": "\U0001F692",
 }
+PHOTOS = {  # demo name -> (file inside skimage/data/, licence, author): public domain / CC0 only
+    "cat": ("chelsea.png", "CC0-1.0", "Stefan van der Walt"),
+    "coffee": ("coffee.png", "CC0-1.0", "Rachel Michetti"),
+    "rocket": ("rocket.jpg", "public domain", "SpaceX"),
+    "astronaut": ("astronaut.png", "public domain", "NASA"),
+    "photographer": ("camera.png", "CC0-1.0", "Lav Varshney"),
+    "galaxies": ("hubble_deep_field.jpg", "public domain", "NASA / Hubble"),
+}
+PHOTO_SIDE = 320
 CLIPART = [  # (category/file stem fragment to find, output name)
     ("transportation", "car"), ("animals", "cat"), ("animals", "dog"), ("food", "apple"),
     ("plants", "tree"), ("buildings", "house"), ("music", "guitar"), ("weather", "sun"),
@@ -60,8 +75,27 @@ def render_svg(svg: Path, dest: Path) -> bool:
         return True
 
 
+def copy_photos() -> None:
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the demo photos come from the scikit-image wheel: pip install scikit-image")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    for name, (file, _licence, _author) in PHOTOS.items():
+        with Image.open(data / file) as img:
+            img = img.convert("RGB")
+        img.thumbnail((PHOTO_SIDE, PHOTO_SIDE), Image.LANCZOS)
+        img.save(OUT / f"photo_{name}.jpg", quality=85, optimize=True)
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=("photos", "drawings"), help="make one part of the folder")
+    args = ap.parse_args()
     OUT.mkdir(exist_ok=True)
+    if args.only != "drawings":
+        copy_photos()
+    if args.only == "photos":
+        return
     for name, char in EMOJI.items():
         render_emoji(char).save(OUT / f"emoji_{name}.png", optimize=True)
     root = Path("/usr/share/openclipart/svg")

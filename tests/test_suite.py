@@ -71,7 +71,8 @@ def test_zero_shot_hand_made_case():
     assert out["n"] == 3 and out["classes"] == 2 and out["top1"] == pytest.approx(2 / 3) and out["chance"] == 0.5
 
 
-def test_suite_reports_every_section_on_a_small_manifest(tmp_path):
+def test_suite_reports_every_section_on_a_small_manifest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a developer's cache/mbm-eval must not join this test
     manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     # turn the val rows into a test split with two styles of the same groups, a held-out source and a labelled source
@@ -132,3 +133,70 @@ def test_rerank_recall_fusion_alone_and_combined_with_dual_logits():
     assert out["rerank_combined_t2i_R@1"] == 1.0  # +-5 outweighs dual gaps of 1-2
     out = rerank_recall(_OracleFusion(), text_tokens, mask, image_tokens, candidates, t2i, dual_logits=dual * 10)
     assert out["rerank_combined_t2i_R@1"] == pytest.approx(2 / 6)  # dual gaps of 10-20 win: the original order
+
+
+def test_suite_reports_photos_with_intervals_and_style_shift_per_style(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no cache/mbm-eval here: the default look-up finds nothing
+    manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    for i, r in enumerate(rows[16:]):
+        r.update(split="test", source="emoji", style=("noto", "twemoji")[i % 2])
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    photos = tmp_path / "data" / "photos.jsonl"
+    photos.write_text("".join(json.dumps({**r, "split": "photos", "group": f"photo:{i}"}) + "\n" for i, r in enumerate(rows[:6])))
+    icons = tmp_path / "data" / "extra" / "icon-themes.jsonl"
+    icons.parent.mkdir()
+    icons.write_text("".join(json.dumps({**r, "image": "../" + r["image"], "split": "style-shift", "style": ("a", "b")[i % 2],
+                                         "group": f"icon:{i // 2}"}) + "\n" for i, r in enumerate(rows[:8])))
+    train(tiny_config(manifest, tmp_path / "run", epochs=1, val_every=0))
+    report = evaluate_suite(tmp_path / "run" / "last", manifest, rerank_top=0, style_shift=icons)
+    assert json.loads(json.dumps(report)) == report and report["precision"] == "fp32"
+    assert report["test:style=noto"]["n_images"] == 4 and report["test:style=twemoji"]["n_images"] == 4
+    section = report["photos"]  # found next to the manifest
+    assert section["photos"] == 6 and section["n_images"] == 6
+    for key in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5"):
+        lo, hi = section["ci95"][key]
+        assert 0 <= lo <= section[key] <= hi <= 1
+    shift = report["style_shift"]
+    assert set(shift["styles"]) == {"a", "b"} and shift["styles"]["a"]["n_images"] == 4 and shift["concepts"] == 4
+    assert shift["styles"]["a"]["chance"]["t2i_R@1"] == 0.25 and "notes" not in report
+    names = [name for name, _ in summary_table(report)]
+    assert names[0] == "model" and any(n.startswith("photos (") for n in names)
+    assert any(n.startswith("style-shift:a ") for n in names) and any(n.startswith("test:style=noto") for n in names)
+    bare = evaluate_suite(tmp_path / "run" / "last", manifest, rerank_top=0, photos=False)
+    assert "photos" not in bare and "style_shift" not in bare
+    assert any("icon-themes.jsonl" in note and "python -m mbm.train.evalsets" in note for note in bare["notes"])
+
+
+def test_eval_command_reports_its_precision(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbm.cli import app
+
+    manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)
+    train(tiny_config(manifest, tmp_path / "run", epochs=1, val_every=0))
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["precision"] == "fp32"
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val",
+                                      "--precision", "bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["precision"] == "bf16"
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val",
+                                      "--photos", "x.jsonl"])
+    assert result.exit_code != 0 and "belong to the suite" in str(result.exception)
+
+
+def test_group_aware_recall_does_not_count_another_drawing_of_the_concept_as_a_miss():
+    img = np.eye(3, dtype=np.float32)  # images 0 and 1: two drawings of concept "a"; image 2: concept "b"
+    txt = np.array([[1.0, 0.2, 0.0], [0.0, 0.3, 1.0], [0.1, 0.0, 1.0]], np.float32)
+    t2i = np.array([1, 2, 0])  # caption 0 is image 1's but looks like image 0; caption 2 is image 0's but looks like "b"
+    plain = recall_at_k(img, txt, t2i, ks=(1, 2))
+    grouped = recall_at_k(img, txt, t2i, ks=(1, 2), image_groups=["a", "a", "b"])
+    assert plain["t2i_R@1"] == pytest.approx(1 / 3)  # only caption 1 ranks its own image first
+    assert grouped["t2i_R@1"] == pytest.approx(2 / 3)  # caption 0's rival is its own concept now
+    # image 0's own caption 2 (.1) is beaten by caption 0 (1.0), a caption of the other drawing of "a": no rival grouped;
+    # image 1's caption 0 (.2) loses to caption 1 (.3, concept "b") either way; image 2 ties caption 2 but wins by index
+    assert plain["i2t_R@1"] == pytest.approx(1 / 3) and grouped["i2t_R@1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        recall_at_k(img, txt, t2i, image_groups=["a", "b"])

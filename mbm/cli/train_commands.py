@@ -23,21 +23,25 @@ def register(app: typer.Typer) -> None:
 @data_app.command("build")
 def data_build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for manifest.jsonl, its stats and the rendered images.")] = Path("cache/mbm-data"),
-    sources: Annotated[str, typer.Option("--sources", help="Comma-separated: openclipart, emoji, symbola, tuxpaint, fashion-mnist.")] = "openclipart,emoji,symbola,tuxpaint,fashion-mnist",
-    size: Annotated[int, typer.Option("--size", help="Rendered image side in pixels.")] = 128,
+    sources: Annotated[str, typer.Option("--sources", help="Comma-separated: openclipart, emoji, symbola, tuxpaint, fashion-mnist, iconify.")] = "openclipart,emoji,symbola,tuxpaint,fashion-mnist,iconify",
+    size: Annotated[int, typer.Option("--size", help="Rendered image side in pixels.")] = 224,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many rows per source (quick runs).", show_default=False)] = None,
-    val: Annotated[int, typer.Option("--val", help="Validation rows (one per group).")] = 500,
-    test: Annotated[int, typer.Option("--test", help="Test rows (one per group).")] = 700,
+    val: Annotated[Optional[int], typer.Option("--val", help="Validation rows (one per concept and style; default 1000).", show_default=False)] = None,
+    test: Annotated[Optional[int], typer.Option("--test", help="Test rows (one per concept and style; default 1500).", show_default=False)] = None,
+    iconify: Annotated[Optional[Path], typer.Option("--iconify", help="The @iconify/json package: its folder or the tarball of `npm pack @iconify/json@2.2.535`.", show_default=False)] = None,
+    emojilib: Annotated[Optional[Path], typer.Option("--emojilib", help="The emojilib npm package (emoji keywords as extra captions).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Split seed.")] = 0,
 ) -> None:
     """Render the offline image-caption sources and write a leakage-safe split manifest.
 
-    Example: mbm data build --out cache/mbm-data --size 128
+    Example: mbm data build --out cache/mbm-data --iconify iconify-json-2.2.535.tgz
     """
-    from mbm.train.sources.build import build_all
+    from mbm.train.sources.build import DEFAULT_TEST, DEFAULT_VAL, build_all
 
     names = tuple(s.strip() for s in sources.split(",") if s.strip())
-    manifest = build_all(out, sources=names, size=size, limit=limit, val=val, test=test, seed=seed, log=output.err)
+    roots = {k: v for k, v in (("iconify", iconify), ("emojilib", emojilib)) if v}
+    manifest = build_all(out, sources=names, size=size, limit=limit, val=DEFAULT_VAL if val is None else val,
+                         test=DEFAULT_TEST if test is None else test, seed=seed, log=output.err, roots=roots)
     typer.echo(str(manifest))
 
 
@@ -58,6 +62,7 @@ def train(
     views: Annotated[int, typer.Option("--views", help="With --feature-cache: views per picture (1 = as indexed; more = augmented copies).")] = 1,
     w_kd: Annotated[float, typer.Option("--w-kd", help="Weight of the distillation loss from the image tower's ImageNet classifier (class-bridge models; 0 = off).")] = 1.0,
     kd_temperature: Annotated[float, typer.Option("--kd-temperature", help="Softmax temperature of the distillation loss.")] = 2.0,
+    itm_rows: Annotated[int, typer.Option("--itm-rows", help="Score fusion (ITM) pairs for the first N rows of each batch only (0 = all rows); hard negatives are still mined over the whole batch.")] = 0,
     w_contrastive: Annotated[float, typer.Option("--w-contrastive", help="Weight of the contrastive loss (0 = train the heads only).")] = 1.0,
     val_rerank_top: Annotated[int, typer.Option("--val-rerank-top", help="Also measure fusion re-ranking of the top N on validation (0 = off).")] = 0,
     select_on: Annotated[str, typer.Option("--select-on", help="Validation metric that picks best/: mean_recall, or rerank_mean (with --val-rerank-top).")] = "mean_recall",
@@ -82,7 +87,7 @@ def train(
                          w_contrastive=w_contrastive, val_rerank_top=val_rerank_top, select_on=select_on, augment=augment, seed=seed,
                          device=device, resume=resume, max_steps=max_steps, w_kd=w_kd, kd_temperature=kd_temperature,
                          feature_cache=str(feature_cache) if feature_cache else None, views=views,
-                         image_trainable_blocks=image_trainable_blocks,
+                         image_trainable_blocks=image_trainable_blocks, itm_rows=itm_rows,
                          sources=[s.strip() for s in sources.split(",") if s.strip()])
     result = run_training(config, progress=_print_progress)
     typer.echo(json.dumps(result, indent=2))

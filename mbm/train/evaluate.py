@@ -4,12 +4,20 @@ Conventions (the standard ones of CLIP / ALBEF evaluations):
 - text -> image: each caption has one ground-truth image; a hit at K when it ranks < K.
 - image -> text: a hit at K when ANY of the image's captions ranks < K. Images with
   no caption are left out.
-- ties are broken by index (the order a stable sort of the scores gives), so the
-  chunked computation equals a brute-force ``argsort(kind="stable")``.
+- scores are exact and ties go to the lower index. Every compared score comes from one
+  function (``exact_grid`` + a float64 product): the embeddings are rounded to a
+  power-of-two fixed-point grid (2**-22 for unit vectors of dimension <= 256) on which
+  every product and every partial sum of a dot product is an integer below 2**52, so a
+  score is the same bits whatever BLAS kernel, blocking or chunk computed it, and equal
+  embeddings score equally. A tie is then a real tie, decided by index (the lower
+  index ranks first: the order ``argsort(-score, kind="stable")`` gives), and the
+  chunked computation equals that brute-force sort exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,31 +25,82 @@ import numpy as np
 import torch
 
 KS = (1, 5, 10)
+Z95 = 1.959963984540054  # the 97.5 % quantile of the standard normal
 
 
-def _ranks(image_emb: np.ndarray, text_emb: np.ndarray, t2i: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """0-based rank of each caption's image (t2i) and of each image's best caption (i2t; -1: no caption)."""
-    n_img, n_txt = len(image_emb), len(text_emb)
-    pos = np.einsum("td,td->t", text_emb, image_emb[t2i])  # score of each caption with its own image
-    best = np.full(n_img, -np.inf, np.float32)
+def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``hits / n`` (95 % by default); (0, 1) when ``n`` is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or n hits:
+    0 of 10 gives (0, 0.278), 5 of 10 (0.237, 0.763).
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= hits <= n:
+        raise ValueError(f"hits must be between 0 and n, got {hits} of {n}")
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def exact_grid(x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
+    """``x`` (rows, dim) rounded to a fixed-point grid: float64 holding integers, and the grid's scale.
+
+    The scale is a power of two chosen from the largest magnitude in ``x`` so that each
+    entry is at most 2**b in magnitude with dim * 2**(2b) <= 2**52: a dot product of two
+    grid rows is then computed exactly in float64 in any summation order. Scores are
+    ``dot / (scale_a * scale_b)``; within one matrix pair, the order of the grid scores
+    is the order of the (rounded) cosine scores, and equal rows give equal scores.
+    """
+    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    x = np.ascontiguousarray(x, np.float64).reshape(len(x), -1)
+    dim = max(2, x.shape[1])
+    bits = (52 - math.ceil(math.log2(dim))) // 2
+    top = float(np.abs(x).max()) if x.size else 0.0
+    if not math.isfinite(top):
+        raise ValueError("embeddings contain NaN or infinity — check the model's output")
+    scale = 2.0 ** (bits - math.frexp(top)[1]) if top > 0 else 1.0  # top < 2**frexp(top)[1]
+    return np.rint(x * scale), scale
+
+
+def _pair_scores(text_grid: np.ndarray, image_grid: np.ndarray, text_rows: np.ndarray, image_rows: np.ndarray) -> np.ndarray:
+    """Grid scores of the pairs (text_rows[j], image_rows[j]) (any matching shapes), exact like a block product."""
+    return (text_grid[text_rows] * image_grid[image_rows]).sum(-1)
+
+
+def _ranks(image_emb: np.ndarray, text_emb: np.ndarray, t2i: np.ndarray, chunk: int,
+           groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """0-based rank of each caption's image (t2i) and of each image's best caption (i2t; -1: no caption).
+
+    With ``groups`` (an id per image), images of the caption's own group, and captions of
+    the image's own group, are not counted ahead: only other concepts compete.
+    """
+    img, _ = exact_grid(image_emb)
+    txt, _ = exact_grid(text_emb)
+    n_img, n_txt = len(img), len(txt)
+    pos = _pair_scores(txt, img, np.arange(n_txt), t2i)  # each caption with its own image, exactly
+    best = np.full(n_img, -np.inf)
     np.maximum.at(best, t2i, pos)
     # the first caption reaching the best score: ties among other captions are broken against its index
     first = np.full(n_img, n_txt, np.int64)
-    is_best = pos >= best[t2i]
+    is_best = pos == best[t2i]
     np.minimum.at(first, t2i[is_best], np.nonzero(is_best)[0])
     t_rank = np.zeros(n_txt, np.int64)
     i_rank = np.zeros(n_img, np.int64)
     for t0 in range(0, n_txt, chunk):
         t_idx = np.arange(t0, min(t0 + chunk, n_txt))
+        own_t, pos_t = t2i[t_idx][:, None], pos[t_idx][:, None]
         for i0 in range(0, n_img, chunk):
             i_idx = np.arange(i0, min(i0 + chunk, n_img))
-            block = text_emb[t_idx] @ image_emb[i_idx].T  # (texts, images): never more than chunk x chunk
-            own = t2i[t_idx][:, None] == i_idx[None, :]
-            ahead = (block > pos[t_idx, None]) | ((block == pos[t_idx, None]) & (i_idx[None, :] < t2i[t_idx, None]))
-            t_rank[t_idx] += (ahead & ~own).sum(1)
+            block = txt[t0 : t0 + chunk] @ img[i0 : i0 + chunk].T  # (texts, images), exact; never more than chunk x chunk
+            other = own_t != i_idx[None, :] if groups is None else groups[own_t] != groups[i_idx][None, :]
+            ahead = (block > pos_t) | ((block == pos_t) & (i_idx[None, :] < own_t))
+            t_rank[t_idx] += (ahead & other).sum(1)
             s = best[i_idx][None, :]
             ahead = (block > s) | ((block == s) & (t_idx[:, None] < first[i_idx][None, :]))
-            i_rank[i_idx] += (ahead & ~own).sum(0)
+            i_rank[i_idx] += (ahead & other).sum(0)
     i_rank[np.isinf(best)] = -1
     return t_rank, i_rank
 
@@ -52,18 +111,27 @@ def recall_at_k(
     text_to_image: np.ndarray,
     ks: Sequence[int] = KS,
     chunk: int = 4096,
+    image_groups: Sequence[Any] | None = None,
 ) -> dict[str, float]:
     """Recall@K in both directions for L2-normalized embeddings; ``text_to_image[t]`` is caption t's image row.
 
     Memory is O(chunk^2): 100k x 100k never exists. Returns ``t2i_R@K``, ``i2t_R@K``
     (fractions in [0, 1]), ``mean_recall`` (mean of all of them) and the counts.
+    ``image_groups`` (one label per image, e.g. the manifest's ``group``: one concept drawn
+    in several styles) makes it group-aware: another image of the caption's own group
+    ranking first is no miss, nor is a caption of another picture of the image's group.
     """
     image_emb = np.ascontiguousarray(image_emb, np.float32)
     text_emb = np.ascontiguousarray(text_emb, np.float32)
     t2i = np.asarray(text_to_image, np.int64)
     if len(t2i) != len(text_emb) or (len(t2i) and (t2i.min() < 0 or t2i.max() >= len(image_emb))):
         raise ValueError("text_to_image must give, for every text row, an image row index")
-    t_rank, i_rank = _ranks(image_emb, text_emb, t2i, max(1, int(chunk)))
+    groups = None
+    if image_groups is not None:
+        if len(image_groups) != len(image_emb):
+            raise ValueError("image_groups must give one group per image row")
+        groups = np.unique(np.asarray([str(g) for g in image_groups]), return_inverse=True)[1].reshape(-1)
+    t_rank, i_rank = _ranks(image_emb, text_emb, t2i, max(1, int(chunk)), groups)
     i_rank = i_rank[i_rank >= 0]
     out: dict[str, float] = {}
     for k in ks:
@@ -90,23 +158,24 @@ def _block_top(scores: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def top_candidates(image_emb: np.ndarray, text_emb: np.ndarray, n: int, chunk: int = 2048) -> np.ndarray:
-    """(texts, n) image rows with the highest scores per text, best first (ties by index).
+    """(texts, n) image rows with the highest scores per text, best first (ties: the lower row first).
 
-    Scores are computed in ``chunk`` x ``chunk`` blocks and each text keeps a running
-    top n, so memory is O(chunk^2) and the image matrix is read once per text block,
-    not once per text: 100k x 100k (dimension 256) takes well under a minute on 2 cores.
+    Scores are the exact grid scores of ``recall_at_k`` (see the module docstring), computed
+    in ``chunk`` x ``chunk`` blocks; each text keeps a running top n, so memory is
+    O(chunk^2) and the image matrix is read once per text block, not once per text.
     """
     n = min(n, len(image_emb))
     out = np.zeros((len(text_emb), n), np.int64)
-    if n == 0:
+    if n == 0 or len(text_emb) == 0:
         return out
-    images = torch.from_numpy(np.ascontiguousarray(image_emb, np.float32))
-    texts_all = torch.from_numpy(np.ascontiguousarray(text_emb, np.float32))
-    for t0 in range(0, len(text_emb), chunk):
+    images, _ = exact_grid(np.asarray(image_emb, np.float32))
+    texts_all, _ = exact_grid(np.asarray(text_emb, np.float32))
+    for t0 in range(0, len(texts_all), chunk):
         texts = texts_all[t0 : t0 + chunk]
-        best_s, best_i = torch.empty((len(texts), 0)), torch.empty((len(texts), 0), dtype=torch.int64)
+        best_s = torch.empty((len(texts), 0), dtype=torch.float64)
+        best_i = torch.empty((len(texts), 0), dtype=torch.int64)
         for i0 in range(0, len(images), chunk):
-            block = texts @ images[i0 : i0 + chunk].T
+            block = torch.from_numpy(texts @ images[i0 : i0 + chunk].T)
             top = _block_top(block, n)
             cand_s = torch.cat([best_s, block.gather(1, top)], 1)
             cand_i = torch.cat([best_i, top + i0], 1)
@@ -117,6 +186,14 @@ def top_candidates(image_emb: np.ndarray, text_emb: np.ndarray, n: int, chunk: i
             best_s, best_i = cand_s.gather(1, keep), cand_i.gather(1, keep)
         out[t0 : t0 + chunk] = best_i.numpy()
     return out
+
+
+def _same_rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """For each row, the first row with identical contents (itself when unique)."""
+    flat = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x).reshape(len(x), -1)
+    seen: dict[bytes, int] = {}
+    return np.array([seen.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
+                     for i, row in enumerate(flat)], np.int64)
 
 
 @torch.no_grad()
@@ -134,25 +211,30 @@ def rerank_recall(
     """Text -> image Recall@K after re-scoring each text's candidate images with the fusion model.
 
     ``candidates`` (texts, N) are image rows from the dual encoder, best first; the
-    fusion model re-orders them (its score, then the original order). An image
-    outside the candidates counts as rank N, so R@K for K > N is a lower bound.
+    fusion model re-orders them (its score, then the original order — the dual
+    encoder's, whose own ties went to the lower row). An image outside the candidates
+    counts as rank N, so R@K for K > N is a lower bound. Images with identical tokens
+    are scored once per text, so duplicates tie exactly instead of by float noise.
     With ``dual_logits`` (texts, N: the dual encoder's ``logit_scale * cosine`` of each
     candidate) also ``rerank_combined_t2i_R@K``: ordered by fusion logit + dual logit.
     """
     fusion.eval()
     n_txt, n = candidates.shape
-    t_idx = torch.arange(n_txt).repeat_interleave(n)
-    i_idx = torch.as_tensor(candidates.reshape(-1))
-    scores = torch.empty(len(t_idx))
+    same_image = _same_rows(image_tokens)
+    pairs = np.arange(n_txt, dtype=np.int64).repeat(n) * len(image_tokens) + same_image[candidates.reshape(-1)]
+    unique, inverse = np.unique(pairs, return_inverse=True)
+    t_idx = torch.as_tensor(unique // len(image_tokens))
+    i_idx = torch.as_tensor(unique % len(image_tokens))
+    unique_scores = torch.empty(len(unique))
     device = next(fusion.parameters()).device
-    for s in range(0, len(t_idx), batch):
+    for s in range(0, len(unique), batch):
         ti, ii = t_idx[s : s + batch], i_idx[s : s + batch]
         logits = fusion(text_tokens[ti].to(device).float(), text_mask[ti].to(device), image_tokens[ii].to(device).float())
-        scores[s : s + batch] = logits.float().cpu()
-    scores = scores.view(n_txt, n).numpy()
+        unique_scores[s : s + batch] = logits.float().cpu()
+    scores = unique_scores.numpy()[inverse.reshape(-1)].reshape(n_txt, n).astype(np.float64)
     out = {f"rerank_t2i_R@{k}": v for k, v in _recall_after(scores, candidates, text_to_image, ks).items()}
     if dual_logits is not None:
-        combined = _recall_after(scores + np.asarray(dual_logits, np.float32), candidates, text_to_image, ks)
+        combined = _recall_after(scores + np.asarray(dual_logits, np.float64), candidates, text_to_image, ks)
         out.update({f"rerank_combined_t2i_R@{k}": v for k, v in combined.items()})
     out["rerank_top"] = int(n)
     return out
@@ -168,9 +250,16 @@ def _recall_after(scores: np.ndarray, candidates: np.ndarray, text_to_image: np.
 
 
 def candidate_logits(image_emb: np.ndarray, text_emb: np.ndarray, candidates: np.ndarray, model: Any) -> np.ndarray:
-    """The dual encoder's ``logit_scale * cosine`` of each (text, candidate image), shaped like ``candidates``."""
+    """The dual encoder's ``logit_scale * cosine`` of each (text, candidate image), shaped like ``candidates``.
+
+    The cosines are the exact grid scores ``top_candidates`` ranked by, rescaled.
+    """
     scale = float(model.logit_scale.detach().float().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 1.0
-    return scale * np.einsum("td,tnd->tn", text_emb, image_emb[candidates])
+    images, image_scale = exact_grid(np.asarray(image_emb, np.float32))
+    texts, text_scale = exact_grid(np.asarray(text_emb, np.float32))
+    rows = np.broadcast_to(np.arange(len(texts))[:, None], candidates.shape)
+    cosine = _pair_scores(texts, images, rows, np.asarray(candidates)) / (text_scale * image_scale)
+    return scale * cosine
 
 
 def zero_shot_accuracy(
@@ -252,16 +341,18 @@ def evaluate(
     device: str = "cpu",
     batch_size: int = 64,
     sources: Sequence[str] = (),
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """JSON-able metrics of a checkpoint folder, a model spec or an ``Encoder`` on a manifest split.
 
     Recall@1/5/10 both directions; with a fusion head and ``rerank_top > 0`` also the
     text -> image recall after fusion re-ranking of the top ``rerank_top``; with a
-    classifier head, its accuracy on the labelled rows.
+    classifier head, its accuracy on the labelled rows. ``precision`` (see ``_unpack``:
+    fp32 unless named) is reported as ``precision``.
     """
     from mbm.train.data import load_rows
 
-    model, preprocess, tokenizer, heads, name = _unpack(checkpoint_or_encoder, device)
+    model, preprocess, tokenizer, heads, name, used = _unpack(checkpoint_or_encoder, device, precision)
     rows = load_rows(manifest, split, sources)
     if not rows:
         from mbm.errors import UsageError
@@ -271,7 +362,7 @@ def evaluate(
     fusion = heads.get("fusion") if rerank_top > 0 else None
     model.eval()
     data = embed_rows(model, preprocess, tokenizer, rows, device=device, batch_size=batch_size, with_tokens=fusion is not None)
-    out: dict[str, Any] = {"model": name, "manifest": str(manifest), "split": split}
+    out: dict[str, Any] = {"model": name, "precision": used, "manifest": str(manifest), "split": split}
     out.update(recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"]))
     if fusion is not None:
         candidates = top_candidates(data["image_emb"], data["text_emb"], rerank_top)
@@ -295,16 +386,32 @@ def _classifier_accuracy(classifier: Any, image_emb: np.ndarray, rows: Sequence[
     return {"classifier_top1": float((logits.argmax(1) == labels).float().mean()), "classifier_n": len(keep)}
 
 
-def _unpack(source: Any, device: str) -> tuple[Any, Any, Any, dict, str]:
-    """A checkpoint folder, any other model spec (through ``load_model``), or an ``Encoder``-like object."""
-    from mbm.models.build import is_checkpoint_dir, load_checkpoint
+EVAL_PRECISION = "fp32"  # what a named model and a checkpoint folder both get unless told otherwise
 
-    if isinstance(source, (str, Path)) and is_checkpoint_dir(source):
 
-        model, preprocess, tokenizer, heads = load_checkpoint(source, device=device)
-        return model.to(device), preprocess, tokenizer, heads, str(source)
-    if isinstance(source, (str, Path)):
-        from mbm.models import load_model
+def _unpack(source: Any, device: str, precision: str | None = None) -> tuple[Any, Any, Any, dict, str, str]:
+    """``(model, preprocess, tokenizer, heads, name, precision)`` of a checkpoint folder, any other model
+    spec (through ``load_model``), or an ``Encoder``-like object.
 
-        source = load_model(str(source), device=device)
-    return source.model, source.preprocess, source.tokenizer, dict(getattr(source, "heads", {}) or {}), getattr(source, "spec", "encoder")
+    A folder and a name are loaded the same way (``load_model``) with the same weights
+    precision: ``precision`` (fp32, bf16, fp16 or auto — what ``--precision auto`` picks for
+    search on this hardware), fp32 when None, so that ``mbm eval mbm-offline`` and
+    ``mbm eval <its folder>`` report the same figures.
+    An ``Encoder`` is evaluated as it was loaded; naming another precision for it is an error.
+    """
+    from mbm.errors import UsageError
+    from mbm.models import load_model
+
+    if not isinstance(source, (str, Path)):
+        have = getattr(source, "precision", None) or _dtype_name(next(source.model.parameters()).dtype)
+        if precision not in (None, have):
+            raise UsageError(f"this encoder was loaded in {have}; load it with precision={precision!r} to evaluate that")
+        return (source.model, source.preprocess, source.tokenizer, dict(getattr(source, "heads", {}) or {}),
+                getattr(source, "spec", "encoder"), have)
+    # one loader for names and folders alike (load_model reads checkpoint folders with their heads)
+    enc = load_model(str(source), device=device, precision=precision or EVAL_PRECISION)
+    return enc.model, enc.preprocess, enc.tokenizer, dict(enc.heads or {}), enc.spec, enc.precision
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))

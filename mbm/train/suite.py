@@ -7,16 +7,31 @@ One call embeds each split once and reports
 
 - ``test``: Recall@1/5/10 both directions on the retrieval test split (every source but
   Fashion-MNIST, whose ten captions make it a classification test), with and without
-  fusion re-ranking of the top N, and ``test:<source>`` for each source alone;
+  fusion re-ranking of the top N, and ``test:<source>`` for each source alone. Where
+  several test pictures share a ``group`` (one concept drawn in several styles, so their
+  captions are alike), ``group_t2i_R@K`` / ``group_i2t_R@K`` also count another drawing
+  of the same concept as a hit (``groups_shared``: how many pictures share a group);
 - ``heldout``: the same on the held-out source (Tux Paint: never trained on, natural
   captions such as "A red umbrella.") — leave-one-source-out generalization;
 - ``cross_style``: image->image retrieval between two drawings of one concept (Noto
   colour emoji <-> Symbola line art, paired by ``group``): the query is a picture in one
   style, the gallery every test picture in the other style;
 - ``zero_shot_fashion_mnist``: accuracy of classifying Fashion-MNIST test pictures by
-  the nearest prompted class name, and the classifier head's accuracy on them.
+  the nearest prompted class name, and the classifier head's accuracy on them;
+- ``test:style=<style>``: the test split per drawing style, when its rows carry a
+  ``style`` field (twemoji, noto, symbola, game-icons, ...);
+- ``photos``: the real-photo set of ``mbm.train.evalsets`` (54 photos that ship inside
+  packages, two hand-written captions each): Recall@1/5/10 text->image and @1/5
+  image->text with 95 % Wilson score intervals over the queries (captions for
+  text->image, photos for image->text). Two captions of one photo are not independent
+  queries, so the text->image interval is if anything too narrow;
+- ``style_shift``: icon-theme drawings (Papirus, Breeze, Oxygen, ... GPL/LGPL/CC-BY-SA,
+  never trained on) of ~100 freedesktop concepts: Recall@K within each style's gallery,
+  with chance, and the mean over styles.
 
-Sections whose rows are missing from the manifest are left out, not faked.
+Sections whose rows are missing are left out, not faked; ``notes`` says which extra sets
+were not found and how to build them (``python -m mbm.train.evalsets``). The weights
+precision used (fp32 unless named: the same for a model name and a folder) is reported.
 """
 
 from __future__ import annotations
@@ -28,8 +43,17 @@ import numpy as np
 import torch
 
 from mbm.train.data import load_rows
-from mbm.train.evaluate import (_classifier_accuracy, _unpack, candidate_logits, embed_rows, recall_at_k, rerank_recall,
-                                top_candidates)
+from mbm.train.evaluate import (
+    KS,
+    _classifier_accuracy,
+    _unpack,
+    candidate_logits,
+    embed_rows,
+    recall_at_k,
+    rerank_recall,
+    top_candidates,
+    wilson_interval,
+)
 
 RETRIEVAL_EXCLUDE = ("-fashion-mnist",)
 STYLE_PAIR = ("emoji", "symbola")
@@ -45,11 +69,26 @@ def _subset(data: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
     out = {"image_emb": data["image_emb"][rows], "text_emb": data["text_emb"][keep], "text_to_image": new_index[data["text_to_image"][keep]]}
     if "image_tokens" in data:
         out.update(image_tokens=data["image_tokens"][rows], text_tokens=data["text_tokens"][keep], text_mask=data["text_mask"][keep])
+    if "groups" in data:
+        out["groups"] = [data["groups"][i] for i in rows]
     return out
+
+
+def _embed(model: Any, preprocess: Any, tokenizer: Any, rows: Sequence[dict], device: str, with_tokens: bool = False) -> dict[str, Any]:
+    """``embed_rows`` plus each image's ``group`` (its own row id when it has none)."""
+    data = embed_rows(model, preprocess, tokenizer, rows, device=device, with_tokens=with_tokens)
+    data["groups"] = [r.get("group") or f"row:{i}" for i, r in enumerate(rows)]
+    return data
 
 
 def _retrieval(data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str) -> dict[str, Any]:
     out: dict[str, Any] = dict(recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"]))
+    groups = data.get("groups")
+    if groups is not None and len(set(groups)) < len(groups):
+        # a concept drawn in several styles: another drawing of it first is no miss
+        grouped = recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"], image_groups=groups)
+        out.update({f"group_{k}": v for k, v in grouped.items() if "_R@" in k})
+        out["groups_shared"] = len(groups) - len(set(groups))
     if fusion is not None and rerank_top > 0 and "image_tokens" in data:
         candidates = top_candidates(data["image_emb"], data["text_emb"], rerank_top)
         dual = candidate_logits(data["image_emb"], data["text_emb"], candidates, model)
@@ -106,39 +145,131 @@ def zero_shot(model: Any, tokenizer: Any, rows: Sequence[dict], image_emb: np.nd
     return out
 
 
-def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path, *, rerank_top: int = 10, device: str = "cpu",
-                   heldout_source: str = "tuxpaint", zero_shot_source: str = "fashion-mnist") -> dict[str, Any]:
-    """Every section listed in the module docstring, as one JSON-able dict."""
-    model, preprocess, tokenizer, heads, name = _unpack(checkpoint_or_encoder, device)
+def _extra_rows(path: Path, split: str) -> list[dict]:
+    """The rows of an extra evaluation manifest (photos.jsonl, icon-themes.jsonl) in ``split``."""
+    return [r for r in load_rows(path) if r.get("split") == split]
+
+
+def _with_intervals(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` plus ``ci95``: the Wilson 95 % interval of each Recall@K over its queries."""
+    ci = {}
+    for key, value in metrics.items():
+        if key.startswith(("t2i_R@", "i2t_R@")) and isinstance(value, float):
+            n = metrics["n_texts" if key.startswith("t2i") else "n_images"]
+            ci[key] = [round(x, 4) for x in wilson_interval(round(value * n), n)]
+    return {**metrics, "ci95": ci, "ci_method": "Wilson score interval, 95 %, over queries"}
+
+
+def photo_section(rows: Sequence[dict], data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str,
+                  manifest: Path) -> dict[str, Any]:
+    """Retrieval on the photo set with Wilson intervals (see the module docstring)."""
+    out = _with_intervals(_retrieval(data, model, fusion, rerank_top, device))
+    return {"manifest": str(manifest), "photos": len(rows), **out}
+
+
+def style_shift_section(rows: Sequence[dict], data: dict[str, Any], manifest: Path) -> dict[str, Any]:
+    """Recall@K of each style's icons among that style's icons only, with chance, and the mean over styles."""
+    styles: dict[str, Any] = {}
+    for style in sorted({r.get("style") or r.get("source") for r in rows}):
+        idx = [i for i, r in enumerate(rows) if (r.get("style") or r.get("source")) == style]
+        sub = _subset(data, idx)
+        metrics = recall_at_k(sub["image_emb"], sub["text_emb"], sub["text_to_image"])
+        metrics["chance"] = {f"t2i_R@{k}": min(1.0, k / len(idx)) for k in KS}
+        styles[style] = metrics
+    mean = {f"t2i_R@{k}": float(np.mean([m[f"t2i_R@{k}"] for m in styles.values()])) for k in KS}
+    return {"manifest": str(manifest), "icons": len(rows), "concepts": len({r.get("group") for r in rows}),
+            "styles": styles, "mean_over_styles": mean}
+
+
+def _resolve_extra(given: str | Path | bool | None, filename: str, manifest: str | Path | None,
+                   notes: list[str], what: str) -> Path | None:
+    """An extra manifest named by the caller (must exist), looked up next to ``manifest`` (None), or off (False/"")."""
+    from mbm.train.evalsets import DEFAULT_DIR, find_eval_manifest
+
+    if given is False or given == "" or (isinstance(given, str) and given.lower() == "none"):
+        return None
+    if given is not None and given is not True:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            from mbm.errors import UsageError
+
+            raise UsageError(f"{what} manifest {path} does not exist — build it with "
+                             f"`python -m mbm.train.evalsets --out {path.parent}`")
+        return path
+    found = find_eval_manifest(filename, manifest)
+    if found is None:
+        notes.append(f"{what}: no {filename} next to the manifest or in {DEFAULT_DIR}/ — skipped; build it with "
+                     f"`python -m mbm.train.evalsets --out {DEFAULT_DIR}` or pass its path")
+    return found
+
+
+def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, rerank_top: int = 10, device: str = "cpu",
+                   heldout_source: str = "tuxpaint", zero_shot_source: str = "fashion-mnist",
+                   precision: str | None = None, photos: str | Path | bool | None = None,
+                   style_shift: str | Path | bool | None = None) -> dict[str, Any]:
+    """Every section listed in the module docstring, as one JSON-able dict.
+
+    ``photos`` / ``style_shift``: a photos.jsonl / icon-themes.jsonl path; None looks for
+    them next to ``manifest``, in ``mbm-eval/`` beside its folder and in ./cache/mbm-eval
+    (skipped with a note when absent); False leaves them out. ``manifest`` may be None to
+    run only those two. ``precision``: see ``mbm.train.evaluate._unpack`` (fp32 unless named).
+    """
+    model, preprocess, tokenizer, heads, name, used = _unpack(checkpoint_or_encoder, device, precision)
     model.eval()
     fusion = heads.get("fusion") if rerank_top > 0 else None
     tokens = fusion is not None
-    report: dict[str, Any] = {"model": name, "manifest": str(manifest), "rerank_top": rerank_top if tokens else 0}
+    notes: list[str] = []
+    report: dict[str, Any] = {"model": name, "precision": used, "device": device,
+                              "manifest": str(manifest) if manifest is not None else None,
+                              "rerank_top": rerank_top if tokens else 0}
 
-    test_rows = load_rows(manifest, "test", RETRIEVAL_EXCLUDE)
-    if test_rows:
-        data = embed_rows(model, preprocess, tokenizer, test_rows, device=device, with_tokens=tokens)
-        report["test"] = _retrieval(data, model, fusion, rerank_top, device)
-        for source in sorted({r["source"] for r in test_rows}):
-            idx = [i for i, r in enumerate(test_rows) if r["source"] == source]
-            report[f"test:{source}"] = _retrieval(_subset(data, idx), model, fusion, rerank_top, device)
-        styles = cross_style(test_rows, data["image_emb"])
-        if styles:
-            report["cross_style"] = styles
+    if manifest is not None:
+        test_rows = load_rows(manifest, "test", RETRIEVAL_EXCLUDE)
+        if test_rows:
+            data = _embed(model, preprocess, tokenizer, test_rows, device, with_tokens=tokens)
+            report["test"] = _retrieval(data, model, fusion, rerank_top, device)
+            for source in sorted({r["source"] for r in test_rows}):
+                idx = [i for i, r in enumerate(test_rows) if r["source"] == source]
+                report[f"test:{source}"] = _retrieval(_subset(data, idx), model, fusion, rerank_top, device)
+            for style in sorted({r["style"] for r in test_rows if r.get("style")}):
+                idx = [i for i, r in enumerate(test_rows) if r.get("style") == style]
+                report[f"test:style={style}"] = _retrieval(_subset(data, idx), model, fusion, rerank_top, device)
+            styles = cross_style(test_rows, data["image_emb"])
+            if styles:
+                report["cross_style"] = styles
 
-    held_rows = load_rows(manifest, "heldout", [heldout_source])
-    if held_rows:
-        data = embed_rows(model, preprocess, tokenizer, held_rows, device=device, with_tokens=tokens)
-        report["heldout"] = {"source": heldout_source, **_retrieval(data, model, fusion, rerank_top, device)}
+        held_rows = load_rows(manifest, "heldout", [heldout_source])
+        if held_rows:
+            data = _embed(model, preprocess, tokenizer, held_rows, device, with_tokens=tokens)
+            report["heldout"] = {"source": heldout_source, **_retrieval(data, model, fusion, rerank_top, device)}
 
-    zs_rows = load_rows(manifest, "test", [zero_shot_source])
-    if zs_rows:
-        data = embed_rows(model, preprocess, tokenizer, zs_rows, device=device)
-        section = zero_shot(model, tokenizer, zs_rows, data["image_emb"], device)
-        if heads.get("classifier") is not None:
-            section.update(_classifier_accuracy(heads["classifier"], data["image_emb"], zs_rows))
-        if section:
-            report[f"zero_shot_{zero_shot_source.replace('-', '_')}"] = section
+        zs_rows = load_rows(manifest, "test", [zero_shot_source])
+        if zs_rows:
+            data = embed_rows(model, preprocess, tokenizer, zs_rows, device=device)
+            section = zero_shot(model, tokenizer, zs_rows, data["image_emb"], device)
+            if heads.get("classifier") is not None:
+                section.update(_classifier_accuracy(heads["classifier"], data["image_emb"], zs_rows))
+            if section:
+                report[f"zero_shot_{zero_shot_source.replace('-', '_')}"] = section
+
+    from mbm.train.evalsets import ICONS_FILE, PHOTOS_FILE
+
+    path = _resolve_extra(photos, PHOTOS_FILE, manifest, notes, "photos")
+    rows = _extra_rows(path, "photos") if path is not None else []
+    if rows:
+        data = embed_rows(model, preprocess, tokenizer, rows, device=device, with_tokens=tokens)
+        report["photos"] = photo_section(rows, data, model, fusion, rerank_top, device, path)
+    elif path is not None:
+        notes.append(f"photos: {path} has no rows of split 'photos'")
+    path = _resolve_extra(style_shift, ICONS_FILE, manifest, notes, "style-shift")
+    rows = _extra_rows(path, "style-shift") if path is not None else []
+    if rows:
+        data = embed_rows(model, preprocess, tokenizer, rows, device=device)
+        report["style_shift"] = style_shift_section(rows, data, path)
+    elif path is not None:
+        notes.append(f"style-shift: {path} has no rows of split 'style-shift'")
+    if notes:
+        report["notes"] = notes
     return report
 
 
@@ -147,25 +278,45 @@ def summary_table(report: dict[str, Any]) -> list[tuple[str, str]]:
     def pct(v: Any) -> str:
         return f"{100 * v:.1f}" if isinstance(v, float) else "-"
 
+    def three(sec: dict[str, Any], d: str) -> str:
+        return "/".join(pct(sec.get(f"{d}_R@{k}")) for k in KS)
+
     lines = []
+    if "precision" in report:
+        lines.append(("model", f"{report['model']} ({report['precision']} weights on {report.get('device', 'cpu')})"))
     for key, sec in report.items():
         if not isinstance(sec, dict):
             continue
-        if "t2i_R@1" in sec:
-            text = (f"t2i {pct(sec['t2i_R@1'])}/{pct(sec['t2i_R@5'])}/{pct(sec['t2i_R@10'])}  "
-                    f"i2t {pct(sec['i2t_R@1'])}/{pct(sec['i2t_R@5'])}/{pct(sec['i2t_R@10'])}")
+        if key == "photos" and "ci95" in sec:
+            ci = sec["ci95"]
+            text = "  ".join(f"{d} R@{k} {pct(sec[f'{d}_R@{k}'])} ({pct(ci[f'{d}_R@{k}'][0])}-{pct(ci[f'{d}_R@{k}'][1])})"
+                             for d, ks in (("t2i", KS), ("i2t", KS[:2])) for k in ks)
             if "rerank_t2i_R@1" in sec:
-                text += f"  t2i re-ranked top {sec['rerank_top']}: {pct(sec['rerank_t2i_R@1'])}/{pct(sec['rerank_t2i_R@5'])}/{pct(sec['rerank_t2i_R@10'])}"
+                text += f"  t2i re-ranked top {sec['rerank_top']}: {three(sec, 'rerank_t2i')}"
+            lines.append((f"photos ({sec['n_texts']} captions, {sec['n_images']} photos; 95% Wilson CI)", text))
+        elif key == "style_shift" and "styles" in sec:
+            for style, m in sec["styles"].items():
+                lines.append((f"style-shift:{style} ({m['n_texts']} captions, {m['n_images']} icons)",
+                              f"t2i {three(m, 't2i')}  i2t {three(m, 'i2t')}  (t2i chance {three(m['chance'], 't2i')})"))
+            lines.append((f"style-shift mean over {len(sec['styles'])} styles ({sec['concepts']} concepts)",
+                          f"t2i {three(sec['mean_over_styles'], 't2i')}"))
+        elif "t2i_R@1" in sec:
+            text = f"t2i {three(sec, 't2i')}  i2t {three(sec, 'i2t')}"
+            if "rerank_t2i_R@1" in sec:
+                text += f"  t2i re-ranked top {sec['rerank_top']}: {three(sec, 'rerank_t2i')}"
             if "rerank_combined_t2i_R@1" in sec:
-                text += f" (fusion+dual {pct(sec['rerank_combined_t2i_R@1'])}/{pct(sec['rerank_combined_t2i_R@5'])}/{pct(sec['rerank_combined_t2i_R@10'])})"
+                text += f" (fusion+dual {three(sec, 'rerank_combined_t2i')})"
+            if "group_t2i_R@1" in sec:
+                text += f"  any drawing of the concept: t2i {three(sec, 'group_t2i')} i2t {three(sec, 'group_i2t')}"
             lines.append((f"{key} ({sec['n_texts']} captions, {sec['n_images']} images)", text))
         elif "pairs" in sec:
             a, b = STYLE_PAIR
-            lines.append((f"{key} ({sec['pairs']} pairs)", f"{a}->{b} {pct(sec[f'{a}->{b}_R@1'])}/{pct(sec[f'{a}->{b}_R@5'])}/"
-                          f"{pct(sec[f'{a}->{b}_R@10'])}  {b}->{a} {pct(sec[f'{b}->{a}_R@1'])}/{pct(sec[f'{b}->{a}_R@5'])}/{pct(sec[f'{b}->{a}_R@10'])}"))
+            lines.append((f"{key} ({sec['pairs']} pairs)", f"{a}->{b} {three(sec, f'{a}->{b}')}  {b}->{a} {three(sec, f'{b}->{a}')}"))
         elif "top1" in sec:
             text = f"top-1 {pct(sec['top1'])} top-5 {pct(sec.get('top5'))} (chance {pct(sec['chance'])})"
             if "classifier_top1" in sec:
                 text += f"; classifier head top-1 {pct(sec['classifier_top1'])}"
             lines.append((f"{key} ({sec['n']} pictures)", text))
+    for note in report.get("notes", []):
+        lines.append(("note", note))
     return lines
