@@ -23,9 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -141,61 +139,24 @@ def trunk_features(model: Any, pixels: torch.Tensor, grid: int) -> tuple[torch.T
     return pooled, pool_image_tokens(features.flatten(2).transpose(1, 2), grid)
 
 
-class _Trunk(torch.nn.Module):
-    def __init__(self, model: Any, grid: int):
-        super().__init__()
-        self.model, self.grid = model, grid
+def _trunk_runner(model: Any, grid: int, digest: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The trunk as a function of a pixel batch, its feature map computed as indexing computes it: in ONNX Runtime
+    on an fp32 CPU model (``mbm.models.image_onnx``: 2-3x torch's rate for EfficientNet on an AVX2 CPU, checked
+    against torch on the first batch), else in torch."""
+    from mbm.models import image_onnx
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return trunk_features(self.model, pixels, self.grid)
-
-
-class _FeatureMap(torch.nn.Module):
-    def __init__(self, trunk: Any):
-        super().__init__()
-        self.trunk = trunk
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.trunk.forward_features(pixels)
-
-
-def _trunk_runner(model: Any, grid: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The trunk as a function of a pixel batch: in ONNX Runtime when it exports (about 1.5x torch's rate for
-    EfficientNet's depthwise convolutions on an AVX2 CPU, same values to ~1e-5), else in torch."""
-    torch_run = _Trunk(model, grid).eval()
-    try:
-        import onnxruntime as ort
-
-        import tempfile
-
-        size = preprocess_size(model)
-        path = Path(tempfile.mkdtemp(prefix="mbm-trunk-")) / "trunk.onnx"
-        with torch.no_grad(), warnings.catch_warnings():  # the feature map only: ONNX has no adaptive pooling to a grid that does not divide it
-            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter calls itself legacy
-            torch.onnx.export(_FeatureMap(model.visual.trunk).eval(), (torch.zeros(2, 3, size, size),), str(path),
-                              input_names=["pixels"], output_names=["features"], dynamic_axes={"pixels": {0: "batch"}},
-                              dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        shutil.rmtree(path.parent, ignore_errors=True)  # the session holds the graph
-    except Exception as e:  # noqa: BLE001 - any exporter or runtime failure: torch computes the same values
-        log.warning("feature cache: ONNX Runtime unavailable (%s); the trunk runs in torch", e)
-        return torch_run
+    param = next(model.parameters())
+    device, precision = param.device.type, "fp32" if param.dtype == torch.float32 else "other"
+    onnx = image_onnx.OnnxTrunk(model, f"trunk-{digest}", preprocess_size(model)) \
+        if image_onnx.wanted(model, device, precision) else None
     trunk = model.visual.trunk
 
     def run(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = torch.from_numpy(session.run(None, {"pixels": pixels.float().contiguous().numpy()})[0])
+        features = onnx.features(pixels) if onnx is not None else None
         with torch.no_grad():
+            if features is None:
+                return trunk_features(model, pixels.to(param.device), grid)
             return trunk.forward_head(features), pool_image_tokens(features.flatten(2).transpose(1, 2), grid)
-
-    probe = torch.rand(2, 3, size, size)
-    with torch.no_grad():
-        want = torch_run(probe)
-    got = run(probe)
-    if not all(torch.allclose(g, w, atol=1e-3) for g, w in zip(got, want)):
-        log.warning("feature cache: ONNX Runtime disagrees with torch; the trunk runs in torch")
-        return torch_run
 
     return run
 
@@ -237,7 +198,7 @@ def fill(store: FeatureStore, model: Any, preprocess_val: Any, rows: Sequence[di
         todo = [k for k in unique if k not in have]
         started, done = time.perf_counter(), 0
         if todo and run is None:
-            run = _trunk_runner(model, grid)
+            run = _trunk_runner(model, grid, store.identity["weights"])
         for s in range(0, len(todo), SHARD):
             keys = todo[s:s + SHARD]
             pooled, tokens = [], []
@@ -334,7 +295,7 @@ def cached_sets(run: Any, cfg: Any, train_rows: Sequence[dict], labels: dict) ->
     store = FeatureStore(cfg.feature_cache, trunk_identity(run.model, grid))
     report = fill(store, run.model, run.preprocess_val, train_rows, range(cfg.views), augment=cfg.augment, grid=grid,
                   progress=log.info)
-    report.update(fill(store, run.model, run.preprocess_val, run.val_rows, [0], grid=grid, progress=log.info))
+    report["val"] = fill(store, run.model, run.preprocess_val, run.val_rows, [0], grid=grid, progress=log.info)
     log.info("feature cache %s: %s", cfg.feature_cache, report)
     pairs = PairDataset(train_rows, _no_pixels, run.tokenizer, labels, seed=cfg.seed)
     train_set = CachedPairs(pairs, store, [picture_key(r) for r in train_rows], cfg.views)
@@ -346,36 +307,35 @@ def _no_pixels(*_args: Any) -> torch.Tensor:
     raise AssertionError("a cached training set never decodes pictures")
 
 
-def validate_cached(run: Any, device: str, batch: int = 1024) -> dict:
+def _cached_embeddings(model: Any, tokenizer: Any, pooled: torch.Tensor, rows: Sequence[dict], device: str = "cpu",
+                       batch: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image embeddings from cached pooled features, embeddings of every caption, caption -> row), normalized."""
+    head = model.visual.head
+    captions = [c for r in rows for c in r["captions"]]
+    with torch.no_grad():
+        image = torch.cat([torch.nn.functional.normalize(head(pooled[s:s + batch].to(device).float()), dim=-1).cpu()
+                           for s in range(0, len(pooled), batch)])
+        text = torch.cat([torch.nn.functional.normalize(model.encode_text(tokenizer(captions[s:s + 256]).to(device)).float(),
+                                                        dim=-1).cpu() for s in range(0, len(captions), 256)])
+    owner = np.array([i for i, r in enumerate(rows) for _ in r["captions"]], np.int64)
+    return image.numpy(), text.numpy(), owner
+
+
+def validate_cached(run: Any, device: str) -> dict:
     """Validation recall@K from the cached val features (view 0: the pictures as indexed)."""
     from mbm.train.evaluate import recall_at_k
 
-    pooled = run.val_cache["pooled"]
-    head = run.model.visual.head
-    image = torch.cat([torch.nn.functional.normalize(head(pooled[s:s + batch].to(device).float()), dim=-1).cpu()
-                       for s in range(0, len(pooled), batch)])
-    captions = [c for r in run.val_rows for c in r["captions"]]
-    t2i = np.array([i for i, r in enumerate(run.val_rows) for _ in r["captions"]], np.int64)
-    text = torch.cat([torch.nn.functional.normalize(run.model.encode_text(run.tokenizer(captions[s:s + 256]).to(device)).float(), dim=-1).cpu()
-                      for s in range(0, len(captions), 256)])
-    return recall_at_k(image.numpy(), text.numpy(), t2i)
+    return recall_at_k(*_cached_embeddings(run.model, run.tokenizer, run.val_cache["pooled"], run.val_rows, device))
 
 
 def evaluate_cached(model: Any, tokenizer: Any, store: FeatureStore, rows: Sequence[dict], *,
-                    by: Sequence[str] = ("source", "style"), batch: int = 1024) -> dict:
+                    by: Sequence[str] = ("source", "style")) -> dict:
     """Text->image and image->text recall@K of ``rows`` from cached view-0 features, overall and per value of
     each field in ``by`` (quick figures for ablations; ``mbm eval`` decodes the pictures)."""
     from mbm.train.evaluate import recall_at_k
 
     pooled, _ = store.load([picture_key(r) for r in rows], 0)
-    head = model.visual.head
-    with torch.no_grad():
-        image = torch.cat([torch.nn.functional.normalize(head(pooled[s:s + batch].float()), dim=-1)
-                           for s in range(0, len(pooled), batch)]).numpy()
-        captions = [c for r in rows for c in r["captions"]]
-        text = torch.cat([torch.nn.functional.normalize(model.encode_text(tokenizer(captions[s:s + 256])).float(), dim=-1)
-                          for s in range(0, len(captions), 256)]).numpy()
-    owner = np.array([i for i, r in enumerate(rows) for _ in r["captions"]], np.int64)
+    image, text, owner = _cached_embeddings(model, tokenizer, pooled, rows)
     out = {"all": recall_at_k(image, text, owner)}
     for field in by:
         for value in sorted({str(r.get(field)) for r in rows if r.get(field)}):
