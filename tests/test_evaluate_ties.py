@@ -107,8 +107,15 @@ class _PositionNoiseFusion(torch.nn.Module):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, text_tokens, text_mask, image_tokens):
-        return image_tokens[:, 0, 0] + 1e-6 * torch.arange(len(image_tokens), dtype=torch.float32)
+    def project_image(self, image_tokens, embedding=None):
+        return image_tokens
+
+    def project_text(self, text_tokens, text_mask):
+        return text_tokens, text_mask
+
+    def match(self, x, text_mask, image, *, text_index=None, image_index=None):
+        image = image if image_index is None else image[image_index]
+        return image[:, 0, 0] + 1e-6 * torch.arange(len(image), dtype=torch.float32)
 
 
 def test_rerank_keeps_identical_images_in_index_order():

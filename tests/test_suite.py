@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -115,8 +116,16 @@ class _OracleFusion(torch.nn.Module):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, text_tokens, text_mask, image_tokens):
-        return torch.where(text_tokens[:, 0, 0] == image_tokens[:, 0, 0], 5.0, -5.0)
+    def project_image(self, image_tokens, embedding=None):
+        return image_tokens
+
+    def project_text(self, text_tokens, text_mask):
+        return text_tokens, text_mask
+
+    def match(self, x, text_mask, image, *, text_index=None, image_index=None):
+        x = x if text_index is None else x[text_index]
+        image = image if image_index is None else image[image_index]
+        return torch.where(x[:, 0, 0] == image[:, 0, 0], 5.0, -5.0)
 
 
 def test_rerank_recall_fusion_alone_and_combined_with_dual_logits():
@@ -133,6 +142,33 @@ def test_rerank_recall_fusion_alone_and_combined_with_dual_logits():
     assert out["rerank_combined_t2i_R@1"] == 1.0  # +-5 outweighs dual gaps of 1-2
     out = rerank_recall(_OracleFusion(), text_tokens, mask, image_tokens, candidates, t2i, dual_logits=dual * 10)
     assert out["rerank_combined_t2i_R@1"] == pytest.approx(2 / 6)  # dual gaps of 10-20 win: the original order
+    fusion = _OracleFusion()
+    fusion.cfg = SimpleNamespace(dual_weight=0.1)  # a calibrated head that trusts itself more
+    out = rerank_recall(fusion, text_tokens, mask, image_tokens, candidates, t2i, dual_logits=dual * 10)
+    assert out["rerank_combined_t2i_R@1"] == 1.0
+
+
+def test_rerank_sweep_both_directions_and_every_n():
+    from mbm.train.evaluate import rerank_sweep
+
+    rng = np.random.default_rng(0)
+    t2i = np.repeat(np.arange(6), 2)  # two captions per image
+    image_emb = rng.normal(size=(6, 8)).astype(np.float32)
+    text_emb = rng.normal(size=(12, 8)).astype(np.float32)  # unrelated: the dual encoder is near chance
+    image_emb /= np.linalg.norm(image_emb, axis=1, keepdims=True)
+    text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
+    data = {"image_emb": image_emb, "text_emb": text_emb, "text_to_image": t2i,
+            "text_tokens": torch.tensor(t2i, dtype=torch.float32)[:, None, None].expand(12, 2, 1).contiguous(),
+            "text_mask": torch.ones(12, 2, dtype=torch.bool),
+            "image_tokens": torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 2, 1).contiguous()}
+    model = SimpleNamespace(logit_scale=torch.tensor(0.0))  # scale 1: the oracle's +-5 decides
+    out = rerank_sweep(_OracleFusion(), model, data, [2, 12])
+    full = out["12"]  # every candidate (all 6 images, all 12 captions): the oracle puts every pair first, both ways
+    assert full["rerank_t2i_R@1"] == 1.0 and full["rerank_i2t_R@1"] == 1.0
+    assert full["rerank_combined_t2i_R@1"] == 1.0 and full["rerank_combined_i2t_R@1"] == 1.0
+    # over the top 2 only, a pair outside the dual encoder's top 2 cannot be found
+    cands = np.argsort(-(text_emb @ image_emb.T), axis=1, kind="stable")[:, :2]
+    assert out["2"]["rerank_t2i_R@1"] == pytest.approx(np.mean([t2i[i] in cands[i] for i in range(12)]))
 
 
 def test_suite_reports_photos_with_intervals_and_style_shift_per_style(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ data_app = typer.Typer(help="Build the offline training/evaluation datasets from
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
     app.command("train")(train)
+    app.command("train-fusion")(train_fusion)
     app.command("eval")(evaluate)
 
 
@@ -93,6 +94,43 @@ def train(
     typer.echo(json.dumps(result, indent=2))
 
 
+def train_fusion(
+    base: Annotated[str, typer.Argument(help="The dual encoder to re-rank for: an mbm checkpoint folder or name (mbm-offline), or an open_clip model (ViT-B-32:openai).", show_default=False)],
+    manifest: Annotated[Path, typer.Argument(help="Manifest of image-caption pairs with train and val rows (see data/README.md).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model with its new fusion head (BASE's files + the head).")] = Path("runs/fusion"),
+    feature_cache: Annotated[Optional[Path], typer.Option("--feature-cache", help="A feature cache of `mbm train --feature-cache` for the same image tower (checked on a sample; otherwise features are computed).", show_default=False)] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the distinct training captions.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Captions per step.")] = 64,
+    negatives: Annotated[int, typer.Option("--negatives", help="Hard negatives per caption, drawn from BASE's own top --mine-top.")] = 7,
+    mine_top: Annotated[int, typer.Option("--mine-top", help="Mine negatives among BASE's top N pictures of each caption.")] = 50,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 5e-4,
+    val_top: Annotated[int, typer.Option("--val-top", help="Re-rank the top N on validation (calibrates the dual weight).")] = 50,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start a new fusion head even when BASE has one.")] = False,
+    sources: Annotated[str, typer.Option("--sources", help="Only these manifest sources (comma-separated; '-name' leaves one out).")] = "",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+) -> None:
+    """Train a fusion (re-ranking) head for a frozen dual encoder on its own hard negatives.
+
+    Both towers stay frozen, so this works for a pretrained CLIP as for mbm's models; `mbm search --rerank`
+    then re-ranks with it. Example: mbm train-fusion ViT-B-32:openai my-pairs.jsonl --out runs/clip-fusion
+    """
+    import logging
+
+    from mbm.train.fusion_stage import FusionStageConfig, train_fusion as run
+
+    if not manifest.is_file():
+        raise UsageError(f"manifest {manifest} does not exist — build one with `mbm data build` or write one (see data/README.md)")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = FusionStageConfig(base=base, manifest=str(manifest), out_dir=str(out), epochs=epochs, batch_size=batch_size,
+                               negatives=negatives, mine_top=mine_top, lr=lr, val_top=val_top, fresh=fresh, device=device,
+                               feature_cache=str(feature_cache) if feature_cache else None, seed=seed,
+                               sources=[s.strip() for s in sources.split(",") if s.strip()] or None)
+    report = run(config)
+    output.err(f"chosen: {report['chosen']}")
+    typer.echo(str(out))
+
+
 def _print_progress(event: dict) -> None:
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in event.items()}
     output.err(" ".join(f"{k}={v}" for k, v in shown.items()))
@@ -103,7 +141,8 @@ def evaluate(
     manifest: Annotated[Path, typer.Argument(help="Manifest with the split to evaluate.", show_default=False)],
     split: Annotated[str, typer.Option("--split", help="train, val, test or heldout; 'suite' runs every test of mbm.train.suite.")] = "suite",
     sources: Annotated[str, typer.Option("--sources", help="Only these sources of the split (comma-separated); '-name' leaves one out.")] = "",
-    rerank_top: Annotated[int, typer.Option("--rerank-top", help="Re-rank each query's top N with the fusion head (0 = off).")] = 10,
+    rerank_top: Annotated[int, typer.Option("--rerank-top", help="Re-rank each query's top N with the fusion head (0 = off); N = 50 is what `mbm search --rerank` uses.")] = 50,
+    rerank_sweep: Annotated[str, typer.Option("--rerank-sweep", help="Suite only: also re-rank the test, held-out and photo sets over each of these N (comma-separated; '' = off).")] = "10,50,200",
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option("--precision", help="Weights precision: fp32, bf16, fp16 (GPU) or auto (what search would pick here). The same for a model name and a folder.")] = "fp32",
     photos: Annotated[Optional[str], typer.Option("--photos", help="photos.jsonl of `python -m mbm.train.evalsets` (suite only). Default: looked for next to MANIFEST and in cache/mbm-eval; 'none' skips it.", show_default=False)] = None,
@@ -124,7 +163,11 @@ def evaluate(
             raise UsageError("--sources selects rows of one split — use it with --split test|val|heldout, not the suite")
         from mbm.train.suite import evaluate_suite, summary_table
 
-        report = evaluate_suite(checkpoint, manifest, rerank_top=rerank_top, device=device, precision=precision,
+        try:
+            sweep = tuple(int(n) for n in rerank_sweep.split(",") if n.strip())
+        except ValueError:
+            raise UsageError(f"--rerank-sweep {rerank_sweep!r} is not a comma-separated list of numbers — e.g. 10,50,200") from None
+        report = evaluate_suite(checkpoint, manifest, rerank_top=rerank_top, rerank_sweep_tops=sweep, device=device, precision=precision,
                                 photos=photos, style_shift=style_shift)
         if as_json:
             typer.echo(json.dumps(report, indent=2))

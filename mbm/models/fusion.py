@@ -34,6 +34,13 @@ class FusionConfig:
     # pool a square map of image tokens (a CNN's 7x7 feature map) to grid x grid before attending (0 = as is):
     # fewer tokens to store per image and to attend over; the cut lives here so training and search agree
     image_grid: int = 0
+    # re-ranking orders by fusion logit + dual_weight * the dual encoder's logit (logit_scale * cosine): a product
+    # of the two experts; `mbm train-fusion` calibrates the weight on validation (0: the fusion head alone)
+    dual_weight: float = 1.0
+    # > 0: the image's dual-encoder embedding (this many dimensions) joins its tokens as one more token, so the
+    # head starts from what the dual encoder knows (for mbm-lite0, the ImageNet class bridge) instead of
+    # relearning it from the trunk's grid
+    embed_dim: int = 0
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -105,6 +112,7 @@ class FusionModel(nn.Module):
         self.cfg = cfg
         self.text_in = nn.Sequential(nn.LayerNorm(cfg.text_dim), nn.Linear(cfg.text_dim, cfg.width))
         self.image_in = nn.Sequential(nn.LayerNorm(cfg.image_dim), nn.Linear(cfg.image_dim, cfg.width))
+        self.embed_in = nn.Linear(cfg.embed_dim, cfg.width) if cfg.embed_dim > 0 else None
         self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.layers))
         self.ln_out = nn.LayerNorm(cfg.width)
         self.query = nn.Parameter(torch.randn(cfg.width) / math.sqrt(cfg.width)) if cfg.pool == "query" else None
@@ -118,20 +126,58 @@ class FusionModel(nn.Module):
         *,
         text_index: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,
+        image_embedding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Match logits ``(B,)`` for text tokens ``(B,T,Dt)`` with mask ``(B,T)`` (True = real) and image tokens ``(B,P,Dv)``.
+        """Match logits ``(B,)`` for text tokens ``(B,T,Dt)`` with mask ``(B,T)`` (True = real) and image tokens ``(B,P,Dv)``
+        (and, for a head with ``embed_dim``, the images' dual-encoder embeddings ``(B,E)``).
 
         With ``text_index`` / ``image_index`` (both (B,) long) the inputs hold distinct
         texts and images and pair k is (text_index[k], image_index[k]): each image's
         keys/values are then computed once however many pairs use it (ITM scores every
         image three times).
         """
+        x, text_mask = self.project_text(text_tokens, text_mask)
+        image = self.project_image(image_tokens, image_embedding)
+        return self.match(x, text_mask, image, text_index=text_index, image_index=image_index)
+
+    def project_image(self, image_tokens: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Tower tokens ``(B,P,Dv)`` -> the fusion's own image tokens ``(B,G,width)``: what an index stores per
+        image (pooled to the config's grid and projected; the rest of the model reads nothing else).
+
+        ``embedding`` ``(B,E)``: the images' normalized dual-encoder embeddings; needed (and then the
+        last of the G tokens) when the config has ``embed_dim``, ignored otherwise."""
+        image = self.image_in(pool_image_tokens(image_tokens, self.cfg.image_grid))
+        if self.embed_in is None:
+            return image
+        if embedding is None:
+            raise ValueError("this fusion head reads the image embedding too: pass project_image(tokens, embedding)")
+        return torch.cat([image, self.embed_in(embedding.to(image.dtype))[:, None]], dim=1)
+
+    def project_text(self, text_tokens: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tower tokens ``(B,T,Dt)`` and mask -> the fusion's own text tokens ``(B,T',width)`` and mask (cut to
+        ``max_text_tokens``): what an index of texts stores per text."""
         if self.cfg.max_text_tokens > 0:
             text_tokens, text_mask = text_tokens[:, : self.cfg.max_text_tokens], text_mask[:, : self.cfg.max_text_tokens]
         text_mask = text_mask.to(torch.bool)
-        image_tokens = pool_image_tokens(image_tokens, self.cfg.image_grid)
-        x = self.text_in(text_tokens)
-        image = self.image_in(image_tokens)
+        real = text_mask.any(0).nonzero()
+        if len(real):  # columns that are padding in every row change nothing but the cost
+            cut = int(real.max()) + 1
+            text_tokens, text_mask = text_tokens[:, :cut], text_mask[:, :cut]
+        return self.text_in(text_tokens), text_mask
+
+    def match(
+        self,
+        x: torch.Tensor,
+        text_mask: torch.Tensor,
+        image: torch.Tensor,
+        *,
+        text_index: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Match logits from projected tokens (``project_text`` / ``project_image`` outputs, possibly stored)."""
+        x = x.to(self.ln_out.weight.dtype)
+        image = image.to(x.dtype)
+        text_mask = text_mask.to(torch.bool)
         if text_index is not None:
             x, text_mask = x[text_index], text_mask[text_index]
         # at least one real key per row, or the softmax of an all-masked row is NaN (an empty caption)

@@ -50,12 +50,13 @@ from mbm.train.evaluate import (
     candidate_logits,
     embed_rows,
     recall_at_k,
-    rerank_recall,
-    top_candidates,
+    rerank_sweep,
     wilson_interval,
 )
 
 RETRIEVAL_EXCLUDE = ("-fashion-mnist",)
+DEFAULT_RERANK_TOP = 50  # what `mbm search --rerank` re-ranks by default
+RERANK_SWEEP = (10, 50, 200)  # test, held-out and photos are also re-ranked over each of these
 STYLE_PAIR = ("emoji", "symbola")
 ZERO_SHOT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
 
@@ -81,7 +82,10 @@ def _embed(model: Any, preprocess: Any, tokenizer: Any, rows: Sequence[dict], de
     return data
 
 
-def _retrieval(data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str) -> dict[str, Any]:
+def _retrieval(data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str,
+               sweep: Sequence[int] = ()) -> dict[str, Any]:
+    """Dual-encoder recall; with a fusion head also both directions re-ranked over the top ``rerank_top``
+    (top-level ``rerank_*`` keys) and, for each N in ``sweep``, under ``"rerank"``."""
     out: dict[str, Any] = dict(recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"]))
     groups = data.get("groups")
     if groups is not None and len(set(groups)) < len(groups):
@@ -90,10 +94,12 @@ def _retrieval(data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, d
         out.update({f"group_{k}": v for k, v in grouped.items() if "_R@" in k})
         out["groups_shared"] = len(groups) - len(set(groups))
     if fusion is not None and rerank_top > 0 and "image_tokens" in data:
-        candidates = top_candidates(data["image_emb"], data["text_emb"], rerank_top)
-        dual = candidate_logits(data["image_emb"], data["text_emb"], candidates, model)
-        out.update(rerank_recall(fusion.to(device), data["text_tokens"], data["text_mask"], data["image_tokens"], candidates,
-                                 data["text_to_image"], dual_logits=dual))
+        tops = sorted({rerank_top, *sweep})
+        result = rerank_sweep(fusion.to(device), model, data, tops)
+        out.update({k: v for k, v in result[str(rerank_top)].items() if k != "top"}, rerank_top=rerank_top,
+                   dual_weight=result["dual_weight"])
+        if len(tops) > 1:
+            out["rerank"] = {k: v for k, v in result.items() if k != "dual_weight"}
     return out
 
 
@@ -161,9 +167,9 @@ def _with_intervals(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def photo_section(rows: Sequence[dict], data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str,
-                  manifest: Path) -> dict[str, Any]:
+                  manifest: Path, sweep: Sequence[int] = ()) -> dict[str, Any]:
     """Retrieval on the photo set with Wilson intervals (see the module docstring)."""
-    out = _with_intervals(_retrieval(data, model, fusion, rerank_top, device))
+    out = _with_intervals(_retrieval(data, model, fusion, rerank_top, device, sweep))
     return {"manifest": str(manifest), "photos": len(rows), **out}
 
 
@@ -203,7 +209,8 @@ def _resolve_extra(given: str | Path | bool | None, filename: str, manifest: str
     return found
 
 
-def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, rerank_top: int = 10, device: str = "cpu",
+def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, rerank_top: int = DEFAULT_RERANK_TOP,
+                   rerank_sweep_tops: Sequence[int] = RERANK_SWEEP, device: str = "cpu",
                    heldout_source: str = "tuxpaint", zero_shot_source: str = "fashion-mnist",
                    precision: str | None = None, photos: str | Path | bool | None = None,
                    style_shift: str | Path | bool | None = None) -> dict[str, Any]:
@@ -227,7 +234,7 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, r
         test_rows = load_rows(manifest, "test", RETRIEVAL_EXCLUDE)
         if test_rows:
             data = _embed(model, preprocess, tokenizer, test_rows, device, with_tokens=tokens)
-            report["test"] = _retrieval(data, model, fusion, rerank_top, device)
+            report["test"] = _retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops)
             for source in sorted({r["source"] for r in test_rows}):
                 idx = [i for i, r in enumerate(test_rows) if r["source"] == source]
                 report[f"test:{source}"] = _retrieval(_subset(data, idx), model, fusion, rerank_top, device)
@@ -241,7 +248,7 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, r
         held_rows = load_rows(manifest, "heldout", [heldout_source])
         if held_rows:
             data = _embed(model, preprocess, tokenizer, held_rows, device, with_tokens=tokens)
-            report["heldout"] = {"source": heldout_source, **_retrieval(data, model, fusion, rerank_top, device)}
+            report["heldout"] = {"source": heldout_source, **_retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops)}
 
         zs_rows = load_rows(manifest, "test", [zero_shot_source])
         if zs_rows:
@@ -258,7 +265,7 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, r
     rows = _extra_rows(path, "photos") if path is not None else []
     if rows:
         data = embed_rows(model, preprocess, tokenizer, rows, device=device, with_tokens=tokens)
-        report["photos"] = photo_section(rows, data, model, fusion, rerank_top, device, path)
+        report["photos"] = photo_section(rows, data, model, fusion, rerank_top, device, path, rerank_sweep_tops)
     elif path is not None:
         notes.append(f"photos: {path} has no rows of split 'photos'")
     path = _resolve_extra(style_shift, ICONS_FILE, manifest, notes, "style-shift")
@@ -309,6 +316,11 @@ def summary_table(report: dict[str, Any]) -> list[tuple[str, str]]:
             if "group_t2i_R@1" in sec:
                 text += f"  any drawing of the concept: t2i {three(sec, 'group_t2i')} i2t {three(sec, 'group_i2t')}"
             lines.append((f"{key} ({sec['n_texts']} captions, {sec['n_images']} images)", text))
+        if isinstance(sec.get("rerank"), dict):
+            for n, row in sec["rerank"].items():
+                lines.append((f"{key} re-ranked top {n} (dual weight {sec.get('dual_weight', 1.0)})",
+                              f"t2i fusion {three(row, 'rerank_t2i')} combined {three(row, 'rerank_combined_t2i')}  "
+                              f"i2t fusion {three(row, 'rerank_i2t')} combined {three(row, 'rerank_combined_i2t')}"))
         elif "pairs" in sec:
             a, b = STYLE_PAIR
             lines.append((f"{key} ({sec['pairs']} pairs)", f"{a}->{b} {three(sec, f'{a}->{b}')}  {b}->{a} {three(sec, f'{b}->{a}')}"))
