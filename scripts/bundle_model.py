@@ -136,13 +136,19 @@ def main() -> None:
     ap.add_argument("--notes", type=Path, help="a Markdown file appended to the model card (how the runs went)")
     ap.add_argument("--ablation", action="append", default=[],
                     help="LABEL=CHECKPOINT_FOLDER (evaluated with the same suite) or LABEL=SUITE.json (from `mbm eval --json`)")
+    ap.add_argument("--fusion", type=Path, help="a checkpoint of `mbm train-fusion` for this run's model: bundle its fusion head")
     args = ap.parse_args()
     model, _, _, heads = load_checkpoint(args.run / "best")
+    if args.fusion:
+        from mbm.models.heads import load_heads
+
+        heads["fusion"] = load_heads(args.fusion)["fusion"]
     model.lock_text_tower()  # the frozen MiniLM is not written: it loads from its package
     cfg = read_checkpoint_config(args.run / "best")
     target = BUNDLED_DIR / args.name
+    extra = {"run": str(args.run), "bundled_at": time.strftime("%Y-%m-%d"), **({"fusion": str(args.fusion)} if args.fusion else {})}
     save_checkpoint(model, target, cfg["model_cfg"], dtype=torch.float16, exclude_frozen_text=True,
-                    heads=(heads.get("fusion"), heads.get("classifier")), extra={"run": str(args.run), "bundled_at": time.strftime("%Y-%m-%d")})
+                    heads=(heads.get("fusion"), heads.get("classifier")), extra=extra)
     started = time.perf_counter()
     report = evaluate_suite(target, args.manifest)
     ablations = {}
