@@ -29,13 +29,14 @@ from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import IndexReport, Indexer, Progress
 from mbm.indexer.scan import display_path, is_text_source
-from mbm.models.factory import Encoder, legacy_fingerprint_of, load_model, normalize_spec
+from mbm.models.factory import Encoder, legacy_fingerprint_of, load_model, no_fusion_head, normalize_spec
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
-from mbm.retrieval.rerank import FusionReranker
+from mbm.retrieval.rerank import DEFAULT_RERANK_TOP, FusionReranker, rerank_term
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
 from mbm.store.catalog import Catalog, CatalogState
 from mbm.store.check import CheckReport
 from mbm.store.lock import CollectionLock
+from mbm.store.tokens import FUSION_KEY, token_stats
 from mbm.store.vectors import VectorIndex, open_vectors, read_stamp
 
 CATALOG_FILE = "catalog.sqlite"
@@ -87,6 +88,10 @@ class CollectionInfo:
     vectors_bytes: int
     created_at: str
     precision: str = ""
+    fusion: bool | None = None  # whether the model has a fusion head (None: not known until an index run loads it)
+    token_bytes_per_item: int = 0  # fusion tokens stored for re-ranking
+    token_bytes: int = 0
+    items_without_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,9 +208,11 @@ class Engine:
     def index(self, paths: Sequence[str | os.PathLike[str]], *, texts: bool | None = None,
               batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
               progress: Progress | None = None, dtype: str = "float16", wait: bool = True,
-              notify: Notify | None = None) -> IndexReport:
+              notify: Notify | None = None, rerank_tokens: bool = False) -> IndexReport:
         """Add new and changed files under ``paths``, reuse moved ones, drop deleted ones.
 
+        With a model that has a fusion head, items under ``paths`` that lack re-ranking tokens get them;
+        ``rerank_tokens=True`` insists (an error for a model without one).
         One index run per collection at a time: another one waits for this (telling ``notify``),
         or raises ``CollectionBusy`` with ``wait=False``."""
         check_index_args(paths, batch_size)
@@ -216,6 +223,8 @@ class Engine:
             early = {}
         self._check_kind(early, kind, paths)
         self._check_model_spec(early)
+        if rerank_tokens and early.get(FUSION_KEY) == "0":
+            raise no_fusion_head(early.get("model", "?"))
         ensure_store(self.store)
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._lock.hold(wait=wait, on_wait=notify):
@@ -228,7 +237,7 @@ class Engine:
                 self._init_collection(catalog, kind, dtype, notify)
             indexer = Indexer(self.encoder, catalog, self.folder, batch_size=batch_size, workers=workers,
                               max_pixels=max_pixels, progress=progress)
-            report = indexer.index(paths, texts=kind == "text")
+            report = indexer.index(paths, texts=kind == "text", rerank_tokens=rerank_tokens)
             self._export_query_encoder()
         return report
 
@@ -252,6 +261,7 @@ class Engine:
         meta = catalog.init_meta(
             kind=kind, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim, dtype=dtype,
             precision=encoder.precision, model_reason=reason or "named with --model",
+            **{FUSION_KEY: "1" if encoder.fusion is not None else "0"},
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), mbm_version=__version__,
         )
         if (meta["model"], meta["fingerprint"], meta["kind"]) != (encoder.spec, encoder.fingerprint, kind):
@@ -314,12 +324,24 @@ class Engine:
         return fast.encode_texts(texts) if fast is not None else self.encoder().encode_texts(texts)
 
     def search(self, query: Any, *, k: int = 10, min_score: float | None = None, under: str | None = None,
-               rerank: int = 0) -> list[Hit]:
+               rerank: int | bool = 0) -> list[Hit]:
         """Search with text, an image path (``Path``), a raw vector, or a structured ``Query``.
 
-        ``rerank=N`` re-scores the top N (at least k) with the model's fusion head."""
+        ``rerank=N`` (``True``: DEFAULT_RERANK_TOP) re-orders the top N (at least k) with the model's fusion
+        head over the tokens stored at index time (no file is opened) and sets ``Hit.match``;
+        ``timings["rerank"]`` is that step, ``timings["rerank_query"]`` the query's tokens."""
         if k <= 0:
             raise UsageError(f"-k/--top must be at least 1, not {k}")
+        top = DEFAULT_RERANK_TOP if rerank is True else int(rerank)
+        if top < 0:
+            raise UsageError(f"rerank must be 0 (off) or the number of candidates to re-rank, not {rerank}")
+        for key in ("rerank", "rerank_query"):
+            self.timings.pop(key, None)
+        reranker = None
+        if top:  # a query or a model that cannot re-rank fails before anything is searched
+            term = rerank_term(query, self._meta().get("kind") == "text")
+            reranker = self._reranker()
+            self._unaccounted_load = 0.0  # a model load here is outside the timed phases (its time is in timings)
         t0 = time.perf_counter()
         searcher = self.searcher()
         t1 = time.perf_counter()
@@ -327,16 +349,24 @@ class Engine:
         t2 = time.perf_counter()
         with self._refresh:  # threads share the index: no search runs while another thread catches it up
             searcher = self.searcher()
-            hits = searcher.search(vector, k=max(k, rerank), min_score=min_score, under=under)
-        if rerank > 0:
+            hits = searcher.search(vector, k=max(k, top), min_score=min_score, under=under)
+        if reranker is not None:
             t3 = time.perf_counter()
-            text_collection = self._meta().get("kind") == "text"
-            hits = FusionReranker(self.encoder()).rerank(query, hits, text_collection)[:k]
-            self.timings["rerank"] = time.perf_counter() - t3
+            tokens = reranker.query_tokens(term)
+            t4 = time.perf_counter()
+            with self._refresh:
+                hits = reranker.rerank(tokens, hits, searcher.catalog)[:k]
+            self.timings.update(rerank_query=t4 - t3, rerank=time.perf_counter() - t4)
         loading, self._unaccounted_load = self._unaccounted_load, 0.0
         self.timings.update(open=t1 - t0, encode=max(0.0, t2 - t1 - loading), search=time.perf_counter() - t2)
         self._export_query_encoder()  # the next cold search skips torch
         return hits
+
+    def _reranker(self) -> FusionReranker:
+        meta = self._meta()
+        if meta.get(FUSION_KEY) == "0":  # known without loading the model
+            raise no_fusion_head(meta.get("model", "?"))
+        return FusionReranker(self.encoder(), self.name)
 
     # -- information --------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
@@ -349,9 +379,12 @@ class Engine:
             return p.stat().st_size if p.is_file() else 0
         catalog_bytes = sum(size(self.folder / (CATALOG_FILE + s)) for s in ("", "-wal", "-shm"))
         vectors_bytes = size(self.folder / stamp["file"]) if current and stamp.get("file") else 0
+        tokens = token_stats(catalog)
+        fusion = {"1": True, "0": False}.get(meta.get(FUSION_KEY, ""))
         return CollectionInfo(self.name, str(self.folder), meta.get("kind", "?"), meta.get("model", "?"),
                               meta.get("fingerprint", "?"), int(meta.get("dim", 0)), catalog.count(), index_type,
-                              catalog_bytes, vectors_bytes, meta.get("created_at", ""), meta.get("precision", ""))
+                              catalog_bytes, vectors_bytes, meta.get("created_at", ""), meta.get("precision", ""),
+                              fusion, tokens.bytes_per_item, tokens.total_bytes, tokens.items_without)
 
     def check(self, *, fix: bool = False) -> CheckReport:
         """Integrity, damaged embeddings, files that are gone, stale caches, temp files; ``fix`` repairs

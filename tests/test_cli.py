@@ -65,7 +65,7 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path, args, code, mess
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-COMMANDS = ["index", "search", "info", "collections", "check", "models", "train", "eval", "data build"]
+COMMANDS = ["index", "search", "info", "collections", "check", "models", "train", "train-fusion", "eval", "data build"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,4 +1,5 @@
-"""Fusion re-ranking through the engine: same candidates, new order, match probabilities."""
+"""Fusion re-ranking through the engine with a trained checkpoint: same candidates, new order, match
+probabilities (stored tokens, their back-fill and the errors: test_rerank_tokens.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def trained_store(tmp_path_factory):
 def test_rerank_reorders_the_same_candidates_by_fusion_plus_dual(trained_store):
     from mbm import Engine
     from mbm.models.tokens import image_tokens, text_tokens
+    from mbm.retrieval.rerank import rerank_order
 
     with Engine.open(trained_store / "store") as eng:
         plain = eng.search("a red circle", k=6)
@@ -33,7 +35,8 @@ def test_rerank_reorders_the_same_candidates_by_fusion_plus_dual(trained_store):
     assert {h.path for h in plain} == {h.path for h in reranked}
     assert [h.rank for h in reranked] == list(range(1, 7))
     assert all(0.0 <= h.match <= 1.0 for h in reranked)
-    # the order, computed independently: fusion logit + logit_scale * cosine
+    # computed independently from the files and the towers' full outputs (re-ranking itself reads stored
+    # float16 tokens): the same match probabilities, and the order fusion logit + logit_scale * cosine
     from mbm.indexer.decode import decode, read_file
 
     with torch.inference_mode():
@@ -41,23 +44,25 @@ def test_rerank_reorders_the_same_candidates_by_fusion_plus_dual(trained_store):
         _, tokens, mask = text_tokens(enc.model, ids)
         pixels = torch.stack([enc.preprocess(decode(read_file(h.path)[0], enc.image_size)[0]) for h in plain])
         _, cells = image_tokens(enc.model, pixels.to(next(enc.model.parameters()).dtype))
-        logits = enc.heads["fusion"](tokens.float().expand(6, -1, -1), mask.expand(6, -1), cells.float()).float()
-    scale = float(enc.model.logit_scale.detach().exp())
-    combined = {h.path: float(z) + scale * h.score for z, h in zip(logits, plain)}
-    assert [h.path for h in reranked] == sorted(combined, key=lambda p: -combined[p])
+        logits = enc.heads["fusion"](tokens.float().expand(6, -1, -1), mask.expand(6, -1), cells.float()).double()
+    match = {h.path: h.match for h in reranked}
+    assert [match[h.path] for h in plain] == pytest.approx(torch.sigmoid(logits).tolist(), abs=2e-3)
+    stored = torch.tensor([match[h.path] for h in plain], dtype=torch.float64).logit().numpy()
+    order = rerank_order(stored, [h.score for h in plain], float(enc.model.logit_scale.detach().exp()))
+    assert [h.path for h in reranked] == [plain[i].path for i in order]
 
 
-def test_rerank_refuses_combined_queries_and_image_queries_on_images(trained_store):
+def test_rerank_refuses_two_texts_and_image_queries_on_images(trained_store):
     from mbm import Engine
     from mbm.retrieval.query import Query
 
     picture = next((trained_store / "data" / "img").iterdir())
     with Engine.open(trained_store / "store") as eng:
-        with pytest.raises(UsageError, match="single text or image"):
+        with pytest.raises(UsageError, match="has 2 positive text terms — keep one"):
             eng.search(Query.parse("a red circle + a blue square"), k=3, rerank=3)
-        with pytest.raises(UsageError, match="needs a text query"):
+        with pytest.raises(UsageError, match="has no positive text term"):
             eng.search(picture, k=3, rerank=3)
-        with pytest.raises(UsageError, match="needs a text query"):
+        with pytest.raises(UsageError, match="has no positive text term"):
             eng.search(Query.parse(None, images=[picture]), k=3, rerank=3)
 
 

@@ -11,6 +11,7 @@ import typer
 from mbm.cli import output
 from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION
 from mbm.errors import UsageError
+from mbm.retrieval.rerank import DEFAULT_RERANK_TOP
 
 StoreOpt = Annotated[
     Optional[Path], typer.Option("--store", envvar="MBM_HOME", help="Store folder (default: $MBM_HOME or ~/.local/share/mbm).", show_default=False)
@@ -49,6 +50,7 @@ def index(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print time per stage.")] = False,
     texts: Annotated[bool, typer.Option("--texts", help="Make a text collection from the .txt/.jsonl/.csv files under PATHS, folders included (default: only text files named on their own are texts).")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="If another index run is writing this collection, stop with an error instead of waiting for it.")] = False,
+    rerank_tokens: Annotated[bool, typer.Option("--rerank-tokens", help="Make sure every item under PATHS has its fusion re-ranking tokens (an error if the model has no fusion head). Without it they are still stored and back-filled whenever the model has one.")] = False,
 ) -> None:
     """Embed every image (or text) under PATHS into a collection; re-runs only do what changed.
 
@@ -61,10 +63,12 @@ def index(
         with output.progress_bar(enabled=not quiet) as progress:
             report = eng.index([str(p) for p in paths], texts=True if texts else None, batch_size=batch_size,
                                workers=workers, max_pixels=max_pixels, progress=progress, wait=not no_wait,
-                               notify=output.err)
+                               notify=output.err, rerank_tokens=rerank_tokens)
     if not quiet:
         for path, reason in report.skipped:
             output.err(f"skipped {output.shown(path)}: {reason}")
+        for path, reason in report.tokens_skipped:
+            output.err(f"no re-ranking tokens for {output.shown(path)}: {reason}")
     if as_json:
         typer.echo(output.json_text(report.as_dict()))
     else:
@@ -88,7 +92,8 @@ def search(
     paths_only: Annotated[bool, typer.Option("--paths", help="Print bare paths (texts for a text collection), one per line, for piping; refuses a path holding a newline (use --print0).")] = False,
     print0: Annotated[bool, typer.Option("--print0", help="Like --paths, but end each path with a NUL byte instead of a newline (raw bytes, for xargs -0).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print where the time went on stderr.")] = False,
-    rerank: Annotated[int, typer.Option("--rerank", help="Re-rank the top N with the model's fusion head (0 = off; needs a model trained by `mbm train`).")] = 0,
+    rerank: Annotated[bool, typer.Option("--rerank", help=f"Re-order the top candidates (--rerank-top, default {DEFAULT_RERANK_TOP}) with the model's fusion head, from tokens stored at index time (no file is opened; needs a model trained by `mbm train`).")] = False,
+    rerank_top: Annotated[Optional[int], typer.Option("--rerank-top", help=f"How many candidates --rerank re-orders (default {DEFAULT_RERANK_TOP}, at least --top); implies --rerank.", show_default=False)] = None,
 ) -> None:
     """Search a collection with text, an image, or both.
 
@@ -101,10 +106,13 @@ def search(
         raise UsageError('nothing to search for — give a QUERY ("red car") or --image PATH')
     if as_json and (paths_only or print0):
         raise UsageError("--json and --paths/--print0 are different outputs — give one of them")
+    if rerank_top is not None and rerank_top <= 0:
+        raise UsageError(f"--rerank-top must be at least 1, not {rerank_top} — or leave out --rerank and --rerank-top")
+    candidates = rerank_top if rerank_top is not None else (DEFAULT_RERANK_TOP if rerank else 0)
     q = Query.parse(query, images=image or ())
     started = time.perf_counter()
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
-        hits = eng.search(q, k=top, min_score=min_score, under=str(under) if under else None, rerank=rerank)
+        hits = eng.search(q, k=top, min_score=min_score, under=str(under) if under else None, rerank=candidates)
         timings = {**eng.timings, "total": time.perf_counter() - started}
     if as_json:
         typer.echo(output.search_json(q, collection, hits, timings))

@@ -115,6 +115,9 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
 def index_summary(report, verbose: bool = False) -> str:  # type: ignore[no-untyped-def]
     parts = [f"indexed {report.indexed}", f"reused {report.reused} (moved {report.moved})",
              f"unchanged {report.unchanged}", f"removed {report.removed}", f"skipped {len(report.skipped)}"]
+    if report.tokens_filled or report.tokens_skipped:
+        parts.append(f"re-ranking tokens back-filled {report.tokens_filled}"
+                     + (f" ({len(report.tokens_skipped)} could not be)" if report.tokens_skipped else ""))
     lines = [", ".join(parts) + f" — {report.total_items} items in the collection, {report.seconds.get('total', 0):.1f}s"]
     if report.skipped:
         reasons: dict[str, int] = {}
@@ -144,7 +147,17 @@ def collections_table(infos: Sequence) -> str:  # type: ignore[type-arg]
     for c in infos:
         lines.append(f"{safe(c.name):<16} {c.kind:<6} {c.items:>8} {c.index_type:<8} {_size(c.catalog_bytes):>9} "
                      f"{_size(c.vectors_bytes):>9}  {safe(c.model)}\n{'':<60}{shown(c.folder)}")
+        lines.append(f"{'':<60}{_tokens_line(c)}")
     return "\n".join(lines)
+
+
+def _tokens_line(c: Any) -> str:
+    if c.fusion is False:
+        return "re-ranking: no (the model has no fusion head)"
+    line = f"re-ranking tokens: {c.token_bytes_per_item:,} B/item, {_size(c.token_bytes)}"
+    if c.items_without_tokens:
+        line += f"; {c.items_without_tokens} items without (`mbm index PATH --rerank-tokens` adds them)"
+    return line
 
 
 def models_table(rows: Sequence) -> str:  # type: ignore[type-arg]

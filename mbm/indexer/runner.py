@@ -1,7 +1,9 @@
-"""The Indexer: scan -> read/decode (thread pool) -> embed -> catalog -> vectors.
+"""The Indexer: scan -> read/decode (thread pool) -> embed (+ fusion tokens) -> catalog -> vectors.
 
-Each batch is committed in one transaction (rows + embeddings), so an interrupted
-run keeps everything committed and the next run resumes with what is left.
+Each batch is committed in one transaction (rows + embeddings + tokens), so an interrupted
+run keeps everything committed and the next run resumes with what is left. When the model
+has a fusion head, items under the indexed paths that lack tokens are back-filled
+(``mbm.indexer.backfill``) after the vectors are saved.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mbm.indexer import backfill
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS, facts_dict
 from mbm.indexer.embed import Decoded, Failed, StageClock, make_preparer, prepared_batches
 from mbm.indexer.scan import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, FileEntry, display_path, one_line, scan
 from mbm.indexer.texts import read_texts, text_hash
-from mbm.models.factory import Encoder
-from mbm.store.catalog import Catalog, FileState
+from mbm.models.factory import Encoder, no_fusion_head
+from mbm.store.catalog import Catalog, FileState, StoredContent
+from mbm.store.tokens import FUSION_KEY, missing, pack, record_format, record_fusion
 from mbm.store.vectors import ensure_saved
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ class IndexReport:
     seconds: dict[str, float] = field(default_factory=dict)
     total_items: int = 0
     model: str | None = None  # set when the run loaded the model
+    tokens_filled: int = 0  # items indexed before tokens were stored that got them in this run
+    tokens_skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): left without tokens
 
     @property
     def ok(self) -> bool:
@@ -51,6 +57,8 @@ class IndexReport:
             "indexed": self.indexed, "reused": self.reused, "moved": self.moved, "unchanged": self.unchanged,
             "removed": self.removed, "skipped": [{"path": display_path(p), "reason": r} for p, r in self.skipped],
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "total_items": self.total_items, "model": self.model,
+            "tokens_filled": self.tokens_filled,
+            "tokens_skipped": [{"path": display_path(p), "reason": r} for p, r in self.tokens_skipped],
         }
 
 
@@ -81,14 +89,21 @@ class Indexer:
         self.max_pixels = max_pixels
         self.progress = progress or (lambda done, total: None)
         self.dtype = np.dtype(catalog.meta().get("dtype", "float16"))
+        self._fusion_recorded = False
+        self._format_recorded = False
 
     @property
     def encoder(self) -> Encoder:
         if not isinstance(self._encoder, Encoder):
             self._encoder = self._encoder()
+        if not self._fusion_recorded:  # later runs learn from the meta whether a back-fill can ever apply
+            record_fusion(self.catalog, self._encoder)
+            self._fusion_recorded = True
         return self._encoder
 
-    def index(self, roots: Sequence[str | os.PathLike[str]], *, texts: bool = False) -> IndexReport:
+    def index(self, roots: Sequence[str | os.PathLike[str]], *, texts: bool = False, rerank_tokens: bool = False) -> IndexReport:
+        """Index ``roots``; ``rerank_tokens`` insists on fusion tokens for every item under them (an error when
+        the model has no fusion head); without it they are filled whenever the model has one."""
         report, clock = IndexReport(), StageClock()
         started = time.perf_counter()
         t0 = time.perf_counter()
@@ -118,11 +133,37 @@ class Indexer:
         t0 = time.perf_counter()
         ensure_saved(self.catalog, self.vectors_dir)  # the caller holds the collection's lock
         clock.add("vectors", time.perf_counter() - t0)
+        self._fill_tokens(found.roots, texts, rerank_tokens, report, clock)
         report.total_items = self.catalog.count()
         if isinstance(self._encoder, Encoder):
             report.model = f"{self._encoder.spec} on {self._encoder.device} ({self._encoder.precision})"
         report.seconds = {**clock.seconds, "total": time.perf_counter() - started}
         return report
+
+    def _fill_tokens(self, roots: list[str], texts: bool, required: bool, report: IndexReport, clock: StageClock) -> None:
+        """Give tokens to the items under ``roots`` that lack them (loads the model only when some do)."""
+        if self.catalog.meta().get(FUSION_KEY) == "0" and not required:
+            return
+        items = [m for m in missing(self.catalog) if _under(m.path, roots)]
+        if not items:
+            return
+        if self.encoder.fusion is None:
+            if required:
+                raise no_fusion_head(self.encoder.spec)
+            return
+        if texts:
+            result = backfill.fill_texts(self.encoder, self.catalog, items, clock=clock, progress=self.progress)
+        else:
+            result = backfill.fill_images(self.encoder, self.catalog, items, batch_size=self.batch_size,
+                                          workers=self.workers, max_pixels=self.max_pixels, clock=clock,
+                                          progress=self.progress)
+        report.tokens_filled += result.filled
+        report.tokens_skipped.extend(result.skipped)
+
+    def _record_format(self, fmt: Any) -> None:
+        if not self._format_recorded:
+            record_format(self.catalog, fmt)
+            self._format_recorded = True
 
     def _index_images(
         self,
@@ -144,14 +185,14 @@ class Indexer:
         done = 0
         self.progress(0, len(todo))
         for batch in prepared_batches(todo, prepare, self.batch_size, self.workers):
-            rows, blobs = self._image_rows(batch, gone_hashes, report, clock)
+            rows, blobs, tokens = self._image_rows(batch, gone_hashes, report, clock)
             for r in batch:
                 if isinstance(r, Failed):
                     report.skipped.append((r.entry.path, one_line(r.reason)))
                     failed.append(r.entry.path)
             t0 = time.perf_counter()
             if rows:
-                self.catalog.add_items(rows, blobs)
+                self.catalog.add_items(rows, blobs, tokens)
             clock.add("write", time.perf_counter() - t0)
             done += len(batch)
             self.progress(done, len(todo))
@@ -159,8 +200,8 @@ class Indexer:
 
     def _image_rows(
         self, batch: list[Any], gone_hashes: set[str], report: IndexReport, clock: StageClock
-    ) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """Rows and embeddings of one batch, in input order; each content is embedded once, by its first copy.
+    ) -> tuple[list[dict[str, Any]], list[bytes], list[bytes | None]]:
+        """Rows, embeddings and tokens of one batch, in input order; each content is embedded once, by its first copy.
 
         Copies seen in earlier batches of this run are found in the catalog: those batches are committed."""
         stored = self.catalog.embedding_by_hash(r.hash for r in batch if not isinstance(r, Failed))
@@ -169,38 +210,43 @@ class Indexer:
             if isinstance(r, Decoded) and r.hash not in stored:
                 firsts.setdefault(r.hash, r)
         stored.update(self._embed_images(list(firsts.values()), clock))
-        rows, blobs = [], []
+        rows, blobs, tokens = [], [], []
         for i, r in enumerate(batch):
             if isinstance(r, Failed):
                 continue
             if r.hash not in stored:  # a Known content vanished: only another writer could do that
                 batch[i] = Failed(r.entry, "its content was indexed but its vector is gone — run the index again")
                 continue
-            emb, width, height, taken, camera = stored[r.hash]
+            content = stored[r.hash]
             if isinstance(r, Decoded):
                 facts = facts_dict(r.facts)
                 report.indexed += firsts.get(r.hash) is r
                 report.reused += firsts.get(r.hash) is not r
             else:
-                facts = {"width": width, "height": height, "taken_at": taken, "camera": camera}
+                facts = {"width": content.width, "height": content.height, "taken_at": content.taken_at,
+                         "camera": content.camera}
                 report.reused += 1
                 report.moved += r.hash in gone_hashes
             rows.append(_file_row(r.entry, r.hash, facts))
-            blobs.append(emb)
-        return rows, blobs
+            blobs.append(content.embedding)
+            tokens.append(content.tokens)
+        return rows, blobs, tokens
 
-    def _embed_images(self, decoded: list[Decoded], clock: StageClock) -> dict[str, tuple[bytes, Any, Any, Any, Any]]:
+    def _embed_images(self, decoded: list[Decoded], clock: StageClock) -> dict[str, StoredContent]:
         if not decoded:
             return {}
         import torch
 
         t0 = time.perf_counter()
-        vecs = self.encoder.encode_image_tensors(torch.stack([r.pixels for r in decoded]))
+        vecs, tokens = self.encoder.encode_image_batch(torch.stack([r.pixels for r in decoded]), tokens=True)
         clock.add("embed", time.perf_counter() - t0)
+        if tokens is not None:
+            self._record_format(backfill.image_format(self.encoder.fusion, tokens))
         out = {}
-        for r, v in zip(decoded, vecs):
+        for i, (r, v) in enumerate(zip(decoded, vecs)):
             f = facts_dict(r.facts)
-            out[r.hash] = (v.astype(self.dtype).tobytes(), f["width"], f["height"], f["taken_at"], f["camera"])
+            out[r.hash] = StoredContent(v.astype(self.dtype).tobytes(), f["width"], f["height"], f["taken_at"],
+                                        f["camera"], None if tokens is None else pack(tokens[i]))
         return out
 
     def _index_texts(self, todo: list[FileEntry], report: IndexReport, clock: StageClock) -> list[str]:
@@ -232,14 +278,17 @@ class Indexer:
         t0 = time.perf_counter()
         for i in range(0, len(new), 1024):
             chunk = new[i : i + 1024]
-            vecs = self.encoder.encode_texts(chunk)
-            stored.update({text_hash(t): (v.astype(self.dtype).tobytes(), None, None, None, None) for t, v in zip(chunk, vecs)})
+            vecs, tokens = self.encoder.encode_text_batch(chunk, tokens=True)
+            if tokens:
+                self._record_format(backfill.text_format(self.encoder.fusion, tokens[0]))
+            stored.update({text_hash(t): StoredContent(v.astype(self.dtype).tobytes(), tokens=None if tokens is None else pack(x))
+                           for t, v, x in zip(chunk, vecs, tokens or [None] * len(chunk))})
         clock.add("embed", time.perf_counter() - t0)
         t0 = time.perf_counter()
         rows = [{**_file_row(entry, h, {}), "part": part, "text": text} for (part, text), h in zip(lines, hashes)]
         with self.catalog.transaction():  # the file's old lines and its new ones change together
             self.catalog.remove_paths([entry.path])
-            self.catalog.add_items(rows, [stored[h][0] for h in hashes])
+            self.catalog.add_items(rows, [stored[h].embedding for h in hashes], [stored[h].tokens for h in hashes])
         clock.add("write", time.perf_counter() - t0)
         report.indexed += len(new)
         report.reused += len(lines) - len(new)

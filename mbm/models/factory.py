@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from mbm.errors import ModelError, UsageError
+from mbm.errors import CollectionError, ModelError, UsageError
 from mbm.models.fingerprint import fingerprint as model_fingerprint
 from mbm.models.fingerprint import legacy_fingerprint
 from mbm.models.loading import environ_kept, network_reachable, offline_reason, pretrained_weights, quiet_loading, rng_kept
@@ -111,25 +111,50 @@ class Encoder:
 
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
+    @property
+    def fusion(self) -> Any:
+        """The fusion re-ranking head (``mbm.models.fusion.FusionModel``), or None when the checkpoint has none."""
+        return self.heads.get("fusion")
+
+    def require_fusion(self) -> Any:
+        """The fusion head, or a CollectionError naming the model and how to get one."""
+        if self.fusion is None:
+            raise no_fusion_head(self.spec)
+        return self.fusion
+
     def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """Encode a preprocessed batch ``(N, 3, H, W)``."""
+        return self.encode_image_batch(pixels, tokens=False)[0]
+
+    def encode_image_batch(self, pixels: torch.Tensor, tokens: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(embeddings (N, dim) float32, fusion image tokens (N, G, width) float16 or None)`` of a preprocessed
+        batch, from one forward pass; tokens only when asked and the model has a fusion head."""
         import torch
 
         from mbm.models.image_towers import is_conv_tower
+        from mbm.models.tokens import image_tokens
 
+        fusion = self.fusion if tokens else None
+        out = None
         if self.image_onnx is not None:
-            from mbm.models.image_onnx import encode
+            from mbm.models.image_onnx import encode_with_features
 
-            out = encode(self.model, self.image_onnx, pixels.to(self._dtype))
-            if out is not None:
-                return torch.nn.functional.normalize(out.float(), dim=-1).numpy()
+            out = encode_with_features(self.model, self.image_onnx, pixels.to(self._dtype))
+            if out is not None:  # the feature map, one token per cell: what image_tokens returns for a timm tower
+                out = out[0], out[1].flatten(2).transpose(1, 2)
         with torch.inference_mode():
-            pixels = pixels.to(self.device, self._dtype, non_blocking=True)
-            if is_conv_tower(self.model):
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
-            out = self.model.encode_image(pixels)
-            out = torch.nn.functional.normalize(out.float(), dim=-1)
-        return out.cpu().numpy()
+            if out is None:
+                pixels = pixels.to(self.device, self._dtype, non_blocking=True)
+                if is_conv_tower(self.model):
+                    pixels = pixels.contiguous(memory_format=torch.channels_last)
+                out = image_tokens(self.model, pixels) if fusion is not None else (self.model.encode_image(pixels), None)
+            pooled, cells = out
+            emb = torch.nn.functional.normalize(pooled.float(), dim=-1)
+            if fusion is None:
+                return emb.cpu().numpy(), None
+            # a head with FusionConfig.embed_dim reads the embedding as one more token (others ignore it)
+            projected = fusion.project_image(cells.to(self.device, torch.float32), emb.to(self.device))
+            return emb.cpu().numpy(), projected.to(torch.float16).cpu().numpy()
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         import torch
@@ -139,17 +164,40 @@ class Encoder:
         return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in images]))
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        return self.encode_text_batch(texts, tokens=False, batch_size=batch_size)[0]
+
+    def encode_text_batch(
+        self, texts: Sequence[str], tokens: bool = True, batch_size: int = 256
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """``(embeddings (N, dim) float32, fusion text tokens or None)`` from one forward pass: per text its real
+        tokens only, ``(n_i, width)`` float16; tokens only when asked and the model has a fusion head."""
         import torch
 
+        from mbm.models.tokens import text_tokens
+
+        fusion = self.fusion if tokens else None
         if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        chunks = []
+            return np.zeros((0, self.dim), np.float32), None if fusion is None else []
+        chunks, kept = [], []
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
-                out = self.model.encode_text(tokens)
+                ids = self.tokenizer(list(texts[i : i + batch_size])).to(self.device)
+                if fusion is None:
+                    out = self.model.encode_text(ids)
+                else:
+                    out, cells, mask = text_tokens(self.model, ids)
+                    x, mask = fusion.project_text(cells.float(), mask)
+                    x = x.to(torch.float16).cpu().numpy()
+                    kept.extend(row[m] for row, m in zip(x, mask.cpu().numpy()))
                 chunks.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu().numpy())
-        return np.concatenate(chunks)
+        return np.concatenate(chunks), None if fusion is None else kept
+
+
+def no_fusion_head(spec: str) -> CollectionError:
+    return CollectionError(
+        f"model {spec!r} has no fusion head, so it cannot re-rank — search without --rerank, or index into a new "
+        "--collection with a model that has one: the bundled mbm-offline, one trained by `mbm train`, or this one "
+        "given a head by `mbm train-fusion` (see README, `mbm train`)")
 
 
 def _import_open_clip() -> Any:

@@ -112,9 +112,16 @@ class OnnxTrunk:
 
 def encode(model: Any, trunk: OnnxTrunk, pixels: torch.Tensor) -> torch.Tensor | None:
     """``model.encode_image(pixels)`` with the trunk in ONNX Runtime, or None to fall back to torch."""
+    out = encode_with_features(model, trunk, pixels)
+    return None if out is None else out[0]
+
+
+def encode_with_features(model: Any, trunk: OnnxTrunk, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(model.encode_image(pixels), feature map (B,C,h,w))`` from one trunk pass in ONNX Runtime, or None to
+    fall back to torch. The feature map, one token per cell, is what the fusion head reads."""
     features = trunk.features(pixels)
     if features is None:
         return None
     with torch.inference_mode():
         visual = model.visual
-        return visual.head(visual.trunk.forward_head(features))
+        return visual.head(visual.trunk.forward_head(features)), features

@@ -1,81 +1,123 @@
 """Fusion re-ranking: the top-N of a nearest-neighbour search, re-scored by the cross-attention
-fusion head (text tokens attending over image patch tokens) trained beside the encoders."""
+fusion head (text tokens attending over image tokens) trained beside the encoders.
+
+The candidates' side comes from the tokens stored in the catalog at index time
+(``mbm.store.tokens``): re-ranking never opens a candidate's file, so it works after the
+files are moved away or deleted. Text -> image: the query text's tokens against each
+candidate's image tokens. Image -> text (a text collection): the query picture's tokens
+against each candidate's text tokens. Only the top N are re-ordered; none is dropped.
+"""
 
 from __future__ import annotations
 
+import os
+import shlex
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, NamedTuple
 
+import numpy as np
+
+from mbm.config import DEFAULT_COLLECTION
 from mbm.errors import CollectionError, UsageError
-from mbm.retrieval.query import QueryLike, as_query
-from mbm.retrieval.searcher import Hit
+from mbm.indexer.scan import display_path
+from mbm.retrieval.query import QueryLike, Term, as_query
+from mbm.retrieval.searcher import Hit, decode_query_image
+from mbm.store.catalog import Catalog
+from mbm.store.tokens import TokenFormat, tokens_of, unpack_images, unpack_texts
 
-DEFAULT_RERANK_TOP = 20
+DEFAULT_RERANK_TOP = 50
+
+
+def rerank_order(logits: np.ndarray, cosines: np.ndarray, logit_scale: float, dual_weight: float = 1.0) -> np.ndarray:
+    """The re-ranked order (indices into the candidates): fusion logit plus ``dual_weight`` times the dual
+    encoder's own logit (``logit_scale * cosine``), a product of the two experts, so a fusion head that knows
+    little leaves the dual encoder's order mostly as it was (measured on the bundled model: see its
+    MODEL_CARD.md); ties go to the higher cosine, then to the earlier candidate."""
+    logits, cosines = np.asarray(logits, np.float64), np.asarray(cosines, np.float64)
+    combined = logits + dual_weight * logit_scale * cosines
+    return np.lexsort((np.arange(len(logits)), -cosines, -combined))
+
+
+def rerank_term(query: QueryLike, text_collection: bool) -> Term:
+    """The one term the fusion head scores against the candidates: the query's only positive text term
+    (image collections) or image term (text collections); the other terms only chose the candidates."""
+    terms = as_query(query)
+    want, other = ("image", "text") if text_collection else ("text", "image")
+    positive = [t for t in terms if t.kind == want and t.weight > 0]
+    if len(positive) == 1:
+        return positive[0]
+    if not positive:
+        raise UsageError(f"--rerank scores one {want} against each {other} of the collection, and query {str(terms)!r} "
+                         f"has no positive {want} term — add one, or search without --rerank")
+    raise UsageError(f"--rerank scores one {want} against each candidate, and query {str(terms)!r} has "
+                     f"{len(positive)} positive {want} terms — keep one of them, or search without --rerank")
+
+
+class QueryTokens(NamedTuple):
+    kind: str  # "text" or "image"
+    tokens: np.ndarray  # (n, width) float16: a text's real tokens, or an image's G tokens
 
 
 class FusionReranker:
-    """Re-scores (text, image) pairs with ``encoder.heads["fusion"]``; ``Hit.match`` is its probability.
+    """Re-scores candidates with ``encoder.heads["fusion"]`` and their stored tokens; ``Hit.match`` is its
+    probability, ``Hit.score`` stays the dual encoder's cosine."""
 
-    Hits are ordered by fusion logit + the dual encoder's own logit (``logit_scale * cosine``):
-    a product of the two experts, so a fusion head that knows little leaves the dual
-    encoder's order mostly as it was instead of scrambling it (measured on the bundled
-    model: see its MODEL_CARD.md).
-    """
-
-    def __init__(self, encoder: Any):
-        if "fusion" not in encoder.heads:
-            raise CollectionError(
-                f"model {encoder.spec!r} has no fusion head — omit --rerank, or use a model trained by `mbm train`"
-            )
+    def __init__(self, encoder: Any, collection: str = DEFAULT_COLLECTION):
         self.encoder = encoder
-        self.fusion = encoder.heads["fusion"]
+        self.fusion = encoder.require_fusion()
+        self.collection = collection
+        scale = getattr(encoder.model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().float().exp().clamp(max=100)) if scale is not None else 1.0
+        self.dual_weight = float(getattr(self.fusion.cfg, "dual_weight", 1.0))  # calibrated by training, when it was
 
-    def _text_tokens(self, texts: Sequence[str]) -> tuple[Any, Any]:
-        from mbm.models.tokens import text_tokens
+    def query_tokens(self, term: Term) -> QueryTokens:
+        """The fusion tokens of the query's term (a text, or a picture decoded as the indexer decodes)."""
+        if term.kind == "text":
+            return QueryTokens("text", self.encoder.encode_text_batch([term.value], tokens=True)[1][0])
+        image = decode_query_image(str(term.value), self.encoder.image_size)
+        pixels = self.encoder.preprocess(image)[None]
+        return QueryTokens("image", self.encoder.encode_image_batch(pixels, tokens=True)[1][0])
 
-        ids = self.encoder.tokenizer(list(texts)).to(self.encoder.device)
-        _, tokens, mask = text_tokens(self.encoder.model, ids)
-        return tokens.float(), mask
-
-    def _image_tokens(self, paths: Sequence[str]) -> Any:
-        import torch
-
-        from mbm.indexer.decode import decode, read_file
-        from mbm.models.tokens import image_tokens
-
-        pixels = []
-        for path in paths:
-            image, _ = decode(read_file(path)[0], self.encoder.image_size)
-            pixels.append(self.encoder.preprocess(image))
-        batch = torch.stack(pixels).to(self.encoder.device, next(self.encoder.model.parameters()).dtype)
-        return image_tokens(self.encoder.model, batch)[1].float()
-
-    def rerank(self, query: QueryLike, hits: list[Hit], text_collection: bool) -> list[Hit]:
-        """Hits sorted by fusion match probability (cosine score kept), ranks renumbered.
-
-        ``query`` is what the search was given (see :func:`mbm.retrieval.query.as_query`)."""
-        import torch
-
+    def rerank(self, query: QueryTokens, hits: list[Hit], catalog: Catalog) -> list[Hit]:
+        """The same hits re-ordered, ranks renumbered, ``match`` set (call with the catalog the hits came from)."""
         if not hits:
             return hits
-        terms = as_query(query)
-        if len(terms) != 1 or terms[0].weight <= 0:
-            raise UsageError("--rerank needs a single text or image query, not a weighted combination")
-        term = terms[0]
+        stored = tokens_of(catalog, [h.id for h in hits])
+        fmt = TokenFormat.of_meta(catalog.meta())
+        lacking = [h for h in hits if h.id not in stored]
+        if lacking or fmt is None:
+            raise self._missing(lacking or hits, len(hits), query.kind == "image")
+        logits = self.logits(query, [stored[h.id] for h in hits], fmt)
+        order = rerank_order(logits, np.array([h.score for h in hits]), self.logit_scale, self.dual_weight)
+        match = 1.0 / (1.0 + np.exp(-logits))
+        return [replace(hits[i], rank=rank, match=round(float(match[i]), 6)) for rank, i in enumerate(order, 1)]
+
+    def logits(self, query: QueryTokens, blobs: list[bytes], fmt: TokenFormat) -> np.ndarray:
+        """Fusion match logits of the query against each candidate's stored tokens, float64 ``(N,)``."""
+        import torch
+
+        want = "image" if query.kind == "text" else "text"
+        if fmt.kind != want:
+            raise CollectionError(f"collection {self.collection!r} stores {fmt.kind} tokens, so a {query.kind} query "
+                                  f"cannot be re-ranked against it — query with {'an image' if want == 'text' else 'text'}")
+        one = torch.zeros(len(blobs), dtype=torch.long, device=self.encoder.device)  # every pair shares the query
+        q = torch.from_numpy(np.array(query.tokens))[None].to(self.encoder.device)
         with torch.inference_mode():
-            if text_collection:  # image -> text: one image against each candidate caption
-                if term.kind != "image":
-                    raise UsageError("--rerank on a text collection needs an image query")
-                image = self._image_tokens([term.value])
-                tokens, mask = self._text_tokens([h.text or "" for h in hits])
-                logits = self.fusion(tokens, mask, image.expand(len(hits), -1, -1)).float()
-            else:  # text -> image: one caption against each candidate image
-                if term.kind != "text":
-                    raise UsageError("--rerank on an image collection needs a text query")
-                tokens, mask = self._text_tokens([term.value])
-                images = self._image_tokens([h.path for h in hits])
-                logits = self.fusion(tokens.expand(len(hits), -1, -1), mask.expand(len(hits), -1), images).float()
-        scale = float(self.encoder.model.logit_scale.detach().float().exp().clamp(max=100)) if hasattr(self.encoder.model, "logit_scale") else 1.0
-        combined = [float(z) + scale * h.score for z, h in zip(logits.tolist(), hits)]
-        scored = sorted(zip(combined, torch.sigmoid(logits).tolist(), hits), key=lambda x: (-x[0], -x[2].score))
-        return [replace(h, rank=i + 1, match=round(float(p), 6)) for i, (_, p, h) in enumerate(scored)]
+            if query.kind == "text":
+                images = torch.from_numpy(unpack_images(blobs, fmt)).to(self.encoder.device)
+                mask = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
+                out = self.fusion.match(q, mask, images, text_index=one)
+            else:
+                tokens, mask = (torch.from_numpy(a).to(self.encoder.device) for a in unpack_texts(blobs, fmt))
+                out = self.fusion.match(tokens, mask, q, image_index=one)
+        return out.float().cpu().numpy().astype(np.float64)
+
+    def _missing(self, lacking: list[Hit], total: int, texts: bool) -> CollectionError:
+        places = sorted({h.path if texts else os.path.dirname(h.path) for h in lacking})
+        where = places[0] if len(places) == 1 else os.path.commonpath(places)
+        where = "PATH" if where in ("", os.sep) else shlex.quote(display_path(where))
+        named = "" if self.collection == DEFAULT_COLLECTION else f" -c {shlex.quote(self.collection)}"
+        return CollectionError(
+            f"{len(lacking)} of the {total} candidates have no stored re-ranking tokens (they were indexed before "
+            f"mbm stored them) — run `mbm index {where} --rerank-tokens{named}` once to add them (the files must "
+            "still be there; texts need nothing), then search again")

@@ -92,19 +92,21 @@ def _hit(rank: int, score: float, row: dict[str, Any]) -> Hit:
     )
 
 
-def image_paths_encoder(encoder: Any, max_pixels: int | None = None) -> EncodeFn:
-    """Encode image files (decoded exactly as the indexer decodes them) for image queries."""
+def decode_query_image(path: str, min_side: int, max_pixels: int | None = None) -> Any:
+    """A query picture decoded exactly as the indexer decodes images; UsageError naming it when it cannot be."""
     from mbm.indexer.decode import DEFAULT_MAX_PIXELS, DecodeError, decode, read_file
 
+    try:
+        data, _ = read_file(path)
+        return decode(data, min_side, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)[0]
+    except DecodeError as e:
+        raise UsageError(f"query image {display_path(path)} cannot be used: {e}") from None
+
+
+def image_paths_encoder(encoder: Any, max_pixels: int | None = None) -> EncodeFn:
+    """Encode image files (decoded exactly as the indexer decodes them) for image queries."""
+
     def encode(paths: Sequence[str]) -> np.ndarray:
-        images = []
-        for path in paths:
-            try:
-                data, _ = read_file(path)
-                image, _ = decode(data, encoder.image_size, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-            except DecodeError as e:
-                raise UsageError(f"query image {display_path(path)} cannot be used: {e}") from None
-            images.append(image)
-        return encoder.encode_images(images)
+        return encoder.encode_images([decode_query_image(p, encoder.image_size, max_pixels) for p in paths])
 
     return encode

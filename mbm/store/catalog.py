@@ -57,10 +57,18 @@ def _m002_identity_and_changes(db: sqlite_utils.Database) -> None:
     db["empty_files"].create({"path": str, "size": int, "mtime_ns": int}, pk="path")
 
 
+def _m003_item_tokens(db: sqlite_utils.Database) -> None:
+    """The fusion head's tokens per item (see ``mbm.store.tokens``); NULL until computed. The partial index
+    keeps "which items lack tokens?" cheap however large the collection is."""
+    db["items"].add_column("tokens", bytes)
+    db.execute("CREATE INDEX items_without_tokens ON items(id) WHERE tokens IS NULL")
+
+
 # Append-only: a released migration never changes; a schema change is a new entry.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_identity_and_changes", _m002_identity_and_changes),
+    ("003_item_tokens", _m003_item_tokens),
 ]
 
 
@@ -72,6 +80,17 @@ class FileState:
     mtime_ns: int
     hash: str
     ids: tuple[int, ...]  # empty for a file recorded as holding nothing to index
+
+
+class StoredContent(NamedTuple):
+    """What an item stores about its content, reused by a moved or copied file with the same hash."""
+
+    embedding: bytes
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+    camera: str | None = None
+    tokens: bytes | None = None  # the fusion head's tokens (mbm.store.tokens), when stored
 
 
 class CatalogState(NamedTuple):
@@ -110,6 +129,7 @@ class Catalog:
         self.readonly = readonly
         self.db = sqlite_utils.Database(conn)
         self._has_changes_log = False
+        self.has_tokens = False  # a catalog from before migration 003 (read-only) has no tokens column
 
     @classmethod
     def open(cls, path: Path, *, create: bool = False, readonly: bool = False) -> Catalog:
@@ -175,6 +195,7 @@ class Catalog:
         if "001_initial" not in done:
             raise CatalogError(f"catalog {self.path} is not an mbm catalog (no items table) — check the --store path")
         self._has_changes_log = "002_identity_and_changes" in done
+        self.has_tokens = "003_item_tokens" in done
 
     def _migrate(self) -> None:
         if {name for name, _ in MIGRATIONS} <= self._applied():
@@ -280,15 +301,18 @@ class Catalog:
                 states.setdefault(path, FileState(size, mtime, "", ()))
         return states
 
-    def embedding_by_hash(self, hashes: Iterable[str]) -> dict[str, tuple[bytes, int | None, int | None, str | None, str | None]]:
-        """Stored embedding (and image facts) for each known content hash, to reuse on move/copy."""
-        found: dict[str, tuple[bytes, int | None, int | None, str | None, str | None]] = {}
+    def embedding_by_hash(self, hashes: Iterable[str]) -> dict[str, StoredContent]:
+        """Stored embedding, image facts and tokens for each known content hash, to reuse on move/copy
+        (a copy that has tokens is preferred)."""
+        found: dict[str, StoredContent] = {}
         wanted = list(dict.fromkeys(hashes))
+        tokens = "tokens" if self.has_tokens else "NULL"
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
-            sql = f"SELECT hash, embedding, width, height, taken_at, camera FROM items WHERE hash IN ({','.join('?' * len(chunk))})"
-            for h, emb, w, hgt, taken, cam in self.conn.execute(sql, chunk):
-                found.setdefault(h, (emb, w, hgt, taken, cam))
+            sql = (f"SELECT hash, embedding, width, height, taken_at, camera, {tokens} FROM items "
+                   f"WHERE hash IN ({','.join('?' * len(chunk))}) ORDER BY {tokens} IS NULL")
+            for h, *stored in self.conn.execute(sql, chunk):
+                found.setdefault(h, StoredContent(*stored))
         return found
 
     def known_hashes(self) -> set[str]:
@@ -359,20 +383,24 @@ class Catalog:
         return problems
 
     # -- writes -----------------------------------------------------------------------------
-    def add_items(self, rows: Sequence[dict[str, Any]], embeddings: Sequence[bytes]) -> None:
-        """Insert or replace items (keyed by path + part) with their embeddings in one transaction."""
+    def add_items(
+        self, rows: Sequence[dict[str, Any]], embeddings: Sequence[bytes], tokens: Sequence[bytes | None] | None = None
+    ) -> None:
+        """Insert or replace items (keyed by path + part) with their embeddings and fusion tokens (None: not
+        computed; a replaced item loses its old ones) in one transaction."""
         if not rows:
             return  # nothing changes: the generation (and every derived cache) stays as it is
         stamp = _now()
-        cols = [c for c in ITEM_COLUMNS if c != "id"] + ["embedding"]
+        tokens = [None] * len(rows) if tokens is None else tokens
+        cols = [c for c in ITEM_COLUMNS if c != "id"] + ["embedding", "tokens"]
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in ("path", "part"))
         sql = (
             f"INSERT INTO items ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
             f"ON CONFLICT(path, part) DO UPDATE SET {updates}"
         )
         records = [
-            tuple({**row, "part": row.get("part", 0), "indexed_at": stamp, "embedding": emb}.get(c) for c in cols)
-            for row, emb in zip(rows, embeddings, strict=True)
+            tuple({**row, "part": row.get("part", 0), "indexed_at": stamp, "embedding": emb, "tokens": tok}.get(c) for c in cols)
+            for row, emb, tok in zip(rows, embeddings, tokens, strict=True)
         ]
         with self.transaction():
             self.conn.executemany(sql, records)
