@@ -402,3 +402,19 @@ def test_a_catalog_from_before_tokens_reads_as_lacking_them_and_gains_the_column
     readonly.close()
     migrated = Catalog.open(tmp_path / "c.sqlite")  # an index run migrates
     assert migrated.has_tokens and [m.path for m in stored_tokens.missing(migrated)] == ["/a.jpg"]
+
+
+def test_check_finds_damaged_token_blobs_and_the_next_run_recomputes_them(tmp_path, open_engine):
+    make_images(tmp_path / "photos", 4)
+    eng = open_engine()
+    eng.index([tmp_path / "photos"])
+    fresh = _all_tokens(eng)
+    cat = eng.catalog(write=True)
+    with cat.transaction():  # a torn write: half a blob
+        cat.conn.execute("UPDATE items SET tokens = substr(tokens, 1, 100) WHERE id = (SELECT MIN(id) FROM items)")
+    report = eng.check()
+    assert [p.kind for p in report.problems] == ["tokens"] and not report.ok
+    report = eng.check(fix=True)
+    assert report.ok and eng.info().items_without_tokens == 1
+    assert eng.index([tmp_path / "photos"]).tokens_filled == 1
+    assert _all_tokens(eng) == fresh and eng.check().problems == []

@@ -102,6 +102,12 @@ def check_collection(name: str, folder: Path, catalog: Catalog, lock: Collection
     if bad:
         report.problems.append(Problem("embedding", f"{len(bad)} embedding(s) do not have {catalog.meta().get('dim')} "
                                        "dimensions; removed, they are embedded again by the next index run", True))
+    from mbm.store.tokens import bad_tokens
+
+    bad_tok = bad_tokens(catalog)
+    if bad_tok:
+        report.problems.append(Problem("tokens", f"{len(bad_tok)} re-ranking token blob(s) have the wrong length; "
+                                       "cleared, they are computed again by the next index run of their folder", True))
     gone, unmounted = _missing_rows(catalog)
     if gone:
         report.problems.append(Problem("missing", f"{len(gone)} indexed file(s) no longer exist (e.g. "
@@ -119,6 +125,11 @@ def check_collection(name: str, folder: Path, catalog: Catalog, lock: Collection
         return report
     with lock.hold(wait=False):
         temps = stale_temp(folder, min_age_s=0)  # no writer can be active while we hold the lock
+        if bad_tok:
+            from mbm.store.tokens import clear_tokens
+
+            clear_tokens(catalog, bad_tok)
+            next(p for p in report.problems if p.kind == "tokens").fixed = True
         _fix(report, catalog, folder, bad, gone, caches, temps)
     report.items = catalog.count()
     return report

@@ -143,3 +143,24 @@ def token_stats(catalog: Catalog) -> TokenStats:
     with_, total = catalog.conn.execute("SELECT COUNT(tokens), COALESCE(SUM(length(tokens)), 0) FROM items").fetchone()
     without = catalog.conn.execute("SELECT COUNT(*) FROM items WHERE tokens IS NULL").fetchone()[0]
     return TokenStats(int(with_), int(without), int(total))
+
+
+def bad_tokens(catalog: Catalog) -> list[int]:
+    """Ids whose token blob cannot hold the collection's format (wrong length): re-ranking would misread them."""
+    fmt = TokenFormat.of_meta(catalog.meta())
+    if fmt is None or not catalog.has_tokens:
+        return []
+    row = fmt.row_bytes
+    if fmt.kind == "image":
+        sql, args = "SELECT id FROM items WHERE tokens IS NOT NULL AND length(tokens) != ?", (fmt.per_item * row,)
+    else:  # a text keeps 1..per_item whole rows (any number when per_item is 0)
+        most = fmt.per_item * row if fmt.per_item else 1 << 62
+        sql = "SELECT id FROM items WHERE tokens IS NOT NULL AND (length(tokens) % ? != 0 OR length(tokens) = 0 OR length(tokens) > ?)"
+        args = (row, most)
+    return [int(r[0]) for r in catalog.conn.execute(sql, args)]
+
+
+def clear_tokens(catalog: Catalog, ids: Sequence[int]) -> None:
+    """Forget the tokens of ``ids``: the next index run of their folder computes them again."""
+    with catalog.transaction() as conn:
+        conn.executemany("UPDATE items SET tokens = NULL WHERE id = ?", [(int(i),) for i in ids])
