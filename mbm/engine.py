@@ -362,6 +362,31 @@ class Engine:
         self._export_query_encoder()  # the next cold search skips torch
         return hits
 
+    def search_many(self, vectors: Any, *, k: int = 10, min_score: float | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``vectors`` (normalized query embeddings) in one index pass."""
+        with self._refresh:
+            return self.searcher().search_many(vectors, k=k, min_score=min_score)
+
+    def generation(self) -> tuple[str, int]:
+        """``(catalog_id, generation)`` of the catalog now: results are stable while it does not change."""
+        with self._refresh:
+            return self.catalog().version()
+
+    def item(self, item_id: int) -> dict[str, Any] | None:
+        """The catalog row of one item (no embedding), or None when there is no such item."""
+        with self._refresh:
+            return self.catalog().rows([int(item_id)]).get(int(item_id))
+
+    def item_vector(self, item_id: int) -> Any:
+        """The stored (normalized float32) embedding of one item, or None when there is no such item."""
+        from mbm.store.catalog import read_snapshot
+
+        with self._refresh:
+            catalog = self.catalog()
+            with read_snapshot(catalog):
+                ids, vecs = catalog.embeddings_of([int(item_id)])
+        return vecs[0] if len(ids) else None
+
     def _reranker(self) -> FusionReranker:
         meta = self._meta()
         if meta.get(FUSION_KEY) == "0":  # known without loading the model

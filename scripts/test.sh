@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-color-emoji fonts-symbola >/dev/null) \
-    || echo "warning: apt-get failed; data-builder tests that need Debian packages will be skipped" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-color-emoji fonts-symbola chromium chromium-driver >/dev/null) \
+    || echo "warning: apt-get failed; data-builder tests that need Debian packages and the browser test will be skipped" >&2
 fi
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"

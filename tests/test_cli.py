@@ -65,7 +65,7 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path, args, code, mess
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-COMMANDS = ["index", "search", "info", "collections", "check", "models", "train", "train-fusion", "eval", "data build"]
+COMMANDS = ["index", "search", "info", "collections", "check", "models", "train", "train-fusion", "eval", "serve", "data build"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -88,7 +88,7 @@ def test_every_registered_command_is_tested_and_documented():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["serve"], "No such command"),
+        (["frobnicate"], "No such command"),
         (["search", "--bogus", "x"], "No such option"),
         (["index"], "Missing argument"),
         (["search", "-k", "abc", "x"], "Invalid value for '--top'"),

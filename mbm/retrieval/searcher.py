@@ -81,6 +81,28 @@ class Searcher:
             hits.append(_hit(len(hits) + 1, score, row))
         return hits
 
+    def search_many(self, vectors: np.ndarray, *, k: int = 10, min_score: float | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``vectors`` (already normalized) in one FAISS call: many
+        queries share one pass over the index, which is what lets a server batch concurrent requests."""
+        if k <= 0:
+            raise UsageError(f"-k/--top must be at least 1, not {k}")
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
+        if vectors.shape[1] != self.vectors.dim:
+            raise UsageError(f"query vectors have {vectors.shape[1]} dimensions but this collection's vectors have "
+                             f"{self.vectors.dim} — embed the query with the collection's model")
+        scores, ids = self.vectors.search(vectors, k)
+        wanted = [int(i) for i in ids.ravel() if i >= 0]
+        rows = self.catalog.rows(list(dict.fromkeys(wanted)))
+        out: list[list[Hit]] = []
+        for srow, irow in zip(scores, ids):
+            hits: list[Hit] = []
+            for s, i in zip(srow, irow):
+                row = rows.get(int(i)) if i >= 0 else None
+                if row is not None and (min_score is None or s >= min_score):
+                    hits.append(_hit(len(hits) + 1, float(s), row))
+            out.append(hits)
+        return out
+
 
 def _hit(rank: int, score: float, row: dict[str, Any]) -> Hit:
     modified = None

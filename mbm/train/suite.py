@@ -47,7 +47,6 @@ from mbm.train.evaluate import (
     KS,
     _classifier_accuracy,
     _unpack,
-    candidate_logits,
     embed_rows,
     recall_at_k,
     rerank_sweep,
