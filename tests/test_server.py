@@ -326,3 +326,48 @@ def test_page_is_served(client):
     r = client.get("/")
     assert r.status_code == 200 and "search-form" in r.text
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_rerank_through_the_api_with_a_fusion_head(tmp_path):
+    """A model with a fusion head: /search re-orders the top N, every hit carries its match probability."""
+    import torch
+
+    from mbm import Engine
+    from mbm.models import load_model
+    from mbm.models.build import create_from_config, load_model_cfg, save_checkpoint
+    from mbm.models.fusion import FusionConfig, FusionModel
+
+    torch.manual_seed(0)
+    model = create_from_config("mbm-tiny")[0]
+    fusion = FusionModel(FusionConfig(width=32, layers=1, heads=2, text_dim=64, image_dim=64, max_text_tokens=8))
+    folder = save_checkpoint(model, tmp_path / "tiny-fusion", load_model_cfg("mbm-tiny"), heads=(fusion, None))
+    encoder = load_model(str(folder), device="cpu", precision="fp32")
+    make_images(tmp_path / "pics", 8)
+    with Engine.open(tmp_path / "store", "pics", model=encoder.spec, encoder=encoder) as eng:
+        eng.index([tmp_path / "pics"])
+    engines = {"pics": Engine.open(tmp_path / "store", "pics", encoder=encoder)}
+    app = create_app(ServerConfig(store=tmp_path / "store"), engines)
+    with TestClient(app) as c:
+        app.state.collections.wait_ready(60)
+        plain = c.post("/search", json={"text": "a red car", "k": 8}).json()["hits"]
+        ranked = c.post("/search", json={"text": "a red car", "k": 5, "rerank": 8}).json()["hits"]
+    assert {h["id"] for h in ranked} <= {h["id"] for h in plain} and len(ranked) == 5
+    assert all(0 <= h["match"] <= 1 for h in ranked) and [h["rank"] for h in ranked] == [1, 2, 3, 4, 5]
+    cosine = {h["id"]: h["score"] for h in plain}
+    assert all(abs(h["score"] - cosine[h["id"]]) < 1e-6 for h in ranked)  # score stays the dual encoder's cosine
+    engines["pics"].close()
+
+
+def test_serve_without_the_extra_names_the_pip_command(monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from mbm.cli import app as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code != 0
+    text = result.output + str(result.exception or "")
+    assert "pip install 'mbm[server]'" in text and "uvicorn" in text and "Traceback" not in result.output
