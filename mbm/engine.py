@@ -377,6 +377,11 @@ class Engine:
         with self._refresh:
             return self.catalog().rows([int(item_id)]).get(int(item_id))
 
+    def indexed_paths(self) -> list[str]:
+        """Every indexed path, in path order (one per file; a text file's lines share it)."""
+        with self._refresh:
+            return [p for p, _ in self.catalog().paths()]
+
     def item_vector(self, item_id: int) -> Any:
         """The stored (normalized float32) embedding of one item, or None when there is no such item."""
         from mbm.store.catalog import read_snapshot

@@ -51,8 +51,7 @@ class Served:
             return self._given_roots
         version = self.engine.generation()
         if self._roots is None or self._roots[0] != version:
-            with self.engine._refresh:  # the catalog connection is shared with searches
-                paths = [p for p, _ in self.engine.catalog().paths()]
+            paths = self.engine.indexed_paths()
             common = os.path.commonpath(paths) if paths else ""
             if common and paths and common in paths:  # a single file: its folder
                 common = os.path.dirname(common)
