@@ -60,6 +60,23 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def model_only(encoder: Any, batch: int, n_batches: int) -> float:
+    """Images/s of ``encoder.encode_image_tensors`` on a fixed random batch (median of ``n_batches``, after a
+    warm-up that also pays any one-time export)."""
+    import time
+
+    import torch
+
+    pixels = torch.randn(batch, 3, encoder.image_size, encoder.image_size)
+    encoder.encode_image_tensors(pixels)
+    times = []
+    for _ in range(n_batches):
+        t0 = time.perf_counter()
+        encoder.encode_image_tensors(pixels)
+        times.append(time.perf_counter() - t0)
+    return batch / median(times)
+
+
 def report(name: str, result: dict[str, Any], rows: list[tuple[str, str]]) -> None:
     """Print a table to stderr and the JSON to stdout; keep a copy under benchmarks/results/."""
     result = {"benchmark": name, "machine": machine(), **result}

@@ -13,21 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from _util import make_photo_folder, median, report
+from _util import make_photo_folder, median, model_only, report
 from mbm import Engine, load_model
-
-
-def model_only(encoder, batch: int, n_batches: int) -> float:
-    pixels = torch.randn(batch, 3, encoder.image_size, encoder.image_size)
-    encoder.encode_image_tensors(pixels)  # warm-up
-    times = []
-    for _ in range(n_batches):
-        t0 = time.perf_counter()
-        encoder.encode_image_tensors(pixels)
-        times.append(time.perf_counter() - t0)
-    return batch / median(times)
 
 
 def end_to_end(encoder, folder: Path, batch: int, workers: int | None, store: Path) -> tuple[float, dict]:

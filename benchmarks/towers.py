@@ -31,22 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _util import median, report  # noqa: E402
+from _util import model_only, report  # noqa: E402
 
 TOWERS = ("mbm-lite0", "mbm-lite1", "mbm-lite2")
-
-
-def model_only(encoder, batch: int, n_batches: int) -> float:
-    import torch
-
-    pixels = torch.randn(batch, 3, encoder.image_size, encoder.image_size)
-    encoder.encode_image_tensors(pixels)  # warm-up (and the one-time ONNX export)
-    times = []
-    for _ in range(n_batches):
-        t0 = time.perf_counter()
-        encoder.encode_image_tensors(pixels)
-        times.append(time.perf_counter() - t0)
-    return batch / median(times)
 
 
 def bridge_only(encoder) -> None:
