@@ -195,20 +195,13 @@ def validate(fusion: FusionModel, side: Side, scale: float, top: int) -> dict[st
 
     A caption counts as found at the rank of its first positive; a caption whose positives are all outside
     the top is a miss for every order."""
-    from mbm.train.evaluate import top_candidates
+    from mbm.train.evaluate import fusion_logits, top_candidates
 
-    fusion.eval()
     cands = top_candidates(side.image_emb, side.text_emb, top)
     top = cands.shape[1]  # at most the number of pictures
     cosine = np.einsum("ud,ukd->uk", side.text_emb, side.image_emb[cands])
-    logits = np.zeros(cands.shape, np.float64)
-    images = fusion.project_image(side.image_tokens.float(), torch.from_numpy(side.image_emb))
-    for s in range(0, len(cands), 64):
-        x, mask = fusion.project_text(side.text_tokens[s:s + 64].float(), side.text_mask[s:s + 64])
-        n = x.shape[0]
-        text_index = torch.arange(n).repeat_interleave(top)
-        flat = torch.as_tensor(cands[s:s + 64].reshape(-1))
-        logits[s:s + n] = fusion.match(x, mask, images, text_index=text_index, image_index=flat).view(n, top).double().numpy()
+    rows = np.broadcast_to(np.arange(len(cands))[:, None], cands.shape)
+    logits = fusion_logits(fusion, side.text_tokens, side.text_mask, side.image_tokens, rows, cands, image_emb=side.image_emb)
     hit = np.stack([np.isin(cands[i], p) for i, p in enumerate(side.positives)])
     out: dict[str, Any] = {"top": top, "captions": len(cands), "dual": _recall(np.zeros_like(logits), cosine, hit)}
     for w in DUAL_WEIGHTS:
