@@ -51,3 +51,32 @@ def engine_factory(tmp_path, tiny_encoder):
     yield make
     for eng in opened:
         eng.close()
+
+
+class PairFusion:
+    """A stand-in fusion head for metric tests: tokens pass through ``project_*`` unchanged and
+    ``pair_logits(text_tokens, image_tokens)`` (per pair, rows aligned) decides each logit."""
+
+    cfg = None
+
+    def parameters(self):
+        import torch
+
+        yield torch.zeros(1)  # the device the metric code moves inputs to
+
+    def eval(self):
+        return self
+
+    def project_image(self, image_tokens, embedding=None):
+        return image_tokens
+
+    def project_text(self, text_tokens, text_mask):
+        return text_tokens, text_mask
+
+    def match(self, x, text_mask, image, *, text_index=None, image_index=None):
+        x = x if text_index is None else x[text_index]
+        image = image if image_index is None else image[image_index]
+        return self.pair_logits(x, image)
+
+    def pair_logits(self, text_tokens, image_tokens):
+        raise NotImplementedError

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import PairFusion
 
 from mbm.train.evaluate import candidate_logits, exact_grid, recall_at_k, rerank_recall, top_candidates
 
@@ -99,23 +100,12 @@ def test_candidate_logits_of_identical_images_are_identical():
         np.testing.assert_allclose(logits[t], txt[t] @ img[cands[t]].T, atol=1e-5)
 
 
-class _PositionNoiseFusion(torch.nn.Module):
+class _PositionNoiseFusion(PairFusion):
     """A fusion head whose logit depends on the image, plus float noise that depends on the row's
     place in the batch (as batched kernels can): only scoring identical inputs once makes them tie."""
 
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(1))
-
-    def project_image(self, image_tokens, embedding=None):
-        return image_tokens
-
-    def project_text(self, text_tokens, text_mask):
-        return text_tokens, text_mask
-
-    def match(self, x, text_mask, image, *, text_index=None, image_index=None):
-        image = image if image_index is None else image[image_index]
-        return image[:, 0, 0] + 1e-6 * torch.arange(len(image), dtype=torch.float32)
+    def pair_logits(self, text_tokens, image_tokens):
+        return image_tokens[:, 0, 0] + 1e-6 * torch.arange(len(image_tokens), dtype=torch.float32)
 
 
 def test_rerank_keeps_identical_images_in_index_order():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PairFusion
 from test_train import make_manifest, tiny_config
 
 from mbm.train.data import load_rows, source_selected
@@ -109,23 +110,11 @@ def test_eval_command_runs_the_suite(tmp_path):
     assert result.exit_code != 0 and "no image-caption rows from nope" in str(result.exception)
 
 
-class _OracleFusion(torch.nn.Module):
+class _OracleFusion(PairFusion):
     """Logit 5 for a text's true image (text row i <-> image row i // 2), -5 otherwise, via a feature lookup."""
 
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(1))
-
-    def project_image(self, image_tokens, embedding=None):
-        return image_tokens
-
-    def project_text(self, text_tokens, text_mask):
-        return text_tokens, text_mask
-
-    def match(self, x, text_mask, image, *, text_index=None, image_index=None):
-        x = x if text_index is None else x[text_index]
-        image = image if image_index is None else image[image_index]
-        return torch.where(x[:, 0, 0] == image[:, 0, 0], 5.0, -5.0)
+    def pair_logits(self, text_tokens, image_tokens):
+        return torch.where(text_tokens[:, 0, 0] == image_tokens[:, 0, 0], 5.0, -5.0)
 
 
 def test_rerank_recall_fusion_alone_and_combined_with_dual_logits():
