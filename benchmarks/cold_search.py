@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _util import median, report, run_cli
 
 
@@ -52,8 +51,17 @@ def build_collection(store: Path, spec: str, items: int) -> None:
             n = min(10_000, items - start)
             x = centers[rng.integers(0, 64, n)] + 0.5 * rng.normal(size=(n, enc.dim)).astype(np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-            rows = [{"path": f"/photos/{(start + i) // 1000:03d}/img_{start + i:06d}.jpg", "size": 1_500_000,
-                     "mtime_ns": 1, "hash": f"{start + i:032x}", "width": 3000, "height": 2000} for i in range(n)]
+            rows = [
+                {
+                    "path": f"/photos/{(start + i) // 1000:03d}/img_{start + i:06d}.jpg",
+                    "size": 1_500_000,
+                    "mtime_ns": 1,
+                    "hash": f"{start + i:032x}",
+                    "width": 3000,
+                    "height": 2000,
+                }
+                for i in range(n)
+            ]
             catalog.add_items(rows, [v.astype(np.float16).tobytes() for v in x])
         eng.prepare_search()  # what `mbm index` leaves behind: the vector index (and query encoder files)
 
@@ -69,8 +77,15 @@ def main() -> None:
     store = args.root / f"mbm-bench-store-{args.model}-{args.items}"
     if not (store / "collections" / "default" / "catalog.sqlite").exists():
         build_collection(store, str(folder), args.items)
-    queries = ["red car", "a dog on the beach", "sunset over mountains", "two people hiking", "a bowl of soup",
-               "city at night", "a cat sleeping"]
+    queries = [
+        "red car",
+        "a dog on the beach",
+        "sunset over mountains",
+        "two people hiking",
+        "a bowl of soup",
+        "city at night",
+        "a cat sleeping",
+    ]
     walls, parts = [], []
     for i in range(args.runs):
         t0 = time.perf_counter()
@@ -83,15 +98,25 @@ def main() -> None:
     startup = time.perf_counter() - t0
     keys = sorted({k for p in parts for k in p})
     breakdown = {k: round(median([p.get(k, 0.0) for p in parts]), 3) for k in keys}
-    result = {"items": args.items, "model": args.model, "wall_seconds_median": round(median(walls), 3),
-              "wall_all": [round(w, 3) for w in walls], "cli_startup_seconds": round(startup, 3),
-              "breakdown_seconds_median": breakdown, "runs": args.runs}
-    report("cold_search", result, [
-        ("collection", f"{args.items} items, {args.model} (random weights in a checkpoint folder)"),
-        ("cold `mbm search`", f"{median(walls):.2f} s wall (median of {args.runs}; target < 3 s)"),
-        ("process start + CLI imports", f"{startup:.2f} s (`mbm --help`)"),
-        ("inside the process", ", ".join(f"{k} {v:.3f}s" for k, v in breakdown.items())),
-    ])
+    result = {
+        "items": args.items,
+        "model": args.model,
+        "wall_seconds_median": round(median(walls), 3),
+        "wall_all": [round(w, 3) for w in walls],
+        "cli_startup_seconds": round(startup, 3),
+        "breakdown_seconds_median": breakdown,
+        "runs": args.runs,
+    }
+    report(
+        "cold_search",
+        result,
+        [
+            ("collection", f"{args.items} items, {args.model} (random weights in a checkpoint folder)"),
+            ("cold `mbm search`", f"{median(walls):.2f} s wall (median of {args.runs}; target < 3 s)"),
+            ("process start + CLI imports", f"{startup:.2f} s (`mbm --help`)"),
+            ("inside the process", ", ".join(f"{k} {v:.3f}s" for k, v in breakdown.items())),
+        ],
+    )
 
 
 if __name__ == "__main__":

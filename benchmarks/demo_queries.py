@@ -77,16 +77,29 @@ def main() -> None:
     photo_qs = [q for q in ranks if q in PHOTO_QUERIES]
     drawing_qs = [q for q in ranks if q not in PHOTO_QUERIES]
     at = answered(list(ranks))
-    result = {"model": args.model, "pictures": n, "queries": len(ranks), "answered_at": at,
-              "drawing_queries": {"queries": len(drawing_qs), "answered_at": answered(drawing_qs)},
-              "photo_queries": {"queries": len(photo_qs), "answered_at": answered(photo_qs)}, "ranks": ranks}
-    report(args.name or "demo_queries", result, [
-        ("model", f"{args.model} on data/demo ({n} pictures, {len(ranks)} queries)"),
-        ("answered at 1 / 3 / 5", " / ".join(f"{100 * v:.0f}%" for v in at.values())),
-        (f"drawing queries ({len(drawing_qs)})", " / ".join(f"{100 * v:.0f}%" for v in answered(drawing_qs).values())),
-        (f"photo queries ({len(photo_qs)})", " / ".join(f"{100 * v:.0f}%" for v in answered(photo_qs).values())),
-        ("ranks", ", ".join(f"{q!r}: {r}" for q, r in ranks.items())),
-    ])
+    result = {
+        "model": args.model,
+        "pictures": n,
+        "queries": len(ranks),
+        "answered_at": at,
+        "drawing_queries": {"queries": len(drawing_qs), "answered_at": answered(drawing_qs)},
+        "photo_queries": {"queries": len(photo_qs), "answered_at": answered(photo_qs)},
+        "ranks": ranks,
+    }
+    report(
+        args.name or "demo_queries",
+        result,
+        [
+            ("model", f"{args.model} on data/demo ({n} pictures, {len(ranks)} queries)"),
+            ("answered at 1 / 3 / 5", " / ".join(f"{100 * v:.0f}%" for v in at.values())),
+            (
+                f"drawing queries ({len(drawing_qs)})",
+                " / ".join(f"{100 * v:.0f}%" for v in answered(drawing_qs).values()),
+            ),
+            (f"photo queries ({len(photo_qs)})", " / ".join(f"{100 * v:.0f}%" for v in answered(photo_qs).values())),
+            ("ranks", ", ".join(f"{q!r}: {r}" for q, r in ranks.items())),
+        ],
+    )
 
 
 if __name__ == "__main__":

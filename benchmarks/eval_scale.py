@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _util import report
+
 from mbm.train.evaluate import recall_at_k, top_candidates
 
 
@@ -63,19 +63,38 @@ def main() -> None:
     hit = float(np.mean(cands == t2i[:, None]) * args.top)  # share of captions with their image among the candidates
     dense_gb = args.items * args.items * 4 / 1e9
     figures = {k: round(v, 4) for k, v in recall.items() if "R@" in k}
-    result = {"items": args.items, "dim": args.dim, "noise": args.noise, "inputs_mb": round(inputs_mb, 1),
-              "dense_matrix_gb": round(dense_gb, 1),
-              "recall_at_k": {"seconds": round(r_s, 1), "peak_rss_growth_mb": round(r_peak / 1e6, 1), "figures": figures},
-              "top_candidates": {"top": args.top, "seconds": round(c_s, 1), "peak_rss_growth_mb": round(c_peak / 1e6, 1),
-                                 "caption_image_in_candidates": round(hit, 4)}}
-    report("eval_scale", result, [
-        ("split", f"{args.items:,} images x {args.items:,} captions, dim {args.dim} (inputs {inputs_mb:.0f} MB)"),
-        ("dense similarity matrix", f"{dense_gb:.1f} GB (never built)"),
-        ("recall_at_k (both directions)", f"{r_s:.1f} s, peak memory +{r_peak / 1e6:.0f} MB; "
-                                          f"t2i R@1/5/10 {figures['t2i_R@1']:.3f}/{figures['t2i_R@5']:.3f}/{figures['t2i_R@10']:.3f}"),
-        (f"top_candidates (top {args.top})", f"{c_s:.1f} s, peak memory +{c_peak / 1e6:.0f} MB; "
-                                              f"caption's image among them for {hit:.3f} (= t2i R@{args.top})"),
-    ])
+    result = {
+        "items": args.items,
+        "dim": args.dim,
+        "noise": args.noise,
+        "inputs_mb": round(inputs_mb, 1),
+        "dense_matrix_gb": round(dense_gb, 1),
+        "recall_at_k": {"seconds": round(r_s, 1), "peak_rss_growth_mb": round(r_peak / 1e6, 1), "figures": figures},
+        "top_candidates": {
+            "top": args.top,
+            "seconds": round(c_s, 1),
+            "peak_rss_growth_mb": round(c_peak / 1e6, 1),
+            "caption_image_in_candidates": round(hit, 4),
+        },
+    }
+    report(
+        "eval_scale",
+        result,
+        [
+            ("split", f"{args.items:,} images x {args.items:,} captions, dim {args.dim} (inputs {inputs_mb:.0f} MB)"),
+            ("dense similarity matrix", f"{dense_gb:.1f} GB (never built)"),
+            (
+                "recall_at_k (both directions)",
+                f"{r_s:.1f} s, peak memory +{r_peak / 1e6:.0f} MB; "
+                f"t2i R@1/5/10 {figures['t2i_R@1']:.3f}/{figures['t2i_R@5']:.3f}/{figures['t2i_R@10']:.3f}",
+            ),
+            (
+                f"top_candidates (top {args.top})",
+                f"{c_s:.1f} s, peak memory +{c_peak / 1e6:.0f} MB; "
+                f"caption's image among them for {hit:.3f} (= t2i R@{args.top})",
+            ),
+        ],
+    )
 
 
 if __name__ == "__main__":

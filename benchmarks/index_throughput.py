@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from _util import make_photo_folder, median, model_only, report
+
 from mbm import Engine, load_model
 
 
@@ -49,16 +50,30 @@ def main() -> None:
         stages.append(secs)
     shutil.rmtree(store, ignore_errors=True)
     m, e = median(model_rates), median(e2e_rates)
-    result = {"model": args.model, "precision": encoder.precision, "device": encoder.device, "batch": args.batch,
-              "images": args.images, "image_size": "3000x2000 JPEG q90", "model_only_images_per_s": round(m, 2),
-              "end_to_end_images_per_s": round(e, 2), "ratio": round(e / m, 3), "runs": args.runs,
-              "stage_seconds_last_run": {k: round(v, 2) for k, v in stages[-1].items()}}
-    report("index_throughput", result, [
-        ("model", f"{args.model} ({encoder.precision}, {encoder.device}, batch {args.batch})"),
-        ("model-only", f"{m:.1f} images/s"), ("end-to-end mbm index", f"{e:.1f} images/s"),
-        ("ratio", f"{e / m:.2f} (target >= 0.80)"),
-        ("stages (last run)", ", ".join(f"{k} {v:.1f}s" for k, v in stages[-1].items())),
-    ])
+    result = {
+        "model": args.model,
+        "precision": encoder.precision,
+        "device": encoder.device,
+        "batch": args.batch,
+        "images": args.images,
+        "image_size": "3000x2000 JPEG q90",
+        "model_only_images_per_s": round(m, 2),
+        "end_to_end_images_per_s": round(e, 2),
+        "ratio": round(e / m, 3),
+        "runs": args.runs,
+        "stage_seconds_last_run": {k: round(v, 2) for k, v in stages[-1].items()},
+    }
+    report(
+        "index_throughput",
+        result,
+        [
+            ("model", f"{args.model} ({encoder.precision}, {encoder.device}, batch {args.batch})"),
+            ("model-only", f"{m:.1f} images/s"),
+            ("end-to-end mbm index", f"{e:.1f} images/s"),
+            ("ratio", f"{e / m:.2f} (target >= 0.80)"),
+            ("stages (last run)", ", ".join(f"{k} {v:.1f}s" for k, v in stages[-1].items())),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -84,7 +84,9 @@ class MiniLM:
         out = []
         with torch.inference_mode():
             for s in range(0, len(texts), batch):
-                enc = self.tokenizer(texts[s : s + batch], padding=True, truncation=True, max_length=128, return_tensors="pt")
+                enc = self.tokenizer(
+                    texts[s : s + batch], padding=True, truncation=True, max_length=128, return_tensors="pt"
+                )
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"][..., None].float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -172,21 +174,34 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     bridge = Bridge()
-    result: dict = {"method": "untrained bridge: EfficientNet-Lite0 ImageNet softmax x MiniLM('a photo of a {class}')",
-                    "classes": len(bridge.names), "prompt": PROMPT, "metric": "exact scores, ties to the lower index"}
+    result: dict = {
+        "method": "untrained bridge: EfficientNet-Lite0 ImageNet softmax x MiniLM('a photo of a {class}')",
+        "classes": len(bridge.names),
+        "prompt": PROMPT,
+        "metric": "exact scores, ties to the lower index",
+    }
     lines = []
     eval_dir = Path(args.eval_dir)
     photos = eval_dir / "photos.jsonl"
     if photos.is_file():
         rows = [r for r in load_rows(photos) if r.get("split") == "photos"]
         metrics, _, top = retrieval(bridge, rows)
-        ci = {k: [round(x, 4) for x in wilson_interval(round(metrics[k] * metrics["n_texts"]), metrics["n_texts"])]
-              for k in ("t2i_R@1", "t2i_R@5", "t2i_R@10")}
-        result["photos"] = {**metrics, "ci95_wilson": ci,
-                            "top_class": {Path(r["image"]).stem: bridge.names[c] for r, c in zip(rows, top)}}
-        lines.append((f"photos ({metrics['n_images']} photos, {metrics['n_texts']} captions) t2i R@1/5/10",
-                      "  ".join(f"{100 * metrics[k]:.1f} ({100 * ci[k][0]:.0f}-{100 * ci[k][1]:.0f})" for k in ci)
-                      + f"; i2t R@1/5 {100 * metrics['i2t_R@1']:.1f}/{100 * metrics['i2t_R@5']:.1f}"))
+        ci = {
+            k: [round(x, 4) for x in wilson_interval(round(metrics[k] * metrics["n_texts"]), metrics["n_texts"])]
+            for k in ("t2i_R@1", "t2i_R@5", "t2i_R@10")
+        }
+        result["photos"] = {
+            **metrics,
+            "ci95_wilson": ci,
+            "top_class": {Path(r["image"]).stem: bridge.names[c] for r, c in zip(rows, top)},
+        }
+        lines.append(
+            (
+                f"photos ({metrics['n_images']} photos, {metrics['n_texts']} captions) t2i R@1/5/10",
+                "  ".join(f"{100 * metrics[k]:.1f} ({100 * ci[k][0]:.0f}-{100 * ci[k][1]:.0f})" for k in ci)
+                + f"; i2t R@1/5 {100 * metrics['i2t_R@1']:.1f}/{100 * metrics['i2t_R@5']:.1f}",
+            )
+        )
     else:
         lines.append(("photos", f"skipped: no {photos} (python -m mbm.train.evalsets --out {eval_dir})"))
     icons = eval_dir / "icon-themes.jsonl"
@@ -197,8 +212,12 @@ def main() -> None:
             sub = [r for r in rows if r["style"] == style]
             metrics, _, _ = retrieval(bridge, sub)
             styles[style] = {**metrics, "chance_t2i_R@1": 1 / len(sub)}
-            lines.append((f"style-shift:{style} ({len(sub)} icons) t2i R@1/5/10",
-                          "/".join(f"{100 * metrics[f't2i_R@{k}']:.1f}" for k in (1, 5, 10))))
+            lines.append(
+                (
+                    f"style-shift:{style} ({len(sub)} icons) t2i R@1/5/10",
+                    "/".join(f"{100 * metrics[f't2i_R@{k}']:.1f}" for k in (1, 5, 10)),
+                )
+            )
         mean = {f"t2i_R@{k}": float(np.mean([m[f"t2i_R@{k}"] for m in styles.values()])) for k in (1, 5, 10)}
         result["style_shift"] = {"styles": styles, "mean_over_styles": mean}
         lines.append((f"style-shift mean over {len(styles)} styles", "/".join(f"{100 * v:.1f}" for v in mean.values())))
@@ -213,7 +232,9 @@ def main() -> None:
             result[f"manifest_{split}"] = {"manifest": args.manifest, **metrics}
             text = "/".join(f"{100 * metrics[f't2i_R@{k}']:.1f}" for k in (1, 5, 10))
             if "group_t2i_R@1" in metrics:
-                text += "; any drawing of the concept " + "/".join(f"{100 * metrics[f'group_t2i_R@{k}']:.1f}" for k in (1, 5, 10))
+                text += "; any drawing of the concept " + "/".join(
+                    f"{100 * metrics[f'group_t2i_R@{k}']:.1f}" for k in (1, 5, 10)
+                )
             lines.append((f"{split} split ({metrics['n_images']} images) t2i R@1/5/10", text))
     result["seconds"] = round(time.perf_counter() - started, 1)
     report(args.name, result, lines)

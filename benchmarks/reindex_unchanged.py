@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from _util import median, report, run_cli
+
 from mbm import Engine
 
 
@@ -45,19 +46,30 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = run_cli(["index", str(args.corpus), "--store", str(store), "--quiet", "--json"])
         cli.append(time.perf_counter() - t0)
-        assert proc.returncode == 0 and '"unchanged": %d' % args.files in proc.stdout, proc.stdout + proc.stderr
+        assert proc.returncode == 0 and f'"unchanged": {args.files}' in proc.stdout, proc.stdout + proc.stderr
         with Engine.open(store) as eng:
             t0 = time.perf_counter()
             rep = eng.index([args.corpus])
             lib.append(time.perf_counter() - t0)
         assert rep.unchanged == args.files and rep.model is None  # the model was never loaded
-    result = {"files": args.files, "first_index_seconds": round(initial, 2), "cli_process_seconds_median": round(median(cli), 3),
-              "library_call_seconds_median": round(median(lib), 3), "runs": args.runs, "cli_all": [round(x, 3) for x in cli]}
-    report("reindex_unchanged", result, [
-        ("files", str(args.files)), ("first index (mbm-tiny)", f"{initial:.1f} s"),
-        ("unchanged re-run, whole CLI process", f"{median(cli):.2f} s (median of {args.runs}; target < 2 s)"),
-        ("unchanged re-run, library call", f"{median(lib):.2f} s"),
-    ])
+    result = {
+        "files": args.files,
+        "first_index_seconds": round(initial, 2),
+        "cli_process_seconds_median": round(median(cli), 3),
+        "library_call_seconds_median": round(median(lib), 3),
+        "runs": args.runs,
+        "cli_all": [round(x, 3) for x in cli],
+    }
+    report(
+        "reindex_unchanged",
+        result,
+        [
+            ("files", str(args.files)),
+            ("first index (mbm-tiny)", f"{initial:.1f} s"),
+            ("unchanged re-run, whole CLI process", f"{median(cli):.2f} s (median of {args.runs}; target < 2 s)"),
+            ("unchanged re-run, library call", f"{median(lib):.2f} s"),
+        ],
+    )
 
 
 if __name__ == "__main__":

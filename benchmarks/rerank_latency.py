@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _util import make_photo_folder, report
 
 DEMO = Path(__file__).parents[1] / "data" / "demo"
@@ -84,14 +83,23 @@ def main() -> None:
             per_n[n] = {"rerank": stats(rerank), "query_tokens": stats(query), "whole_search": stats(total)}
     import torch
 
-    result = {"model": args.model, "items": info.items, "repeats": args.repeats, "torch_threads": torch.get_num_threads(),
-              "load_average_before": load,
-              "token_bytes_per_item": info.token_bytes_per_item, "index_seconds": index_s,
-              "candidates": {str(n): v for n, v in per_n.items()}, "target": "N=50 rerank median < 50 ms"}
+    result = {
+        "model": args.model,
+        "items": info.items,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": load,
+        "token_bytes_per_item": info.token_bytes_per_item,
+        "index_seconds": index_s,
+        "candidates": {str(n): v for n, v in per_n.items()},
+        "target": "N=50 rerank median < 50 ms",
+    }
     rows = [("items / token bytes per item", f"{info.items} / {info.token_bytes_per_item:,} B")]
     for n, v in per_n.items():
-        figures = (f"{v['rerank']['median_ms']:.2f} / {v['rerank']['p95_ms']:.2f} ms (query tokens "
-                   f"{v['query_tokens']['median_ms']:.1f} ms, whole search {v['whole_search']['median_ms']:.1f} ms)")
+        figures = (
+            f"{v['rerank']['median_ms']:.2f} / {v['rerank']['p95_ms']:.2f} ms (query tokens "
+            f"{v['query_tokens']['median_ms']:.1f} ms, whole search {v['whole_search']['median_ms']:.1f} ms)"
+        )
         rows.append((f"N={n} rerank median / p95", figures))
     report("rerank_latency", result, rows)
 

@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _util import report
 from cold_search import build_collection
 
@@ -38,8 +37,11 @@ def free_port() -> int:
 
 
 def start_server(store: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "mbm", "serve", "--store", str(store), "--port", str(port)],
-                            stderr=subprocess.DEVNULL, env={**os.environ, "MBM_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mbm", "serve", "--store", str(store), "--port", str(port)],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "MBM_OFFLINE": "1"},
+    )
     import httpx
 
     for _ in range(600):
@@ -79,8 +81,14 @@ async def level(url: str, clients: int, seconds: float, path: str, body: Any) ->
         await asyncio.gather(*[client(ac) for _ in range(clients)])
         wall = time.perf_counter() - started
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "p50_ms": round(float(np.median(ms)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "qps": round(len(latencies) / wall, 1)}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "p50_ms": round(float(np.median(ms)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "qps": round(len(latencies) / wall, 1),
+    }
 
 
 from typing import Any  # noqa: E402
@@ -99,21 +107,45 @@ def main() -> None:
     proc = start_server(store, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        levels = [asyncio.run(level(url, c, args.seconds, "/search", lambda t: {"text": t, "k": 10}))
-                  for c in (1, 8, 32)]
-        knn = asyncio.run(level(url, 8, args.seconds / 2, "/knn-service",
-                                lambda t: {"text": t, "modality": "image", "num_images": 10, "indice_name": "default"}))
+        levels = [
+            asyncio.run(level(url, c, args.seconds, "/search", lambda t: {"text": t, "k": 10})) for c in (1, 8, 32)
+        ]
+        knn = asyncio.run(
+            level(
+                url,
+                8,
+                args.seconds / 2,
+                "/knn-service",
+                lambda t: {"text": t, "modality": "image", "num_images": 10, "indice_name": "default"},
+            )
+        )
     finally:
         proc.terminate()
         proc.wait(10)
     speedup = levels[2]["qps"] / max(levels[0]["qps"], 1e-9)
-    result = {"items": args.items, "seconds_per_level": args.seconds, "model": "mbm-offline", "search": levels,
-              "knn_service_8_clients": knn, "throughput_32_over_1": round(speedup, 2),
-              "targets": {"p50_ms_at_1_client": 30, "throughput_32_over_1": 4}}
-    rows = [(f"/search {lv['clients']:>2} clients", f"p50 {lv['p50_ms']} ms, p99 {lv['p99_ms']} ms, {lv['qps']} req/s, "
-             f"{lv['errors']} errors") for lv in levels]
-    rows += [("/knn-service 8 clients", f"p50 {knn['p50_ms']} ms, p99 {knn['p99_ms']} ms, {knn['qps']} req/s, "
-              f"{knn['errors']} errors"), ("throughput 32 / 1", f"{speedup:.2f}x")]
+    result = {
+        "items": args.items,
+        "seconds_per_level": args.seconds,
+        "model": "mbm-offline",
+        "search": levels,
+        "knn_service_8_clients": knn,
+        "throughput_32_over_1": round(speedup, 2),
+        "targets": {"p50_ms_at_1_client": 30, "throughput_32_over_1": 4},
+    }
+    rows = [
+        (
+            f"/search {lv['clients']:>2} clients",
+            f"p50 {lv['p50_ms']} ms, p99 {lv['p99_ms']} ms, {lv['qps']} req/s, {lv['errors']} errors",
+        )
+        for lv in levels
+    ]
+    rows += [
+        (
+            "/knn-service 8 clients",
+            f"p50 {knn['p50_ms']} ms, p99 {knn['p99_ms']} ms, {knn['qps']} req/s, {knn['errors']} errors",
+        ),
+        ("throughput 32 / 1", f"{speedup:.2f}x"),
+    ]
     report("serve_load", result, rows)
 
 

@@ -51,7 +51,9 @@ def pct(x: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval-dir", default="cache/mbm-eval", help="folder of photos.jsonl and icon-themes.jsonl")
-    ap.add_argument("--manifest", default=None, help="a training manifest: also its test, held-out and Fashion-MNIST figures")
+    ap.add_argument(
+        "--manifest", default=None, help="a training manifest: also its test, held-out and Fashion-MNIST figures"
+    )
     ap.add_argument("--towers", nargs="+", default=list(TOWERS))
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=5)
@@ -72,10 +74,19 @@ def main() -> None:
         encoder = load_model(name, device="cpu", precision="fp32")
         bridge_only(encoder)
         rate = model_only(encoder, args.batch, args.batches)
-        suite = evaluate_suite(encoder, args.manifest, rerank_top=0, photos=eval_dir / "photos.jsonl",
-                               style_shift=eval_dir / "icon-themes.jsonl")
-        row = {"image_size": encoder.image_size, "onnx_trunk": encoder.image_onnx is not None,
-               "model_only_images_per_s": round(rate, 1), "seconds": round(time.perf_counter() - started, 1)}
+        suite = evaluate_suite(
+            encoder,
+            args.manifest,
+            rerank_top=0,
+            photos=eval_dir / "photos.jsonl",
+            style_shift=eval_dir / "icon-themes.jsonl",
+        )
+        row = {
+            "image_size": encoder.image_size,
+            "onnx_trunk": encoder.image_onnx is not None,
+            "model_only_images_per_s": round(rate, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         photos = suite.get("photos", {})
         for k in ("t2i_R@1", "t2i_R@5", "t2i_R@10"):
             if k in photos:
@@ -97,8 +108,11 @@ def main() -> None:
             text += f"; photos R@1/5 {pct(row['photos_t2i_R@1'])}/{pct(row['photos_t2i_R@5'])}"
         if "style_shift_mean_t2i_R@10" in row:
             text += f"; themes R@10 {pct(row['style_shift_mean_t2i_R@10'])}"
-        for key, label in (("test_t2i_R@10", "test R@10"), ("heldout_t2i_R@10", "Tux Paint R@10"),
-                           ("fashion_mnist_top1", "Fashion top-1")):
+        for key, label in (
+            ("test_t2i_R@10", "test R@10"),
+            ("heldout_t2i_R@10", "Tux Paint R@10"),
+            ("fashion_mnist_top1", "Fashion top-1"),
+        ):
             if key in row:
                 text += f"; {label} {pct(row[key])}"
         lines.append((name, text))

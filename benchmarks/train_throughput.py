@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
-
 from _util import median, report
+from PIL import Image, ImageDraw
 
 COLOURS = [(220, 30, 30), (30, 170, 60), (40, 60, 220), (240, 210, 30), (20, 20, 20), (250, 140, 0)]
 SHAPES = ["circle", "square", "triangle", "bar"]
@@ -40,8 +39,16 @@ def synthetic_manifest(folder: Path, n: int = 512) -> Path:
         else:
             draw.rectangle(box if shape == "square" else (box[0], 50, box[2], 70), fill=colour)
         img.save(folder / f"img/{i}.png")
-        rows.append({"image": f"img/{i}.png", "captions": [f"a {shape} number {i}"], "label": shape, "source": "synthetic",
-                     "group": f"g{i}", "split": "train" if i >= 64 else "val"})
+        rows.append(
+            {
+                "image": f"img/{i}.png",
+                "captions": [f"a {shape} number {i}"],
+                "label": shape,
+                "source": "synthetic",
+                "group": f"g{i}",
+                "split": "train" if i >= 64 else "val",
+            }
+        )
     path = folder / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -51,14 +58,28 @@ def measure(manifest: Path, device: str, steps: int, model: str, batch_size: int
     from mbm.train.loop import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(manifest=str(manifest), out_dir=out, model=model, batch_size=batch_size, epochs=100,
-                          max_steps=steps, val_every=0, log_every=10, device=device)
+        cfg = TrainConfig(
+            manifest=str(manifest),
+            out_dir=out,
+            model=model,
+            batch_size=batch_size,
+            epochs=100,
+            max_steps=steps,
+            val_every=0,
+            log_every=10,
+            device=device,
+        )
         result = train(cfg)
         lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["pairs_per_s"] for r in lines if r["event"] == "step"][1:]  # the first interval includes warm-up
-    return {"device": device, "steps": result["step"], "pairs_per_s_median": round(median(rates), 1),
-            "pairs_per_s_all": [round(r, 1) for r in rates], "seconds": round(result["seconds"], 1),
-            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None}
+    return {
+        "device": device,
+        "steps": result["step"],
+        "pairs_per_s_median": round(median(rates), 1),
+        "pairs_per_s_all": [round(r, 1) for r in rates],
+        "seconds": round(result["seconds"], 1),
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+    }
 
 
 def main() -> None:
@@ -72,12 +93,26 @@ def main() -> None:
         manifest = args.manifest if args.manifest.is_file() else synthetic_manifest(Path(tmp))
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         runs = [measure(manifest, d, args.steps, args.model, args.batch_size) for d in devices]
-    result = {"model": args.model, "batch_size": args.batch_size, "manifest": str(manifest) if manifest == args.manifest else "synthetic",
-              "torch_threads": torch.get_num_threads(), "runs": runs}
-    report("train_throughput", result, [
-        (f"{r['device']}{' (' + r['gpu'] + ')' if r['gpu'] else ''}", f"{r['pairs_per_s_median']} pairs/s "
-         f"(median of {len(r['pairs_per_s_all'])} intervals of 10 steps, batch {args.batch_size}, {args.model})") for r in runs
-    ] + [("cuda", "no CUDA GPU on this machine: not measured")] * (not torch.cuda.is_available()))
+    result = {
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "manifest": str(manifest) if manifest == args.manifest else "synthetic",
+        "torch_threads": torch.get_num_threads(),
+        "runs": runs,
+    }
+    report(
+        "train_throughput",
+        result,
+        [
+            (
+                f"{r['device']}{' (' + r['gpu'] + ')' if r['gpu'] else ''}",
+                f"{r['pairs_per_s_median']} pairs/s "
+                f"(median of {len(r['pairs_per_s_all'])} intervals of 10 steps, batch {args.batch_size}, {args.model})",
+            )
+            for r in runs
+        ]
+        + [("cuda", "no CUDA GPU on this machine: not measured")] * (not torch.cuda.is_available()),
+    )
 
 
 if __name__ == "__main__":

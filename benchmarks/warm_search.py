@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _util import report
 from cold_search import build_collection
 
-WORDS = ("red car dog beach sunset mountain city night cat bowl soup tree river boat bird flower bicycle "
-         "street snow forest child guitar kitchen window bridge train").split()
+WORDS = (
+    "red car dog beach sunset mountain city night cat bowl soup tree river boat bird flower bicycle "
+    "street snow forest child guitar kitchen window bridge train"
+).split()
 
 
 def queries(n: int) -> list[str]:
@@ -33,8 +34,12 @@ def queries(n: int) -> list[str]:
 
 def percentiles(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1000
-    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
-            "p99_ms": round(float(np.percentile(a, 99)), 3), "mean_ms": round(float(a.mean()), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p90_ms": round(float(np.percentile(a, 90)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+        "mean_ms": round(float(a.mean()), 3),
+    }
 
 
 def main() -> None:
@@ -73,17 +78,31 @@ def main() -> None:
         with Engine.open(store) as eng:
             eng.search(t, k=10)
         fresh.append(time.perf_counter() - t0)
-    result = {"items": args.items, "dim": dim, "model": args.model, "searches": args.searches,
-              "first_search_s": round(first, 3), "excluding_encoding": percentiles(bare),
-              "with_text_encoding": percentiles(full), "fresh_engine_per_search": percentiles(fresh)}
+    result = {
+        "items": args.items,
+        "dim": dim,
+        "model": args.model,
+        "searches": args.searches,
+        "first_search_s": round(first, 3),
+        "excluding_encoding": percentiles(bare),
+        "with_text_encoding": percentiles(full),
+        "fresh_engine_per_search": percentiles(fresh),
+    }
     b, f, n = result["excluding_encoding"], result["with_text_encoding"], result["fresh_engine_per_search"]
-    report("warm_search", result, [
-        ("collection", f"{args.items} items x {dim} dims, {args.model}, exact (Flat) index"),
-        ("first search (loads index + encoder)", f"{first * 1000:.0f} ms"),
-        (f"warm, excluding encoding ({args.searches})", f"p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms (target p50 <= 5 ms)"),
-        (f"warm, with text encoding ({args.searches})", f"p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms"),
-        (f"fresh Engine per search ({args.fresh})", f"p50 {n['p50_ms']:.1f} ms, p99 {n['p99_ms']:.1f} ms"),
-    ])
+    report(
+        "warm_search",
+        result,
+        [
+            ("collection", f"{args.items} items x {dim} dims, {args.model}, exact (Flat) index"),
+            ("first search (loads index + encoder)", f"{first * 1000:.0f} ms"),
+            (
+                f"warm, excluding encoding ({args.searches})",
+                f"p50 {b['p50_ms']:.2f} ms, p99 {b['p99_ms']:.2f} ms (target p50 <= 5 ms)",
+            ),
+            (f"warm, with text encoding ({args.searches})", f"p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms"),
+            (f"fresh Engine per search ({args.fresh})", f"p50 {n['p50_ms']:.1f} ms, p99 {n['p99_ms']:.1f} ms"),
+        ],
+    )
 
 
 if __name__ == "__main__":

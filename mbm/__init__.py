@@ -9,4 +9,18 @@ from mbm.models.factory import Encoder, ModelInfo, list_models, load_model  # no
 from mbm.retrieval.query import Query, Term, as_query  # noqa: E402
 from mbm.retrieval.searcher import Hit  # noqa: E402
 
-__all__ = ["CollectionInfo", "Encoder", "Engine", "Hit", "IndexReport", "MbmError", "ModelInfo", "Query", "Term", "as_query", "list_models", "load_model", "__version__"]
+__all__ = [
+    "CollectionInfo",
+    "Encoder",
+    "Engine",
+    "Hit",
+    "IndexReport",
+    "MbmError",
+    "ModelInfo",
+    "Query",
+    "Term",
+    "as_query",
+    "list_models",
+    "load_model",
+    "__version__",
+]

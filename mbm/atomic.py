@@ -20,8 +20,8 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 TEMP_SUFFIX = ".tmp"
 

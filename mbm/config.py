@@ -55,6 +55,7 @@ def ensure_store(store: Path) -> Path:
                 raise NotADirectoryError(20, "it exists and is not a folder") from None
             os.chmod(folder, 0o700)  # mkdir's mode is cut by the umask: make it exactly 0700
     except OSError as e:
-        raise UsageError(f"cannot create the store folder {store} ({e.strerror or e}) — choose another one "
-                         "with --store or MBM_HOME") from e
+        raise UsageError(
+            f"cannot create the store folder {store} ({e.strerror or e}) — choose another one with --store or MBM_HOME"
+        ) from e
     return store

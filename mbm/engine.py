@@ -18,16 +18,17 @@ import datetime as dt
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mbm import __version__
 from mbm.atomic import clean_temp
 from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION, collection_dir, ensure_store, resolve_store
 from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
-from mbm.indexer.runner import IndexReport, Indexer, Progress
+from mbm.indexer.runner import Indexer, IndexReport, Progress
 from mbm.indexer.scan import display_path, is_text_source
 from mbm.models.factory import Encoder, legacy_fingerprint_of, load_model, no_fusion_head, normalize_spec
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
@@ -55,7 +56,7 @@ def check_index_args(paths: Sequence[str | os.PathLike[str]], batch_size: int = 
 
 
 def collection_kind(paths: Sequence[str | os.PathLike[str]], texts: bool | None = None) -> str:
-    """"text" or "image", from what is named: ``texts=True`` asks for text sources (also under
+    """ "text" or "image", from what is named: ``texts=True`` asks for text sources (also under
     folders); otherwise text files named on their own make a text collection, and anything
     else an image one. Text files beside folders or images are refused, never guessed."""
     if texts is not None:
@@ -100,8 +101,16 @@ class CollectionInfo:
 class Engine:
     """One collection in one store. Heavy parts (model, vectors) load on first use and stay loaded."""
 
-    def __init__(self, store: Path, collection: str = DEFAULT_COLLECTION, *, model: str | None = None,
-                 device: str | None = None, precision: str | None = None, encoder: Encoder | None = None):
+    def __init__(
+        self,
+        store: Path,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        encoder: Encoder | None = None,
+    ):
         self.store = store
         self.name = collection
         self.folder = collection_dir(store, collection)
@@ -120,7 +129,9 @@ class Engine:
         self.timings: dict[str, float] = {}  # seconds per phase of the last search (imports, model, encode, ...)
 
     @classmethod
-    def open(cls, store: str | os.PathLike[str] | None = None, collection: str = DEFAULT_COLLECTION, **kwargs: Any) -> Engine:
+    def open(
+        cls, store: str | os.PathLike[str] | None = None, collection: str = DEFAULT_COLLECTION, **kwargs: Any
+    ) -> Engine:
         """Open (lazily) ``collection`` in ``store`` (default: $MBM_HOME or the XDG data folder)."""
         return cls(resolve_store(store), collection, **kwargs)
 
@@ -171,8 +182,10 @@ class Engine:
     def _missing_message(self) -> str:
         others = [c.name for c in Engine.collections(self.store)]
         hint = f" (collections here: {', '.join(others)})" if others else ""
-        return (f"no collection {self.name!r} in {self.store}{hint} — run `mbm index PATH"
-                f"{'' if self.name == DEFAULT_COLLECTION else ' --collection ' + self.name}` first")
+        return (
+            f"no collection {self.name!r} in {self.store}{hint} — run `mbm index PATH"
+            f"{'' if self.name == DEFAULT_COLLECTION else ' --collection ' + self.name}` first"
+        )
 
     def encoder(self) -> Encoder:
         """The collection's model (or the requested one for a new collection), loaded once."""
@@ -183,8 +196,11 @@ class Engine:
             self._unaccounted_load = sum(self._encoder.load_seconds.values())
         enc = self._encoder
         meta = self._meta()
-        if meta.get("fingerprint") and meta["fingerprint"] != enc.fingerprint and \
-                meta["fingerprint"] == legacy_fingerprint_of(enc):
+        if (
+            meta.get("fingerprint")
+            and meta["fingerprint"] != enc.fingerprint
+            and meta["fingerprint"] == legacy_fingerprint_of(enc)
+        ):
             if self._catalog is not None and not self._catalog.readonly:  # an index run: record the full one
                 self._catalog.set_meta(fingerprint=enc.fingerprint)
             return enc
@@ -205,10 +221,20 @@ class Engine:
         return recorded
 
     # -- indexing -----------------------------------------------------------------------------
-    def index(self, paths: Sequence[str | os.PathLike[str]], *, texts: bool | None = None,
-              batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-              progress: Progress | None = None, dtype: str = "float16", wait: bool = True,
-              notify: Notify | None = None, rerank_tokens: bool = False) -> IndexReport:
+    def index(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        texts: bool | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        progress: Progress | None = None,
+        dtype: str = "float16",
+        wait: bool = True,
+        notify: Notify | None = None,
+        rerank_tokens: bool = False,
+    ) -> IndexReport:
         """Add new and changed files under ``paths``, reuse moved ones, drop deleted ones.
 
         With a model that has a fusion head, items under ``paths`` that lack re-ranking tokens get them;
@@ -235,8 +261,15 @@ class Engine:
             self._check_model_spec(meta)
             if not meta.get("model"):
                 self._init_collection(catalog, kind, dtype, notify)
-            indexer = Indexer(self.encoder, catalog, self.folder, batch_size=batch_size, workers=workers,
-                              max_pixels=max_pixels, progress=progress)
+            indexer = Indexer(
+                self.encoder,
+                catalog,
+                self.folder,
+                batch_size=batch_size,
+                workers=workers,
+                max_pixels=max_pixels,
+                progress=progress,
+            )
             report = indexer.index(paths, texts=kind == "text", rerank_tokens=rerank_tokens)
             self._export_query_encoder()
         return report
@@ -259,10 +292,16 @@ class Engine:
         if reason and notify is not None:
             notify(f"new collection {self.name!r}: model {encoder.spec} ({reason}; choose another with --model)")
         meta = catalog.init_meta(
-            kind=kind, model=encoder.spec, fingerprint=encoder.fingerprint, dim=encoder.dim, dtype=dtype,
-            precision=encoder.precision, model_reason=reason or "named with --model",
+            kind=kind,
+            model=encoder.spec,
+            fingerprint=encoder.fingerprint,
+            dim=encoder.dim,
+            dtype=dtype,
+            precision=encoder.precision,
+            model_reason=reason or "named with --model",
             **{FUSION_KEY: "1" if encoder.fusion is not None else "0"},
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), mbm_version=__version__,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            mbm_version=__version__,
         )
         if (meta["model"], meta["fingerprint"], meta["kind"]) != (encoder.spec, encoder.fingerprint, kind):
             raise CollectionError(
@@ -305,16 +344,20 @@ class Engine:
         """The warm Searcher: its vectors are brought up to date only when the catalog changed."""
         with self._refresh:
             catalog = self.catalog()
-            if self._searcher is not None and self._vectors is not None and \
-                    catalog.version() == (self._vectors.state.catalog_id, self._vectors.state.generation):
+            if (
+                self._searcher is not None
+                and self._vectors is not None
+                and catalog.version() == (self._vectors.state.catalog_id, self._vectors.state.generation)
+            ):
                 return self._searcher
             self._check_model_spec()
             if catalog.count() == 0:
                 raise CollectionError(f"collection {self.name!r} is empty — run `mbm index PATH` to add files")
             self._vectors = open_vectors(catalog, self.folder, self._lock, self._vectors)
             if self._searcher is None:
-                self._searcher = Searcher(catalog, self._vectors, self.embed_texts,
-                                          lambda paths: image_paths_encoder(self.encoder())(paths))
+                self._searcher = Searcher(
+                    catalog, self._vectors, self.embed_texts, lambda paths: image_paths_encoder(self.encoder())(paths)
+                )
             self._searcher.catalog, self._searcher.vectors = catalog, self._vectors
             return self._searcher
 
@@ -323,8 +366,15 @@ class Engine:
         fast = self._fast_text()
         return fast.encode_texts(texts) if fast is not None else self.encoder().encode_texts(texts)
 
-    def search(self, query: Any, *, k: int = 10, min_score: float | None = None, under: str | None = None,
-               rerank: int | bool = 0) -> list[Hit]:
+    def search(
+        self,
+        query: Any,
+        *,
+        k: int = 10,
+        min_score: float | None = None,
+        under: str | None = None,
+        rerank: int | bool = 0,
+    ) -> list[Hit]:
         """Search with text, an image path (``Path``), a raw vector, or a structured ``Query``.
 
         ``rerank=N`` (``True``: DEFAULT_RERANK_TOP) re-orders the top N (at least k) with the model's fusion
@@ -405,16 +455,32 @@ class Engine:
         stamp = read_stamp(self.folder) or {}
         current = stamp.get("catalog_id") == catalog.catalog_id
         index_type = stamp.get("kind", "Flat") if current else "not built"
+
         def size(p: Path) -> int:
             return p.stat().st_size if p.is_file() else 0
+
         catalog_bytes = sum(size(self.folder / (CATALOG_FILE + s)) for s in ("", "-wal", "-shm"))
         vectors_bytes = size(self.folder / stamp["file"]) if current and stamp.get("file") else 0
         tokens = token_stats(catalog)
         fusion = {"1": True, "0": False}.get(meta.get(FUSION_KEY, ""))
-        return CollectionInfo(self.name, str(self.folder), meta.get("kind", "?"), meta.get("model", "?"),
-                              meta.get("fingerprint", "?"), int(meta.get("dim", 0)), catalog.count(), index_type,
-                              catalog_bytes, vectors_bytes, meta.get("created_at", ""), meta.get("precision", ""),
-                              fusion, tokens.bytes_per_item, tokens.total_bytes, tokens.items_without)
+        return CollectionInfo(
+            self.name,
+            str(self.folder),
+            meta.get("kind", "?"),
+            meta.get("model", "?"),
+            meta.get("fingerprint", "?"),
+            int(meta.get("dim", 0)),
+            catalog.count(),
+            index_type,
+            catalog_bytes,
+            vectors_bytes,
+            meta.get("created_at", ""),
+            meta.get("precision", ""),
+            fusion,
+            tokens.bytes_per_item,
+            tokens.total_bytes,
+            tokens.items_without,
+        )
 
     def check(self, *, fix: bool = False) -> CheckReport:
         """Integrity, damaged embeddings, files that are gone, stale caches, temp files; ``fix`` repairs

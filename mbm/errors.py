@@ -32,6 +32,5 @@ class MissingExtra(MbmError):
 
     def __init__(self, feature: str, extra: str, module: str):
         super().__init__(
-            f"{feature} needs the Python package {module!r}, which is not installed — "
-            f"run: pip install 'mbm[{extra}]'"
+            f"{feature} needs the Python package {module!r}, which is not installed — run: pip install 'mbm[{extra}]'"
         )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import make_images
+
 from mbm.store.catalog import Catalog
 from mbm.store.vectors import STAMP_FILE, read_stamp
 

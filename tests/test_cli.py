@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_images
 from typer.testing import CliRunner
 
-from conftest import make_images
 from mbm.cli import app
 
 
@@ -65,7 +65,19 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path, args, code, mess
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-COMMANDS = ["index", "search", "info", "collections", "check", "models", "train", "train-fusion", "eval", "serve", "data build"]
+COMMANDS = [
+    "index",
+    "search",
+    "info",
+    "collections",
+    "check",
+    "models",
+    "train",
+    "train-fusion",
+    "eval",
+    "serve",
+    "data build",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -139,7 +151,9 @@ def hostile(tmp_path_factory):
     (photos / "bad\x1b]0;pwned\x07.jpg").write_text("not an image")
     store = root / "store"
     indexed = cli("index", photos, "-m", "mbm-tiny", "--store", store)
-    (root / "captions.jsonl").write_text(json.dumps({"text": TWO_LINE_TEXT}) + "\n" + json.dumps({"text": "a blue sky"}) + "\n")
+    (root / "captions.jsonl").write_text(
+        json.dumps({"text": TWO_LINE_TEXT}) + "\n" + json.dumps({"text": "a blue sky"}) + "\n"
+    )
     texts = cli("index", root / "captions.jsonl", "-c", "captions", "-m", "mbm-tiny", "--store", store)
     assert texts[0] == 0, texts[2]
     return {"photos": photos, "store": store, "indexed": indexed}
@@ -194,7 +208,9 @@ def test_paths_refuses_a_newline_and_print0_writes_raw_bytes(hostile):
     assert code == 0, err
     items = out.split(b"\0")
     assert items[-1] == b"" and len(items) == 8
-    assert os.fsencode(hostile["photos"] / NEWLINE_NAME) in items and os.fsencode(hostile["photos"] / ESCAPE_NAME) in items
+    assert (
+        os.fsencode(hostile["photos"] / NEWLINE_NAME) in items and os.fsencode(hostile["photos"] / ESCAPE_NAME) in items
+    )
     code, out, err = cli("search", "a red car", "-c", "captions", "--paths", "--store", hostile["store"])
     assert code == 2 and "--print0" in err  # texts too
     code, out, err = cli("search", "a red car", "-c", "captions", "--print0", "--store", hostile["store"])
@@ -217,7 +233,11 @@ def test_image_option_is_one_image_term_and_repeats(hostile):
     assert doc["hits"][0]["path"] == str(vacation) and doc["hits"][0]["score"] > 0.999
     other = hostile["photos"] / "img0001.png"
     code, out, err = cli("search", "3:10 to Yuma", "-i", vacation, "-i", other, "--json", "--store", hostile["store"])
-    assert [(t["kind"], t["weight"]) for t in json.loads(out)["terms"]] == [("text", 1.0), ("image", 1.0), ("image", 1.0)]
+    assert [(t["kind"], t["weight"]) for t in json.loads(out)["terms"]] == [
+        ("text", 1.0),
+        ("image", 1.0),
+        ("image", 1.0),
+    ]
 
 
 def test_missing_image_is_a_usage_error_naming_it_escaped(hostile):
@@ -237,7 +257,9 @@ def test_index_texts_flag_reads_text_files_under_folders(tmp_path):
     (notes / "sub").mkdir(parents=True)
     (notes / "a.txt").write_text("one\ntwo\n")
     (notes / "sub" / "b.txt").write_text("three\n")
-    code, out, err = cli("index", notes, "--texts", "-c", "notes", "-m", "mbm-tiny", "--json", "--store", tmp_path / "store")
+    code, out, err = cli(
+        "index", notes, "--texts", "-c", "notes", "-m", "mbm-tiny", "--json", "--store", tmp_path / "store"
+    )
     assert code == 0, err
     assert json.loads(out)["total_items"] == 3
     code, out, err = cli("info", "--json", "--store", tmp_path / "store")

@@ -12,8 +12,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-
 from conftest import make_images
+
 from mbm.errors import CatalogError, CollectionError
 from mbm.models.factory import legacy_fingerprint_of
 from mbm.store import catalog as catalog_module
@@ -181,9 +181,16 @@ def test_concurrent_first_runs_never_mix_models(tmp_path):
     photos = tmp_path / "photos"
     make_images(photos, 6)
     store = tmp_path / "store"
-    procs = [subprocess.Popen([*CLI, "index", str(photos), "--store", str(store), "-m", spec, "--quiet"], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for spec in ("mbm-tiny", "mbm-small")]
+    procs = [
+        subprocess.Popen(
+            [*CLI, "index", str(photos), "--store", str(store), "-m", spec, "--quiet"],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for spec in ("mbm-tiny", "mbm-small")
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(rc for rc, _ in results)
     assert codes[0] == 0 and codes[1] == 1, results
@@ -196,8 +203,9 @@ def test_concurrent_first_runs_never_mix_models(tmp_path):
 def _can_mount_readonly() -> bool:
     if not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind / /mnt 2>/dev/null || mount --bind /tmp /tmp"],
-                           capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount --bind / /mnt 2>/dev/null || mount --bind /tmp /tmp"], capture_output=True
+    )
     return probe.returncode == 0
 
 
@@ -212,11 +220,15 @@ def test_read_only_store_can_be_searched_and_listed(tmp_path, engine_factory):
     for f in eng.folder.glob("vectors*"):  # even the derived cache is missing: rebuilt in memory
         f.unlink()
     listing = sorted(str(p) for p in store.rglob("*"))
-    script = (f"mount --bind {store} {store} && mount -o remount,bind,ro {store} && "
-              f"{' '.join(CLI[:2])} '{CLI[2]}' search --image {paths[2]} --store {store} --paths -k 1 && "
-              f"{' '.join(CLI[:2])} '{CLI[2]}' info --store {store} && "
-              f"{' '.join(CLI[:2])} '{CLI[2]}' index {photos} --store {store} -m mbm-tiny --quiet; echo index-rc=$?")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
+    script = (
+        f"mount --bind {store} {store} && mount -o remount,bind,ro {store} && "
+        f"{' '.join(CLI[:2])} '{CLI[2]}' search --image {paths[2]} --store {store} --paths -k 1 && "
+        f"{' '.join(CLI[:2])} '{CLI[2]}' info --store {store} && "
+        f"{' '.join(CLI[:2])} '{CLI[2]}' index {photos} --store {store} -m mbm-tiny --quiet; echo index-rc=$?"
+    )
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
     assert out[0] == str(paths[2])

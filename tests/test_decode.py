@@ -56,8 +56,20 @@ def test_decompression_bomb_rejected_from_header():
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("CMYK", "JPEG"), ("I;16", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("LA", "PNG"), ("L", "JPEG"), ("1", "BMP"),
-     ("RGB", "WEBP"), ("RGB", "TIFF"), ("RGB", "PPM"), ("L", "PPM"), ("RGB", "GIF")],
+    [
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("L", "JPEG"),
+        ("1", "BMP"),
+        ("RGB", "WEBP"),
+        ("RGB", "TIFF"),
+        ("RGB", "PPM"),
+        ("L", "PPM"),
+        ("RGB", "GIF"),
+    ],
 )
 def test_odd_modes_and_formats_become_rgb(mode, fmt):
     base = Image.effect_noise((40, 30), 50)

@@ -75,7 +75,9 @@ def test_build_photos_writes_manifest_rows_and_small_copies(tmp_path, monkeypatc
     wheel = [p for p in photos.PHOTOS if p.wheel and photos.source_path(p)][:3]
     if not wheel:
         pytest.skip("scikit-image / scikit-learn not installed")
-    missing = photos.Photo("not_installed", "no-such-wallpapers", "/usr/share/no/such.jpg", "CC0-1.0", "x", ("nothing",))
+    missing = photos.Photo(
+        "not_installed", "no-such-wallpapers", "/usr/share/no/such.jpg", "CC0-1.0", "x", ("nothing",)
+    )
     monkeypatch.setattr(photos, "PHOTOS", (*wheel, missing))
     log = []
     manifest = evalsets.build_photos(tmp_path, max_side=200, log=log.append)
@@ -102,31 +104,53 @@ def _theme(root: Path, folder: str, files: dict[str, Image.Image | str]) -> None
             content.save(path)
 
 
-SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">'
-       '<circle cx="8" cy="8" r="6" fill="#c00"/></svg>')
+SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 16 16">'
+    '<circle cx="8" cy="8" r="6" fill="#c00"/></svg>'
+)
 
 
 def test_icon_themes_pick_the_largest_drawing_and_share_groups(tmp_path, monkeypatch):
     red, blue = Image.new("RGBA", (64, 64), "red"), Image.new("RGBA", (128, 128), "blue")
-    _theme(tmp_path, "A", {"48x48/devices/camera-photo.png": Image.new("RGBA", (48, 48), "green"),
-                           "128x128/devices/camera-photo.png": blue,
-                           "16x16/devices/printer.png": red,  # too small: left out
-                           "symbolic/devices/printer.svg": SVG,  # monochrome: left out
-                           "64x64/status/weather-storm.svg": SVG})
-    _theme(tmp_path, "B", {"64/devices/camera-photo.png": red, "legacy/printer.png": blue,
-                           "64/status/weather-storm.svg": SVG})  # the same drawing as theme A's: left out
+    _theme(
+        tmp_path,
+        "A",
+        {
+            "48x48/devices/camera-photo.png": Image.new("RGBA", (48, 48), "green"),
+            "128x128/devices/camera-photo.png": blue,
+            "16x16/devices/printer.png": red,  # too small: left out
+            "symbolic/devices/printer.svg": SVG,  # monochrome: left out
+            "64x64/status/weather-storm.svg": SVG,
+        },
+    )
+    _theme(
+        tmp_path,
+        "B",
+        {"64/devices/camera-photo.png": red, "legacy/printer.png": blue, "64/status/weather-storm.svg": SVG},
+    )  # the same drawing as theme A's: left out
     monkeypatch.setattr(icons, "ICON_ROOT", tmp_path)
-    monkeypatch.setattr(icons, "THEMES", (icons.Theme("a", "a-icons", "A", "GPL-3.0"),
-                                          icons.Theme("b", "b-icons", "B", "CC-BY-SA-4.0", skip_dirs=("legacy",)),
-                                          icons.Theme("c", "c-icons", "C", "GPL-3.0")))
+    monkeypatch.setattr(
+        icons,
+        "THEMES",
+        (
+            icons.Theme("a", "a-icons", "A", "GPL-3.0"),
+            icons.Theme("b", "b-icons", "B", "CC-BY-SA-4.0", skip_dirs=("legacy",)),
+            icons.Theme("c", "c-icons", "C", "GPL-3.0"),
+        ),
+    )
     found = icons.find_icons(icons.THEMES[0])
-    assert found == {"camera-photo": tmp_path / "A/128x128/devices/camera-photo.png",
-                     "weather-storm": tmp_path / "A/64x64/status/weather-storm.svg"}
+    assert found == {
+        "camera-photo": tmp_path / "A/128x128/devices/camera-photo.png",
+        "weather-storm": tmp_path / "A/64x64/status/weather-storm.svg",
+    }
     log = []
     manifest = evalsets.build_icon_themes(tmp_path / "out", size=32, log=log.append)
     rows = _check_rows(manifest, "style-shift")
-    assert [(r["style"], r["group"]) for r in rows] == [("a", "icon:camera-photo"), ("a", "icon:weather-storm"),
-                                                       ("b", "icon:camera-photo")]
+    assert [(r["style"], r["group"]) for r in rows] == [
+        ("a", "icon:camera-photo"),
+        ("a", "icon:weather-storm"),
+        ("b", "icon:camera-photo"),
+    ]
     assert rows[0]["captions"] == list(icons.CONCEPTS["camera-photo"][1]) and rows[0]["label"] == "devices"
     with Image.open(tmp_path / "out" / rows[1]["image"]) as img:
         assert img.size == (32, 32) and img.mode == "RGB"

@@ -119,5 +119,7 @@ def test_rerank_keeps_identical_images_in_index_order():
     # image 0 stays first for every text: texts 0 and 2 hit at 1, text 1 (image 3) at 2
     assert out["rerank_t2i_R@1"] == pytest.approx(2 / 3) and out["rerank_t2i_R@2"] == 1.0
     dual = np.tile([2.0, 2.0, 1.0, 0.5], (3, 1))
-    out = rerank_recall(_PositionNoiseFusion(), text_tokens, mask, image_tokens, candidates, t2i, ks=(1,), dual_logits=dual)
+    out = rerank_recall(
+        _PositionNoiseFusion(), text_tokens, mask, image_tokens, candidates, t2i, ks=(1,), dual_logits=dual
+    )
     assert out["rerank_combined_t2i_R@1"] == pytest.approx(2 / 3)

@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from test_train import make_manifest
+from typer.testing import CliRunner
 
 from mbm.cli import app
 from mbm.models import load_model
@@ -25,8 +24,14 @@ def manifest(tmp_path_factory):
 
 def test_mined_negatives_leave_out_every_positive():
     emb = np.eye(4, dtype=np.float32)
-    side = Side(image_emb=emb, image_tokens=torch.zeros(4, 1, 1), text_emb=emb[[0, 1]], text_tokens=torch.zeros(2, 1, 1),
-                text_mask=torch.ones(2, 1, dtype=torch.bool), positives=[np.array([0, 2]), np.array([1])])
+    side = Side(
+        image_emb=emb,
+        image_tokens=torch.zeros(4, 1, 1),
+        text_emb=emb[[0, 1]],
+        text_tokens=torch.zeros(2, 1, 1),
+        text_mask=torch.ones(2, 1, dtype=torch.bool),
+        positives=[np.array([0, 2]), np.array([1])],
+    )
     mined = mine(side, 3)
     assert set(mined[0][mined[0] >= 0]) == {1, 3}  # caption 0 is carried by pictures 0 and 2: neither is a negative
     assert 1 not in mined[1] and len(mined[1][mined[1] >= 0]) == 3
@@ -46,19 +51,41 @@ def _check_output(out, base_dim):
 
 def test_fusion_head_for_an_mbm_model(manifest, tmp_path):
     torch.manual_seed(0)
-    cfg = FusionStageConfig(base="mbm-tiny", manifest=str(manifest), out_dir=str(tmp_path / "out"), epochs=1, batch_size=4,
-                            negatives=3, mine_top=6, val_top=4, warmup=1, fusion=TINY)
+    cfg = FusionStageConfig(
+        base="mbm-tiny",
+        manifest=str(manifest),
+        out_dir=str(tmp_path / "out"),
+        epochs=1,
+        batch_size=4,
+        negatives=3,
+        mine_top=6,
+        val_top=4,
+        warmup=1,
+        fusion=TINY,
+    )
     train_fusion(cfg)
     base = load_model("mbm-tiny")
     enc = _check_output(tmp_path / "out", base.dim)
     pixels = torch.rand(2, 3, enc.image_size, enc.image_size)
-    np.testing.assert_allclose(enc.encode_image_tensors(pixels), base.encode_image_tensors(pixels), atol=1e-5)  # towers frozen
+    np.testing.assert_allclose(
+        enc.encode_image_tensors(pixels), base.encode_image_tensors(pixels), atol=1e-5
+    )  # towers frozen
 
 
 def test_fusion_head_for_an_open_clip_model_without_one(manifest, tmp_path):
     """The path a pretrained CLIP takes (it has no fusion head): here the architecture with random weights."""
-    cfg = FusionStageConfig(base="ViT-S-32:random", manifest=str(manifest), out_dir=str(tmp_path / "clip"), epochs=1,
-                            batch_size=4, negatives=3, mine_top=6, val_top=4, warmup=1, fusion=TINY)
+    cfg = FusionStageConfig(
+        base="ViT-S-32:random",
+        manifest=str(manifest),
+        out_dir=str(tmp_path / "clip"),
+        epochs=1,
+        batch_size=4,
+        negatives=3,
+        mine_top=6,
+        val_top=4,
+        warmup=1,
+        fusion=TINY,
+    )
     train_fusion(cfg)
     enc = _check_output(tmp_path / "clip", 384)
     assert enc.heads["fusion"].cfg.text_dim == 384  # CLIP's text tokens (ln_final), not a HF tower's

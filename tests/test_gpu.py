@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from conftest import pattern_image
 
 torch = pytest.importorskip("torch")
@@ -17,8 +16,10 @@ def test_cuda_encoder_matches_cpu(tiny_encoder):
     assert gpu.fingerprint == tiny_encoder.fingerprint  # the same weights, wherever they run
     texts = ["a red car", "a dog on the beach", "x"]
     images = [pattern_image(i) for i in range(4)]
-    for got, want in ((gpu.encode_texts(texts), tiny_encoder.encode_texts(texts)),
-                      (gpu.encode_images(images), tiny_encoder.encode_images(images))):
+    for got, want in (
+        (gpu.encode_texts(texts), tiny_encoder.encode_texts(texts)),
+        (gpu.encode_images(images), tiny_encoder.encode_images(images)),
+    ):
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=2e-3)  # cuDNN may run the patch convolution in TF32
         assert (np.sum(got * want, axis=1) > 0.9999).all()

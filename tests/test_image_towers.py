@@ -36,7 +36,9 @@ def test_wheel_weights_load_by_position_and_classify_a_photo(lite0):
         pooled = model.visual.trunk(cat.contiguous(memory_format=torch.channels_last))
         top = head.teacher_logits(pooled).softmax(-1).topk(3).indices[0].tolist()
     prompts = imagenet_prompts()
-    assert any("cat" in p for i in top for p in prompts[i]), [prompts[i] for i in top]  # tabby / tiger cat / Egyptian cat
+    assert any("cat" in p for i in top for p in prompts[i]), [
+        prompts[i] for i in top
+    ]  # tabby / tiger cat / Egyptian cat
 
 
 def test_wheel_weights_refuse_another_architecture():
@@ -93,7 +95,9 @@ def test_fusion_pools_a_square_token_map_to_its_grid():
     assert pool_image_tokens(pooled, 3) is pooled and pool_image_tokens(tokens[:, :10], 3).shape == (2, 10, 3)
     fusion = FusionModel(FusionConfig(width=16, layers=1, heads=2, text_dim=4, image_dim=3, image_grid=3)).eval()
     text, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool)
-    assert torch.allclose(fusion(text, mask, tokens), fusion(text, mask, pooled), atol=1e-5)  # the cut lives in the model
+    assert torch.allclose(
+        fusion(text, mask, tokens), fusion(text, mask, pooled), atol=1e-5
+    )  # the cut lives in the model
 
 
 def _shapes_manifest(root: Path) -> Path:
@@ -108,9 +112,18 @@ def test_training_on_cached_features_saves_a_model_that_loads_without_the_wheel(
     from mbm.train.loop import TrainConfig, train
 
     manifest = _shapes_manifest(tmp_path)
-    cfg = TrainConfig(manifest=str(manifest), out_dir=str(tmp_path / "run"), model="mbm-lite0", epochs=2, batch_size=8,
-                      feature_cache=str(tmp_path / "features"), views=2, warmup_steps=1, log_every=1,
-                      fusion={"width": 32, "layers": 1, "heads": 2, "max_text_tokens": 8, "image_grid": 3})
+    cfg = TrainConfig(
+        manifest=str(manifest),
+        out_dir=str(tmp_path / "run"),
+        model="mbm-lite0",
+        epochs=2,
+        batch_size=8,
+        feature_cache=str(tmp_path / "features"),
+        views=2,
+        warmup_steps=1,
+        log_every=1,
+        fusion={"width": 32, "layers": 1, "heads": 2, "max_text_tokens": 8, "image_grid": 3},
+    )
     result = train(cfg)
     assert result["step"] == 4
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -128,7 +141,7 @@ def test_training_on_cached_features_saves_a_model_that_loads_without_the_wheel(
     encoder = load_model(str(tmp_path / "run" / "last"), precision="fp32")
     img = Image.open(tmp_path / "img" / "000.png").convert("RGB")
     emb = encoder.encode_images([img])
-    assert emb.shape == (1, 384) and abs(float((emb ** 2).sum()) - 1) < 1e-4
+    assert emb.shape == (1, 384) and abs(float((emb**2).sum()) - 1) < 1e-4
 
 
 def test_a_cache_from_another_trunk_is_refused(tmp_path):

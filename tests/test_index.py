@@ -5,8 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import make_images, pattern_image
+
 from mbm.errors import CollectionError, UsageError
 
 

@@ -31,6 +31,7 @@ def digest_cache(tmp_path, monkeypatch):
 
 # -- spec spelling ---------------------------------------------------------------------------
 
+
 def test_checkpoint_specs_are_absolute_wherever_they_are_named(tmp_path, monkeypatch):
     folder = tmp_path / "runs" / "x" / "best"
     folder.mkdir(parents=True)
@@ -47,6 +48,7 @@ def test_checkpoint_specs_are_absolute_wherever_they_are_named(tmp_path, monkeyp
 
 
 # -- fingerprints ----------------------------------------------------------------------------
+
 
 def test_fingerprint_sees_8_mib_changed_between_the_old_samples(tmp_path, digest_cache):
     # 28 MiB: the old sampled hash read [0, 4), [12, 16) and [24, 28) MiB and nothing between
@@ -73,7 +75,9 @@ def test_fingerprint_covers_the_preprocess_config(tmp_path, tiny_encoder, digest
     other = load_model(str(folder), device="cpu", precision="fp32")
     assert other.fingerprint != first
     assert tuple(other.model.visual.preprocess_cfg["mean"]) == (0.5, 0.5, 0.5)
-    assert fp.fingerprint("file", config={"preprocess": {"size": 224}}) != fp.fingerprint("file", config={"preprocess": {"size": 256}})
+    assert fp.fingerprint("file", config={"preprocess": {"size": 224}}) != fp.fingerprint(
+        "file", config={"preprocess": {"size": 256}}
+    )
 
 
 def test_file_digests_are_cached_by_file_identity(tmp_path, digest_cache, monkeypatch):
@@ -127,6 +131,7 @@ def test_a_pretrained_tag_is_found_in_the_hub_cache(tmp_path, monkeypatch):
 
 # -- the default model -------------------------------------------------------------------------
 
+
 @pytest.fixture
 def nothing_cached(tmp_path, monkeypatch):
     import huggingface_hub.constants as hub
@@ -157,7 +162,8 @@ def test_offline_default_choice_never_probes_the_network(nothing_cached, monkeyp
 def test_default_choice_probe_is_bounded(nothing_cached):
     spec, reason = choose_default_model()
     assert spec == "mbm-offline" and reason == (
-        "no pretrained CLIP weights cached and the network is unreachable: the bundled offline model")
+        "no pretrained CLIP weights cached and the network is unreachable: the bundled offline model"
+    )
     assert len(nothing_cached) == 1 and 0 < nothing_cached[0] <= 1.0
 
 
@@ -172,12 +178,14 @@ def test_mbm_model_wins_and_is_normalized(nothing_cached, tmp_path, monkeypatch)
 
 # -- what a config or a weights file may make mbm do ------------------------------------------
 
+
 def test_a_config_names_only_allowed_packages(tmp_path, monkeypatch):
     from mbm.models.build import resolve_model_cfg
 
     marker = tmp_path / "imported"
     (tmp_path / "mbm_probe_module.py").write_text(
-        f"open({str(marker)!r}, 'w').close()\ndef get_model_path():\n    return {str(tmp_path)!r}\n")
+        f"open({str(marker)!r}, 'w').close()\ndef get_model_path():\n    return {str(tmp_path)!r}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = json.loads((CONFIG_DIR / "mbm-tiny-hf.json").read_text())
     for module in ("mbm_probe_module", "os"):
@@ -220,6 +228,7 @@ def test_pickled_weights_are_refused_without_running_them(tmp_path, monkeypatch)
 
 # -- what a load leaves behind ------------------------------------------------------------------
 
+
 def test_loading_changes_nothing_global_in_the_host(tmp_path):
     script = textwrap.dedent("""
         import logging, os, sys
@@ -245,14 +254,21 @@ def test_loading_changes_nothing_global_in_the_host(tmp_path):
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "MBM_OFFLINE")}
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    out = subprocess.run([sys.executable, "-c", script, "mbm-tiny", "mbm-offline"], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", script, "mbm-tiny", "mbm-offline"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert len(lines) == 12 and all(line.endswith(" same") for line in lines), out.stdout
 
 
 # -- the store folder ------------------------------------------------------------------------------
+
 
 def test_store_folders_are_private(tmp_path):
     umask = os.umask(0o022)
@@ -280,5 +296,7 @@ def _tiny_checkpoint(folder: Path, encoder) -> Path:
     folder.mkdir(parents=True)
     cfg = json.loads((CONFIG_DIR / "mbm-tiny.json").read_text())
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-    save_file({k: v.contiguous() for k, v in encoder.model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in encoder.model.state_dict().items()}, str(folder / "open_clip_model.safetensors")
+    )
     return folder

@@ -35,8 +35,14 @@ def test_uncached_pretrained_fails_fast_offline(monkeypatch):
     assert connects == []  # decided before any network attempt: no 47-second retry loop
 
 
-@pytest.mark.parametrize("spec,message", [("no-such-model", "is not known"), ("ViT-B-32", "no pretrained tag"),
-                                          ("ViT-B-32:no-such-tag", "not known for ViT-B-32")])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("no-such-model", "is not known"),
+        ("ViT-B-32", "no pretrained tag"),
+        ("ViT-B-32:no-such-tag", "not known for ViT-B-32"),
+    ],
+)
 def test_bad_specs_name_the_fix(spec, message):
     with pytest.raises(ModelError, match=message):
         load_model(spec, device="cpu")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import make_images, pattern_image
+
 from mbm.errors import UsageError
 from mbm.retrieval.query import Term, combine, parse_query
 
@@ -58,8 +58,10 @@ def test_colons_in_times_ratios_and_words_stay_text(text):
     assert parse_query(text) == [Term(1.0, "text", text)]
 
 
-@pytest.mark.parametrize("text,weight,value", [("2:red car", 2.0, "red car"), ("0.5: beach", 0.5, "beach"),
-                                               (".5:dog", 0.5, "dog"), ("3:#tag", 3.0, "#tag")])
+@pytest.mark.parametrize(
+    "text,weight,value",
+    [("2:red car", 2.0, "red car"), ("0.5: beach", 0.5, "beach"), (".5:dog", 0.5, "dog"), ("3:#tag", 3.0, "#tag")],
+)
 def test_weight_prefix_before_anything_but_a_digit(text, weight, value):
     assert parse_query(text) == [Term(weight, "text", value)]
 
@@ -72,7 +74,10 @@ def test_weighted_sum_is_parsed_once():
 
 def test_quoted_terms_are_literal_text():
     assert parse_query('"3:10 - the remake" + 2:"a + b" - "./x.jpg"') == [
-        Term(1.0, "text", "3:10 - the remake"), Term(2.0, "text", "a + b"), Term(-1.0, "text", "./x.jpg")]
+        Term(1.0, "text", "3:10 - the remake"),
+        Term(2.0, "text", "a + b"),
+        Term(-1.0, "text", "./x.jpg"),
+    ]
     # quotes that do not enclose a whole term are part of the text
     assert parse_query('"The Office" season 3') == [Term(1.0, "text", '"The Office" season 3')]
     assert parse_query('12" vinyl') == [Term(1.0, "text", '12" vinyl')]
@@ -95,7 +100,10 @@ def test_image_paths_given_apart_are_never_parsed(tmp_path):
     p = tmp_path / "Vacation - Day 1.jpg"
     pattern_image(0).save(p, "JPEG")
     assert list(Query.parse(None, images=[p])) == [Term(1.0, "image", str(p))]
-    assert list(Query.parse("3:10 to Yuma", images=[str(p)])) == [Term(1.0, "text", "3:10 to Yuma"), Term(1.0, "image", str(p))]
+    assert list(Query.parse("3:10 to Yuma", images=[str(p)])) == [
+        Term(1.0, "text", "3:10 to Yuma"),
+        Term(1.0, "image", str(p)),
+    ]
 
 
 def test_missing_image_given_apart_names_the_path(tmp_path):
@@ -143,13 +151,16 @@ def test_as_query_takes_vectors_terms_and_pairs(tmp_path):
         as_query(3)
 
 
-@pytest.mark.parametrize("bad,message", [
-    (np.array([1.0, np.nan, 0.0]), "NaN or infinite"),
-    (np.array([np.inf, 1.0]), "NaN or infinite"),
-    (np.zeros(4), "all zeros"),
-    (np.ones((2, 4)), "shape"),
-    (np.array(["a", "b"]), "not numeric"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (np.array([1.0, np.nan, 0.0]), "NaN or infinite"),
+        (np.array([np.inf, 1.0]), "NaN or infinite"),
+        (np.zeros(4), "all zeros"),
+        (np.ones((2, 4)), "shape"),
+        (np.array(["a", "b"]), "not numeric"),
+    ],
+)
 def test_bad_vectors_are_usage_errors(bad, message):
     from mbm.retrieval.query import Query
 
@@ -194,5 +205,7 @@ def test_engine_searches_with_a_path_a_vector_and_a_query(tmp_path, engine_facto
     assert by_vector[0].id == target and by_vector[0].score == pytest.approx(1.0, abs=1e-3)
     mixed = eng.search(Query.terms([(1, paths[2]), (0.1, "a red car")]), k=1)
     assert mixed[0].path == str(paths[2])
-    with pytest.raises(UsageError, match=rf"has {vecs.shape[1] + 1} dimensions but this collection's vectors have {vecs.shape[1]}"):
+    with pytest.raises(
+        UsageError, match=rf"has {vecs.shape[1] + 1} dimensions but this collection's vectors have {vecs.shape[1]}"
+    ):
         eng.search(np.ones(vecs.shape[1] + 1), k=1)

@@ -14,9 +14,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import make_images
 from typer.testing import CliRunner
 
-from conftest import make_images
 from mbm.errors import CollectionError, UsageError
 from mbm.store import tokens as stored_tokens
 
@@ -26,7 +26,9 @@ TOKEN_BYTES = 16 * 32 * 2  # mbm-tiny: 64 px / patch 16 = 16 image tokens x widt
 
 @pytest.fixture(autouse=True)
 def _no_text_export(monkeypatch):
-    monkeypatch.setenv("MBM_NO_FAST_TEXT", "1")  # the torch-free query path is not what these tests are about (and costs seconds)
+    monkeypatch.setenv(
+        "MBM_NO_FAST_TEXT", "1"
+    )  # the torch-free query path is not what these tests are about (and costs seconds)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = create_from_config("mbm-tiny")[0]
     fusion = FusionModel(FusionConfig(**FUSION))
-    return save_checkpoint(model, tmp_path_factory.mktemp("ck") / "tiny-fusion", load_model_cfg("mbm-tiny"), heads=(fusion, None))
+    return save_checkpoint(
+        model, tmp_path_factory.mktemp("ck") / "tiny-fusion", load_model_cfg("mbm-tiny"), heads=(fusion, None)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +78,7 @@ def _forget_tokens(eng) -> None:
 
 def _all_tokens(eng) -> dict[int, bytes]:
     cat = eng.catalog()
-    return stored_tokens.tokens_of(cat, [int(i) for i, in cat.conn.execute("SELECT id FROM items")])
+    return stored_tokens.tokens_of(cat, [int(i) for (i,) in cat.conn.execute("SELECT id FROM items")])
 
 
 def test_indexing_stores_tokens_and_info_reports_their_size(tmp_path, open_engine):
@@ -86,8 +90,12 @@ def test_indexing_stores_tokens_and_info_reports_their_size(tmp_path, open_engin
     fmt = stored_tokens.TokenFormat.of_meta(eng.catalog().meta())
     assert fmt == stored_tokens.TokenFormat("image", 16, 32, "float16")
     info = eng.info()
-    assert (info.fusion, info.token_bytes_per_item, info.token_bytes, info.items_without_tokens) == \
-        (True, TOKEN_BYTES, 6 * TOKEN_BYTES, 0)
+    assert (info.fusion, info.token_bytes_per_item, info.token_bytes, info.items_without_tokens) == (
+        True,
+        TOKEN_BYTES,
+        6 * TOKEN_BYTES,
+        0,
+    )
 
 
 def test_rerank_reorders_only_within_the_top_n_and_drops_nothing(tmp_path, open_engine):
@@ -127,8 +135,12 @@ def test_a_fusion_head_trained_on_a_pair_puts_that_pair_first(tmp_path, open_eng
     opt = torch.optim.Adam(params, lr=1e-2)
     fusion.train()
     for _ in range(40):
-        logits = fusion.match(text, torch.ones(text.shape[:2], dtype=torch.bool), images,
-                              text_index=torch.zeros(len(plain), dtype=torch.long))
+        logits = fusion.match(
+            text,
+            torch.ones(text.shape[:2], dtype=torch.bool),
+            images,
+            text_index=torch.zeros(len(plain), dtype=torch.long),
+        )
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
         opt.zero_grad()
         loss.backward()
@@ -149,7 +161,9 @@ def test_rerank_order_is_fusion_plus_dual_logit_with_ties_to_the_cosine():
     assert list(rerank_order(np.zeros(3), np.zeros(3), 1.0)) == [0, 1, 2]  # full ties keep the search's order
 
 
-def test_backfill_is_resumable_incremental_and_leaves_no_item_without_tokens(tmp_path, open_engine, checkpoint, monkeypatch):
+def test_backfill_is_resumable_incremental_and_leaves_no_item_without_tokens(
+    tmp_path, open_engine, checkpoint, monkeypatch
+):
     from mbm import Engine
     from mbm.indexer import backfill
 
@@ -304,7 +318,8 @@ def test_image_to_text_reranking_on_a_text_collection(tmp_path, open_engine, fus
     want = [plain[i].id for i in rerank_order(logits, np.array([h.score for h in plain]), reranker_scale)]
     assert [h.id for h in hits] == want
     assert [h.match for h in sorted(hits, key=lambda h: h.id)] == pytest.approx(
-        [float(1 / (1 + np.exp(-z))) for _, z in sorted(zip([h.id for h in plain], logits))], abs=2e-3)
+        [float(1 / (1 + np.exp(-z))) for _, z in sorted(zip([h.id for h in plain], logits))], abs=2e-3
+    )
     with pytest.raises(UsageError, match="has no positive image term"):
         eng.search("a red car", rerank=3)
 
@@ -380,8 +395,12 @@ def test_a_head_reading_the_image_embedding_stores_it_as_one_more_token(fusion_e
         _, cells = image_tokens(enc.model, pixels)
         _, words, mask = text_tokens(enc.model, enc.tokenizer(["a red car"]))
         full = fusion(words.expand(3, -1, -1), mask.expand(3, -1), cells, image_embedding=torch.from_numpy(emb))
-        stored = fusion.match(torch.from_numpy(text)[None], torch.ones(1, len(text), dtype=torch.bool),
-                              torch.from_numpy(tokens), text_index=torch.zeros(3, dtype=torch.long))
+        stored = fusion.match(
+            torch.from_numpy(text)[None],
+            torch.ones(1, len(text), dtype=torch.bool),
+            torch.from_numpy(tokens),
+            text_index=torch.zeros(3, dtype=torch.long),
+        )
     torch.testing.assert_close(stored, full, atol=2e-2, rtol=0)
 
 
@@ -392,7 +411,9 @@ def test_a_catalog_from_before_tokens_reads_as_lacking_them_and_gains_the_column
     monkeypatch.setattr(catalog_module, "MIGRATIONS", catalog_module.MIGRATIONS[:2])  # the released schema before 003
     old = Catalog.open(tmp_path / "c.sqlite", create=True)
     with old.transaction():
-        old.conn.execute("INSERT INTO items (path, part, size, mtime_ns, hash, embedding) VALUES ('/a.jpg', 0, 1, 1, 'h', x'00')")
+        old.conn.execute(
+            "INSERT INTO items (path, part, size, mtime_ns, hash, embedding) VALUES ('/a.jpg', 0, 1, 1, 'h', x'00')"
+        )
     old.close()
     monkeypatch.undo()
     readonly = Catalog.open(tmp_path / "c.sqlite", readonly=True)  # a search: no migration

@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-
 from conftest import make_images
 
 
@@ -25,8 +24,22 @@ def test_kill_mid_run_then_resume(tmp_path):
     paths = make_images(photos, 300)
     store = tmp_path / "store"
     db = store / "collections" / "default" / "catalog.sqlite"
-    cmd = [sys.executable, "-c", "from mbm.cli import main; main()", "index", str(photos), "--store", str(store),
-           "-m", "mbm-tiny", "--batch-size", "1", "--workers", "1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from mbm.cli import main; main()",
+        "index",
+        str(photos),
+        "--store",
+        str(store),
+        "-m",
+        "mbm-tiny",
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     env = {**os.environ, "MBM_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -63,8 +76,22 @@ def test_search_while_indexing(tmp_path, tiny_encoder):
     make_images(photos, 160)
     store = tmp_path / "store"
     db = store / "collections" / "default" / "catalog.sqlite"
-    cmd = [sys.executable, "-c", "from mbm.cli import main; main()", "index", str(photos), "--store", str(store),
-           "-m", "mbm-tiny", "--batch-size", "2", "--workers", "1", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from mbm.cli import main; main()",
+        "index",
+        str(photos),
+        "--store",
+        str(store),
+        "-m",
+        "mbm-tiny",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, env={**os.environ, "MBM_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while _count(db) < 2 and proc.poll() is None and time.time() < deadline:

@@ -84,8 +84,18 @@ def test_health_ready_collections_and_schema(client):
     assert names["photos"]["kind"] == "image" and names["photos"]["items"] == 13
     assert names["captions"]["kind"] == "text"
     paths = client.get("/openapi.json").json()["paths"]
-    for p in ("/search", "/search/image", "/items/{item_id}", "/items/{item_id}/thumbnail", "/collections",
-              "/healthz", "/readyz", "/metrics", "/knn-service", "/indices-list"):
+    for p in (
+        "/search",
+        "/search/image",
+        "/items/{item_id}",
+        "/items/{item_id}/thumbnail",
+        "/collections",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/knn-service",
+        "/indices-list",
+    ):
         assert p in paths, p
     assert client.get("/docs").status_code == 200
 
@@ -106,9 +116,14 @@ def test_search_text_image_embedding_like_and_terms(client):
     hits = r.json()["hits"]
     assert hits[0]["id"] == first and hits[0]["score"] > 0.999 and len(hits[0]["embedding"]) == 64
     vector = hits[0]["embedding"]
-    assert client.post("/search", json={"embedding": vector, "k": 1, "collection": "photos"}).json()["hits"][0]["id"] == first
-    r = client.post("/search", json={"terms": [{"weight": 2, "like": first}, {"weight": -1, "text": "blue"}],
-                                      "collection": "photos"})
+    assert (
+        client.post("/search", json={"embedding": vector, "k": 1, "collection": "photos"}).json()["hits"][0]["id"]
+        == first
+    )
+    r = client.post(
+        "/search",
+        json={"terms": [{"weight": 2, "like": first}, {"weight": -1, "text": "blue"}], "collection": "photos"},
+    )
     assert r.status_code == 200
     assert client.post("/search", json={"query": "2:red - blue", "collection": "photos"}).status_code == 200
     # image -> text against a text collection
@@ -116,14 +131,18 @@ def test_search_text_image_embedding_like_and_terms(client):
     assert r.status_code == 200 and r.json()["hits"][0]["text"]
     # multipart upload
     raw = base64.b64decode(b64_image(5))
-    r = client.post("/search/image", files={"file": ("q.png", raw, "image/png")}, data={"k": "2", "collection": "photos"})
+    r = client.post(
+        "/search/image", files={"file": ("q.png", raw, "image/png")}, data={"k": "2", "collection": "photos"}
+    )
     assert r.status_code == 200 and r.json()["hits"][0]["path"].endswith("img0005.png")
 
 
 def test_min_score_under_and_rerank(client, store):
     all_hits = client.post("/search", json={"text": "red", "k": 13, "collection": "photos"}).json()["hits"]
     cut = all_hits[3]["score"]
-    some = client.post("/search", json={"text": "red", "k": 13, "min_score": cut, "collection": "photos"}).json()["hits"]
+    some = client.post("/search", json={"text": "red", "k": 13, "min_score": cut, "collection": "photos"}).json()[
+        "hits"
+    ]
     assert all(h["score"] >= cut for h in some) and len(some) >= 4
     r = client.post("/search", json={"text": "red", "under": str(store / "nowhere"), "collection": "photos"})
     assert r.status_code == 200 and r.json()["hits"] == []
@@ -133,8 +152,10 @@ def test_min_score_under_and_rerank(client, store):
 
 def test_paging_is_stable_and_reports_the_generation(client):
     whole = client.post("/search", json={"text": "boat", "k": 12, "collection": "photos"}).json()
-    pages = [client.post("/search", json={"text": "boat", "k": 4, "offset": o, "collection": "photos"}).json()
-             for o in (0, 4, 8)]
+    pages = [
+        client.post("/search", json={"text": "boat", "k": 4, "offset": o, "collection": "photos"}).json()
+        for o in (0, 4, 8)
+    ]
     assert [h["id"] for p in pages for h in p["hits"]] == [h["id"] for h in whole["hits"]]
     assert [h["rank"] for h in pages[1]["hits"]] == [5, 6, 7, 8]
     assert {p["generation"] for p in pages} == {whole["generation"]}
@@ -150,15 +171,28 @@ def test_items_and_thumbnails(client, tmp_path):
     from PIL import Image
 
     assert max(Image.open(io.BytesIO(r.content)).size) <= 64
-    again = client.get(f"/items/{iid}/thumbnail?size=64&collection=photos", headers={"If-None-Match": r.headers["etag"]})
+    again = client.get(
+        f"/items/{iid}/thumbnail?size=64&collection=photos", headers={"If-None-Match": r.headers["etag"]}
+    )
     assert again.status_code == 304
     assert client.get("/items/999999?collection=photos").status_code == 404
     assert client.get("/items/999999/thumbnail?collection=photos").status_code == 404
     assert client.get(f"/items/{iid}/thumbnail?size=5000&collection=photos").status_code == 400
 
 
-@pytest.mark.parametrize("bad", ["../../etc/passwd", "%2e%2e%2fetc%2fpasswd", "/etc/passwd", "%2Fetc%2Fpasswd",
-                                 "..%2F..%2Fsecret.png", "1%2F..%2F2", "-1", "1.5"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../../etc/passwd",
+        "%2e%2e%2fetc%2fpasswd",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "..%2F..%2Fsecret.png",
+        "1%2F..%2F2",
+        "-1",
+        "1.5",
+    ],
+)
 def test_thumbnails_take_only_ids(client, bad):
     r = client.get(f"/items/{bad}/thumbnail?collection=photos")
     assert r.status_code in (400, 404), (bad, r.status_code)
@@ -184,23 +218,26 @@ def test_missing_file_is_404(client, store):
 
 
 # -- limits and errors ---------------------------------------------------------------------------
-@pytest.mark.parametrize("body,status,word", [
-    ({"text": "x", "k": 0}, 400, "k=0"),
-    ({"text": "x", "k": 51}, 400, "k=51"),
-    ({"text": "x", "offset": -1}, 400, "offset=-1"),
-    ({"text": "x", "offset": 10**6}, 400, "offset=1000000"),
-    ({"text": "x" * 1001}, 400, "1001 characters"),
-    ({"text": "x", "collection": "nope"}, 404, "'nope'"),
-    ({}, 400, "exactly one"),
-    ({"text": "x", "like": 1}, 400, "exactly one"),
-    ({"image": "not base64!!"}, 400, "base64"),
-    ({"image": base64.b64encode(b"GIF89a garbage").decode()}, 415, "not an image"),
-    ({"embedding": [0.1, 0.2]}, 400, "2 dimensions"),
-    ({"like": 987654}, 404, "987654"),
-    ({"query": "red + ./pic.jpg"}, 400, "image path"),
-    ({"text": "x", "k": "many"}, 400, "k"),
-    ({"text": "x", "rerank": 10**6}, 400, "rerank"),
-])
+@pytest.mark.parametrize(
+    "body,status,word",
+    [
+        ({"text": "x", "k": 0}, 400, "k=0"),
+        ({"text": "x", "k": 51}, 400, "k=51"),
+        ({"text": "x", "offset": -1}, 400, "offset=-1"),
+        ({"text": "x", "offset": 10**6}, 400, "offset=1000000"),
+        ({"text": "x" * 1001}, 400, "1001 characters"),
+        ({"text": "x", "collection": "nope"}, 404, "'nope'"),
+        ({}, 400, "exactly one"),
+        ({"text": "x", "like": 1}, 400, "exactly one"),
+        ({"image": "not base64!!"}, 400, "base64"),
+        ({"image": base64.b64encode(b"GIF89a garbage").decode()}, 415, "not an image"),
+        ({"embedding": [0.1, 0.2]}, 400, "2 dimensions"),
+        ({"like": 987654}, 404, "987654"),
+        ({"query": "red + ./pic.jpg"}, 400, "image path"),
+        ({"text": "x", "k": "many"}, 400, "k"),
+        ({"text": "x", "rerank": 10**6}, 400, "rerank"),
+    ],
+)
 def test_bad_requests_name_the_bad_value(client, body, status, word):
     r = client.post("/search", json={"collection": "photos", **body} if "collection" not in body else body)
     assert r.status_code == status, r.text
@@ -226,15 +263,25 @@ def test_body_and_pixel_limits(client):
 # -- auth ----------------------------------------------------------------------------------------
 def test_api_key_is_required_except_for_healthz(secured):
     assert secured.get("/healthz").status_code == 200
-    for method, path in (("get", "/collections"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/items/1"),
-                         ("get", "/items/1/thumbnail"), ("get", "/indices-list"), ("get", "/openapi.json")):
+    for method, path in (
+        ("get", "/collections"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/items/1"),
+        ("get", "/items/1/thumbnail"),
+        ("get", "/indices-list"),
+        ("get", "/openapi.json"),
+    ):
         assert getattr(secured, method)(path).status_code == 401, path
     assert secured.post("/search", json={"text": "x"}).status_code == 401
     assert secured.post("/knn-service", json={"text": "x"}).status_code == 401
     wrong = secured.get("/collections", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "API key" in wrong.json()["error"]
     assert secured.get("/collections", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-    assert secured.post("/search", json={"text": "x", "collection": "photos"}, headers={"X-API-Key": KEY}).status_code == 200
+    assert (
+        secured.post("/search", json={"text": "x", "collection": "photos"}, headers={"X-API-Key": KEY}).status_code
+        == 200
+    )
 
 
 def test_non_loopback_without_a_key_refuses_to_start(store, tiny_encoder):
@@ -249,10 +296,23 @@ def test_non_loopback_without_a_key_refuses_to_start(store, tiny_encoder):
 def clip_client_body(**query):
     """Exactly what clip_retrieval.clip_client.ClipClient(url, indice_name="photos").query(...) posts
     (its defaults), sent as requests.post(url, data=json.dumps(...)): no Content-Type header."""
-    body = {"text": None, "image": None, "image_url": None, "embedding_input": None, "deduplicate": True,
-            "use_safety_model": True, "use_violence_detector": True, "indice_name": "photos", "use_mclip": False,
-            "aesthetic_score": 9, "aesthetic_weight": 0.5, "modality": "image", "num_images": 40,
-            "num_result_ids": 40, "verbose": False}
+    body = {
+        "text": None,
+        "image": None,
+        "image_url": None,
+        "embedding_input": None,
+        "deduplicate": True,
+        "use_safety_model": True,
+        "use_violence_detector": True,
+        "indice_name": "photos",
+        "use_mclip": False,
+        "aesthetic_score": 9,
+        "aesthetic_weight": 0.5,
+        "modality": "image",
+        "num_images": 40,
+        "num_result_ids": 40,
+        "verbose": False,
+    }
     body.update(query)
     return json.dumps(body).encode()
 
@@ -267,12 +327,18 @@ def test_knn_service_answers_clip_client(client):
     assert results[0]["url"].endswith(f"/items/{results[0]['id']}/thumbnail?size=1024&collection=photos")
     image = client.post("/knn-service", content=clip_client_body(image=b64_image(4))).json()
     assert image[0]["caption"] == "img0004.png" and image[0]["similarity"] > 0.99
-    emb = client.post("/search", json={"like": image[0]["id"], "k": 1, "collection": "photos", "return_embeddings": True})
-    by_vector = client.post("/knn-service", content=clip_client_body(embedding_input=emb.json()["hits"][0]["embedding"]))
+    emb = client.post(
+        "/search", json={"like": image[0]["id"], "k": 1, "collection": "photos", "return_embeddings": True}
+    )
+    by_vector = client.post(
+        "/knn-service", content=clip_client_body(embedding_input=emb.json()["hits"][0]["embedding"])
+    )
     assert by_vector.json()[0]["id"] == image[0]["id"]
     few = client.post("/knn-service", content=clip_client_body(text="boat", num_images=3, num_result_ids=3)).json()
     assert len(few) == 3
-    texts = client.post("/knn-service", content=clip_client_body(text="car", indice_name="captions", modality="text")).json()
+    texts = client.post(
+        "/knn-service", content=clip_client_body(text="car", indice_name="captions", modality="text")
+    ).json()
     assert texts[0]["caption"] and texts[0]["url"] is None
 
 
@@ -287,8 +353,14 @@ def test_knn_service_refuses_image_urls_by_default(client):
 def test_metrics(client):
     client.post("/search", json={"text": "red", "collection": "photos"})
     text = client.get("/metrics").text
-    for name in ("mbm_http_requests_total", "mbm_http_request_seconds_bucket", "mbm_encode_seconds_bucket",
-                 "mbm_search_seconds_bucket", "mbm_batch_size_bucket", 'mbm_collection_items{collection="photos"}'):
+    for name in (
+        "mbm_http_requests_total",
+        "mbm_http_request_seconds_bucket",
+        "mbm_encode_seconds_bucket",
+        "mbm_search_seconds_bucket",
+        "mbm_batch_size_bucket",
+        'mbm_collection_items{collection="photos"}',
+    ):
         assert name in text, name
     assert 'endpoint="/search",status="200"' in text
 
@@ -314,8 +386,9 @@ def test_concurrent_text_queries_are_batched(client):
     async def many():
         transport = httpx.ASGITransport(app=client.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
-            rs = await asyncio.gather(*[ac.post("/search", json={"text": f"query {i}", "k": 3, "collection": "photos"})
-                                        for i in range(24)])
+            rs = await asyncio.gather(
+                *[ac.post("/search", json={"text": f"query {i}", "k": 3, "collection": "photos"}) for i in range(24)]
+            )
         return rs
 
     responses = asyncio.run(many())

@@ -19,8 +19,8 @@ if not (CHROMIUM and DRIVER):
     pytest.skip("Chromium or chromedriver missing (apt-get install chromium chromium-driver)", allow_module_level=True)
 
 from conftest import make_images  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait as _Wait  # noqa: E402
 
 
@@ -42,7 +42,9 @@ def server(tmp_path_factory, tiny_encoder):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(ServerConfig(store=root / "store"), {"photos": Engine.open(root / "store", "photos", encoder=tiny_encoder)})
+    app = create_app(
+        ServerConfig(store=root / "store"), {"photos": Engine.open(root / "store", "photos", encoder=tiny_encoder)}
+    )
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -76,6 +78,7 @@ def loaded_thumbnails(driver, n_min=1):
         imgs = d.find_elements(By.CSS_SELECTOR, "#results .hit img")
         done = [i for i in imgs if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)]
         return imgs if len(done) >= n_min else False
+
     return WebDriverWait(driver, 20).until(ready)
 
 
@@ -91,16 +94,24 @@ def test_query_upload_more_like_this_and_rerank(server, browser):
     # upload an image: the same picture comes first
     browser.find_element(By.ID, "file").send_keys(str(root / "photos" / "img0004.png"))
     WebDriverWait(browser, 20).until(
-        lambda d: "img0004.png" in d.find_element(By.CSS_SELECTOR, "#results .hit .meta").text)
+        lambda d: "img0004.png" in d.find_element(By.CSS_SELECTOR, "#results .hit .meta").text
+    )
     # more like this on the second result: that item becomes the first
     second = browser.find_elements(By.CSS_SELECTOR, "#results .hit")[1]
     wanted = second.get_attribute("data-id")
     second.find_element(By.CSS_SELECTOR, "button.more").click()
+
     def found_itself(d):  # its own stored vector scores 1.000 (random tiny weights may tie others with it)
         cards = d.find_elements(By.CSS_SELECTOR, "#results .hit")
-        return cards and not d.find_element(By.ID, "status").text.startswith("searching") and any(
-            c.get_attribute("data-id") == wanted and " 1.000" in c.find_element(By.CSS_SELECTOR, ".meta").text
-            for c in cards)
+        return (
+            cards
+            and not d.find_element(By.ID, "status").text.startswith("searching")
+            and any(
+                c.get_attribute("data-id") == wanted and " 1.000" in c.find_element(By.CSS_SELECTOR, ".meta").text
+                for c in cards
+            )
+        )
+
     WebDriverWait(browser, 20).until(found_itself)
     # the re-rank toggle re-runs the last query with rerank on: mbm-tiny has no fusion head, so the page
     # shows the server's message naming it; toggled off again, results come back

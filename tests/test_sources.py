@@ -13,22 +13,40 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mbm.train.sources import (SourceMissing, assign_splits, build_all, load_manifest,
-                               split_hash, split_hashes)
+from mbm.train.sources import (
+    SourceMissing,
+    assign_splits,
+    build_all,
+    fashion_mnist,
+    load_manifest,
+    openclipart,
+    split_hash,
+    split_hashes,
+    symbola,
+    tuxpaint,
+)
 from mbm.train.sources import emoji as emoji_src
-from mbm.train.sources import fashion_mnist, openclipart, symbola, tuxpaint
 from mbm.train.sources.common import normalize_caption, split_words
 from mbm.train.sources.openclipart import clean_keywords, clean_title, read_metadata
 
 
 def _rows(n: int, *, source: str = "openclipart", prefix: str = "g") -> list[dict]:
-    return [{"image": f"images/{source}/{prefix}{i}.png", "captions": [f"{prefix} thing {i}"],
-             "label": None, "source": source, "group": f"{source}:{prefix}{i}", "sha256": f"{prefix}{i:04d}",
-             "origin": f"{source}:{prefix}{i}"}
-            for i in range(n)]
+    return [
+        {
+            "image": f"images/{source}/{prefix}{i}.png",
+            "captions": [f"{prefix} thing {i}"],
+            "label": None,
+            "source": source,
+            "group": f"{source}:{prefix}{i}",
+            "sha256": f"{prefix}{i:04d}",
+            "origin": f"{source}:{prefix}{i}",
+        }
+        for i in range(n)
+    ]
 
 
 # ---------------------------------------------------------------- split
+
 
 def test_groups_and_identical_captions_stay_in_one_split():
     rows = _rows(200)
@@ -55,10 +73,17 @@ def test_val_test_have_one_item_per_group_and_source_and_sizes():
     rows = []
     for g in range(60):  # each concept: base + 2 variants in one source, one twin in another
         for v in range(3):
-            rows.append({"image": f"e/{g}-{v}.png" if v else f"e/{g}.png", "captions": [f"concept {g} v{v}"],
-                         "source": "emoji", "group": f"emoji:{g}"})
-        rows.append({"image": f"s/{g}.png", "captions": [f"concept {g} drawn"], "source": "symbola",
-                     "group": f"emoji:{g}"})
+            rows.append(
+                {
+                    "image": f"e/{g}-{v}.png" if v else f"e/{g}.png",
+                    "captions": [f"concept {g} v{v}"],
+                    "source": "emoji",
+                    "group": f"emoji:{g}",
+                }
+            )
+        rows.append(
+            {"image": f"s/{g}.png", "captions": [f"concept {g} drawn"], "source": "symbola", "group": f"emoji:{g}"}
+        )
     report: Counter = Counter()
     out = assign_splits(rows, val=10, test=10, seed=3, report=report)
     for split in ("val", "test"):
@@ -88,10 +113,20 @@ def test_split_is_deterministic_and_order_independent():
 
 def test_presplit_and_heldout_rows_keep_their_split():
     rows = _rows(50)
-    rows += [{"image": f"f/{i}.png", "captions": ["a photo of a coat"], "source": "fashion-mnist",
-              "group": f"f:{i}", "split": "test" if i % 3 == 0 else "train"} for i in range(30)]
-    rows += [{"image": f"t/{i}.png", "captions": [f"A stamp {i}."], "source": "tuxpaint", "group": f"t:{i}"}
-             for i in range(5)]
+    rows += [
+        {
+            "image": f"f/{i}.png",
+            "captions": ["a photo of a coat"],
+            "source": "fashion-mnist",
+            "group": f"f:{i}",
+            "split": "test" if i % 3 == 0 else "train",
+        }
+        for i in range(30)
+    ]
+    rows += [
+        {"image": f"t/{i}.png", "captions": [f"A stamp {i}."], "source": "tuxpaint", "group": f"t:{i}"}
+        for i in range(5)
+    ]
     out = assign_splits(rows, val=5, test=5, seed=0)
     fm = [r for r in out if r["source"] == "fashion-mnist"]
     assert len(fm) == 30  # identical class captions do not merge or drop pre-split rows
@@ -118,19 +153,23 @@ def test_split_hash_stable_and_sensitive(tmp_path):
 
 # ---------------------------------------------------------------- captions
 
-@pytest.mark.parametrize("raw, want", [
-    ("RedCar", "red car"),
-    ("red_car", "red car"),
-    ("Clipart by Nicu Buculei - jigsaw_red_10", "jigsaw red"),
-    ("Flower by John Doe", "flower"),
-    ("Tigre02", "tigre"),
-    ("Dog 01 Drawn With Straight Lines", "dog drawn with straight lines"),
-    ("National flag of Republic of China (Taiwan) in SVG format", "national flag of republic of china (taiwan)"),
-    ("Sun http://openclipart.org/x me@example.com", "sun"),
-    ("stand by me", "stand by me"),
-    ("Part of the Flat Icon Collection (Wed Aug 25 23:29:46 2004)", "part of the flat icon collection"),
-    ("0123", ""),
-])
+
+@pytest.mark.parametrize(
+    "raw, want",
+    [
+        ("RedCar", "red car"),
+        ("red_car", "red car"),
+        ("Clipart by Nicu Buculei - jigsaw_red_10", "jigsaw red"),
+        ("Flower by John Doe", "flower"),
+        ("Tigre02", "tigre"),
+        ("Dog 01 Drawn With Straight Lines", "dog drawn with straight lines"),
+        ("National flag of Republic of China (Taiwan) in SVG format", "national flag of republic of china (taiwan)"),
+        ("Sun http://openclipart.org/x me@example.com", "sun"),
+        ("stand by me", "stand by me"),
+        ("Part of the Flat Icon Collection (Wed Aug 25 23:29:46 2004)", "part of the flat icon collection"),
+        ("0123", ""),
+    ],
+)
 def test_clean_title(raw, want):
     assert clean_title(raw) == want
 
@@ -154,15 +193,16 @@ def test_keywords_and_metadata():
 
 def test_emoji_names_and_groups():
     data = {"en": ":automobile:", "alias": [":car:", ":red_car:"], "status": 2}
-    assert emoji_src.captions("\U0001F697", data) == ["automobile", "car", "red car", "an emoji of an automobile"]
-    wave, wave_tone = "\U0001F44B", "\U0001F44B\U0001F3FD"
+    assert emoji_src.captions("\U0001f697", data) == ["automobile", "car", "red car", "an emoji of an automobile"]
+    wave, wave_tone = "\U0001f44b", "\U0001f44b\U0001f3fd"
     assert emoji_src.group_id(wave) == emoji_src.group_id(wave_tone) == "emoji:1f44b"
     assert emoji_src.group_id("\u2600\ufe0f") == "emoji:2600"  # the Symbola glyph has no FE0F
-    flag = emoji_src.names("\U0001F1F2\U0001F1EC", {"en": ":Madagascar:", "alias": [":flag_for_Madagascar:"]})
+    flag = emoji_src.names("\U0001f1f2\U0001f1ec", {"en": ":Madagascar:", "alias": [":flag_for_Madagascar:"]})
     assert flag[0] == "flag of Madagascar"
 
 
 # ---------------------------------------------------------------- load_manifest
+
 
 def _img(folder: Path, name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,8 +212,10 @@ def _img(folder: Path, name: str) -> None:
 def test_load_manifest_jsonl(tmp_path):
     _img(tmp_path / "pics", "a.png")
     _img(tmp_path / "pics", "b.png")
-    lines = [{"image": "pics/a.png", "caption": "a red square"},
-             {"image": str(tmp_path / "pics" / "b.png"), "captions": ["one", "two"], "label": "shape", "extra": 1}]
+    lines = [
+        {"image": "pics/a.png", "caption": "a red square"},
+        {"image": str(tmp_path / "pics" / "b.png"), "captions": ["one", "two"], "label": "shape", "extra": 1},
+    ]
     path = tmp_path / "my.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
     rows = load_manifest(path)
@@ -188,18 +230,29 @@ def test_load_manifest_csv(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text('image,caption,label\na.png,"a red square, small",shape\n', encoding="utf-8")
     rows = load_manifest(path)
-    assert rows == [{"image": str(tmp_path.resolve() / "a.png"), "captions": ["a red square, small"],
-                     "label": "shape", "source": "user", "group": None, "split": None}]
+    assert rows == [
+        {
+            "image": str(tmp_path.resolve() / "a.png"),
+            "captions": ["a red square, small"],
+            "label": "shape",
+            "source": "user",
+            "group": None,
+            "split": None,
+        }
+    ]
 
 
-@pytest.mark.parametrize("name, text, where, what", [
-    ("bad.jsonl", '{"image": "a.png", "caption": "ok"}\n{"image": "a.png"}\n', "line 2", "caption"),
-    ("bad.jsonl", '{"image": "a.png", "caption": "ok"}\n{not json\n', "line 2", "JSON"),
-    ("bad.jsonl", '{"caption": "no image"}\n', "line 1", "image"),
-    ("bad.jsonl", '{"image": "missing.png", "caption": "x"}\n', "line 1", "not found"),
-    ("bad.csv", "image,caption\na.png,ok\na.png,\n", "line 3", "caption"),
-    ("bad.csv", "picture,text\na.png,ok\n", "line 1", "image,caption"),
-])
+@pytest.mark.parametrize(
+    "name, text, where, what",
+    [
+        ("bad.jsonl", '{"image": "a.png", "caption": "ok"}\n{"image": "a.png"}\n', "line 2", "caption"),
+        ("bad.jsonl", '{"image": "a.png", "caption": "ok"}\n{not json\n', "line 2", "JSON"),
+        ("bad.jsonl", '{"caption": "no image"}\n', "line 1", "image"),
+        ("bad.jsonl", '{"image": "missing.png", "caption": "x"}\n', "line 1", "not found"),
+        ("bad.csv", "image,caption\na.png,ok\na.png,\n", "line 3", "caption"),
+        ("bad.csv", "picture,text\na.png,ok\n", "line 1", "image,caption"),
+    ],
+)
 def test_load_manifest_bad_rows(tmp_path, name, text, where, what):
     _img(tmp_path, "a.png")
     path = tmp_path / name
@@ -212,10 +265,17 @@ def test_load_manifest_bad_rows(tmp_path, name, text, where, what):
 
 # ---------------------------------------------------------------- missing packages
 
-@pytest.mark.parametrize("module, apt", [
-    (openclipart, "openclipart-svg"), (emoji_src, "fonts-noto-color-emoji"), (symbola, "fonts-symbola"),
-    (tuxpaint, "tuxpaint-stamps-default"), (fashion_mnist, "dataset-fashion-mnist"),
-])
+
+@pytest.mark.parametrize(
+    "module, apt",
+    [
+        (openclipart, "openclipart-svg"),
+        (emoji_src, "fonts-noto-color-emoji"),
+        (symbola, "fonts-symbola"),
+        (tuxpaint, "tuxpaint-stamps-default"),
+        (fashion_mnist, "dataset-fashion-mnist"),
+    ],
+)
 def test_builder_raises_source_missing(tmp_path, module, apt):
     with pytest.raises(SourceMissing, match=f"apt-get install .*{apt}"):
         module.build(tmp_path / "out", root=tmp_path / "empty", size=32)
@@ -242,13 +302,23 @@ def test_build_all_skips_missing_source(tmp_path):
     with pytest.raises(SourceMissing, match="openclipart-svg"):
         build_all(tmp_path / "out", ["openclipart"], log=quiet, roots={"openclipart": none})
     with pytest.raises(SourceMissing, match="none of the requested"):
-        build_all(tmp_path / "out", ["openclipart", "fashion-mnist"], log=quiet,
-                  roots={"openclipart": none, "fashion-mnist": none})
+        build_all(
+            tmp_path / "out",
+            ["openclipart", "fashion-mnist"],
+            log=quiet,
+            roots={"openclipart": none, "fashion-mnist": none},
+        )
     # one missing source among several: one log line, the others are built
     _fake_fashion_mnist(tmp_path / "fm", 20)
     logs: list[str] = []
-    manifest = build_all(tmp_path / "out", ["openclipart", "fashion-mnist"], size=16, limit=12,
-                         log=logs.append, roots={"openclipart": none, "fashion-mnist": tmp_path / "fm"})
+    manifest = build_all(
+        tmp_path / "out",
+        ["openclipart", "fashion-mnist"],
+        size=16,
+        limit=12,
+        log=logs.append,
+        roots={"openclipart": none, "fashion-mnist": tmp_path / "fm"},
+    )
     assert sum("skipping openclipart" in m and "apt-get install" in m for m in logs) == 1
     rows = load_manifest(manifest)
     assert Counter(r["split"] for r in rows) == {"train": 8, "test": 4}

@@ -15,8 +15,14 @@ from PIL import Image
 pytest.importorskip("resvg_py")
 pytest.importorskip("emoji")
 
-from mbm.train.sources import SourceMissing, assign_splits, build_all, load_manifest, split_hashes  # noqa: E402
-from mbm.train.sources import iconify  # noqa: E402
+from mbm.train.sources import (  # noqa: E402
+    SourceMissing,
+    assign_splits,
+    build_all,
+    iconify,  # noqa: E402
+    load_manifest,
+    split_hashes,
+)
 
 RED = '<path fill="#d22" d="M4 18h28v8H4z"/><circle cx="10" cy="28" r="4" fill="#222"/>'
 HAND = '<path fill="#fc3" d="M8 6h20v24H8z"/>'
@@ -25,32 +31,68 @@ MONO = '<path fill="currentColor" d="M2 10h16v6H2z"/><circle cx="6" cy="18" r="2
 FAKE_SETS = {
     # MIT colour emoji with chars (codepoint -> name); fire-engine has none: joined by CLDR name
     "fakemoji": {
-        "prefix": "fakemoji", "width": 36, "height": 36,
-        "info": {"name": "Fake Emoji", "author": {"name": "A. Maker", "url": "https://example.org/fakemoji"},
-                 "license": {"title": "MIT", "spdx": "MIT"}, "palette": True},
-        "icons": {"automobile": {"body": RED}, "waving-hand": {"body": HAND},
-                  "waving-hand-medium-skin-tone": {"body": HAND.replace("#fc3", "#a63")},
-                  "fire-engine": {"body": RED.replace("#d22", "#e11")},
-                  "ghost-of-nothing": {"body": HAND}, "old": {"body": HAND, "hidden": True},
-                  "blank-face": {"body": '<path fill="#fff" d="M0 0h36v36H0z"/>'}},
-        "chars": {"1f697": "automobile", "1f44b": "waving-hand", "1f44b-1f3fd": "waving-hand-medium-skin-tone",
-                  "1f636": "blank-face"},
+        "prefix": "fakemoji",
+        "width": 36,
+        "height": 36,
+        "info": {
+            "name": "Fake Emoji",
+            "author": {"name": "A. Maker", "url": "https://example.org/fakemoji"},
+            "license": {"title": "MIT", "spdx": "MIT"},
+            "palette": True,
+        },
+        "icons": {
+            "automobile": {"body": RED},
+            "waving-hand": {"body": HAND},
+            "waving-hand-medium-skin-tone": {"body": HAND.replace("#fc3", "#a63")},
+            "fire-engine": {"body": RED.replace("#d22", "#e11")},
+            "ghost-of-nothing": {"body": HAND},
+            "old": {"body": HAND, "hidden": True},
+            "blank-face": {"body": '<path fill="#fff" d="M0 0h36v36H0z"/>'},
+        },
+        "chars": {
+            "1f697": "automobile",
+            "1f44b": "waving-hand",
+            "1f44b-1f3fd": "waving-hand-medium-skin-tone",
+            "1f636": "blank-face",
+        },
         "aliases": {"red-car": {"parent": "automobile"}},
     },
     # share-alike: never used
     "sharemoji": {
-        "prefix": "sharemoji", "width": 36, "height": 36,
-        "info": {"name": "Share Emoji", "author": {"name": "B"}, "license": {"title": "CC BY-SA 4.0", "spdx": "CC-BY-SA-4.0"}},
-        "icons": {"automobile": {"body": RED}}, "chars": {"1f697": "automobile"},
+        "prefix": "sharemoji",
+        "width": 36,
+        "height": 36,
+        "info": {
+            "name": "Share Emoji",
+            "author": {"name": "B"},
+            "license": {"title": "CC BY-SA 4.0", "spdx": "CC-BY-SA-4.0"},
+        },
+        "icons": {"automobile": {"body": RED}},
+        "chars": {"1f697": "automobile"},
     },
     # mono pictograms (currentColor), CC-BY: attribution
     "monopict": {
-        "prefix": "monopict", "width": 24, "height": 24,
-        "info": {"name": "Mono Pictograms", "author": {"name": "C. Drawer", "url": "https://example.org/mono"},
-                 "license": {"title": "CC BY 4.0", "spdx": "CC-BY-4.0", "url": "https://creativecommons.org/licenses/by/4.0/"}},
-        "icons": {"fire-truck": {"body": MONO}, "fire-truck-outline": {"body": MONO.replace("10h16", "9h15")},
-                  "car": {"body": MONO}, "arrow-left": {"body": MONO}, "camera-off": {"body": MONO},
-                  "teapot": {"body": MONO, "width": 32}, "format-bold": {"body": MONO}},
+        "prefix": "monopict",
+        "width": 24,
+        "height": 24,
+        "info": {
+            "name": "Mono Pictograms",
+            "author": {"name": "C. Drawer", "url": "https://example.org/mono"},
+            "license": {
+                "title": "CC BY 4.0",
+                "spdx": "CC-BY-4.0",
+                "url": "https://creativecommons.org/licenses/by/4.0/",
+            },
+        },
+        "icons": {
+            "fire-truck": {"body": MONO},
+            "fire-truck-outline": {"body": MONO.replace("10h16", "9h15")},
+            "car": {"body": MONO},
+            "arrow-left": {"body": MONO},
+            "camera-off": {"body": MONO},
+            "teapot": {"body": MONO, "width": 32},
+            "format-bold": {"body": MONO},
+        },
         "categories": {"Transport": ["fire-truck", "car"]},
     },
 }
@@ -66,8 +108,10 @@ def make_package(folder: Path) -> Path:
 
 def make_emojilib(folder: Path) -> Path:
     (folder / "dist").mkdir(parents=True)
-    (folder / "dist" / "emoji-en-US.json").write_text(json.dumps(
-        {"🚗": ["automobile", "red", "car", "vehicle", ":)"], "👋": ["waving_hand", "hello", "wave"]}), encoding="utf-8")
+    (folder / "dist" / "emoji-en-US.json").write_text(
+        json.dumps({"🚗": ["automobile", "red", "car", "vehicle", ":)"], "👋": ["waving_hand", "hello", "wave"]}),
+        encoding="utf-8",
+    )
     return folder
 
 
@@ -131,25 +175,36 @@ def test_licence_table():
     assert iconify.set_licence("emojione-v1", {"license": {"spdx": "MIT"}})[0] is None
 
 
-@pytest.mark.parametrize("name,want", [
-    ("fire-truck", "fire truck"), ("fire-truck-outline", "fire truck"), ("teapot-2", "teapot"),
-    ("airplane-24-regular", "airplane"), ("camera-off", None), ("arrow-left", None),
-    ("format-bold", None), ("alpha-b", None), ("battery-50", "battery"), ("mdi-3d-box", None), ("logo-github", None),
-    ("very-long-name-of-some-thing", None),
-])
+@pytest.mark.parametrize(
+    "name,want",
+    [
+        ("fire-truck", "fire truck"),
+        ("fire-truck-outline", "fire truck"),
+        ("teapot-2", "teapot"),
+        ("airplane-24-regular", "airplane"),
+        ("camera-off", None),
+        ("arrow-left", None),
+        ("format-bold", None),
+        ("alpha-b", None),
+        ("battery-50", "battery"),
+        ("mdi-3d-box", None),
+        ("logo-github", None),
+        ("very-long-name-of-some-thing", None),
+    ],
+)
 def test_pictogram_concept(name, want):
     assert iconify.pictogram_concept(name, ["24-regular"]) == want
 
 
 def test_emoji_index_lookup():
     index = iconify.EmojiIndex()
-    assert index.lookup("whatever", "1f697") == ("\U0001F697", "codepoint")
-    assert index.lookup("1f697", None)[0] == "\U0001F697"  # a name in codepoint form
-    assert index.lookup("automobile", None) == ("\U0001F697", "cldr-name")
-    assert index.lookup("alarmclock", None)[0] == "\u23F0"  # fxemoji style: no dashes
+    assert index.lookup("whatever", "1f697") == ("\U0001f697", "codepoint")
+    assert index.lookup("1f697", None)[0] == "\U0001f697"  # a name in codepoint form
+    assert index.lookup("automobile", None) == ("\U0001f697", "cldr-name")
+    assert index.lookup("alarmclock", None)[0] == "\u23f0"  # fxemoji style: no dashes
     assert index.lookup("x", "1f44b-1f3fd")[1] == "skin-tone"
     assert index.lookup("waving-hand-dark", None)[1] == "skin-tone"  # fluent style
-    assert index.lookup("flag-norway", None)[0] == "\U0001F1F3\U0001F1F4"
+    assert index.lookup("flag-norway", None)[0] == "\U0001f1f3\U0001f1f4"
 
 
 def test_render_cache_is_reused(built, tmp_path):
@@ -223,9 +278,16 @@ def test_split_hashes_ignore_png_bytes(built, tmp_path):
 
 def test_build_all_with_iconify(built, tmp_path):
     out = tmp_path / "all"
-    manifest = build_all(out, ["iconify"], size=32, val=2, test=2, log=lambda m: None,
-                         roots={"iconify": built["pkg"], "emojilib": built["lib"]},
-                         options={"iconify": {**SETS, "workers": 1}})
+    manifest = build_all(
+        out,
+        ["iconify"],
+        size=32,
+        val=2,
+        test=2,
+        log=lambda m: None,
+        roots={"iconify": built["pkg"], "emojilib": built["lib"]},
+        options={"iconify": {**SETS, "workers": 1}},
+    )
     rows = load_manifest(manifest)
     stats = json.loads(manifest.with_name(manifest.name + ".stats.json").read_text())
     assert stats["styles"] == dict(Counter(r["style"] for r in rows))

@@ -1,6 +1,5 @@
 """Catalog migrations and the FAISS cache: freshness, corruption, filtered search vs exact."""
 
-
 import numpy as np
 import pytest
 
@@ -27,7 +26,11 @@ def _catalog_with(tmp_path, vecs: np.ndarray) -> Catalog:
 
 def test_migrations_are_recorded_and_newer_catalogs_refused(tmp_path):
     cat = Catalog.open(tmp_path / "c.sqlite", create=True)
-    assert [r[0] for r in cat.conn.execute("SELECT name FROM _migrations")] == ["001_initial", "002_identity_and_changes", "003_item_tokens"]
+    assert [r[0] for r in cat.conn.execute("SELECT name FROM _migrations")] == [
+        "001_initial",
+        "002_identity_and_changes",
+        "003_item_tokens",
+    ]
     cat.conn.execute("INSERT INTO _migrations VALUES ('999_future', 'x')")
     cat.close()
     with pytest.raises(CatalogError, match="newer mbm"):

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import PairFusion
 from test_train import make_manifest, tiny_config
 
@@ -36,15 +35,24 @@ def test_subset_equals_recall_on_the_subset_alone():
     assert np.array_equal(sub["text_emb"], txt[captions])
     assert [keep[i] for i in sub["text_to_image"]] == [int(t2i[t]) for t in captions]
     assert recall_at_k(sub["image_emb"], sub["text_emb"], sub["text_to_image"]) == recall_at_k(
-        img[keep], txt[captions], np.array([keep.index(int(t2i[t])) for t in captions]))
+        img[keep], txt[captions], np.array([keep.index(int(t2i[t])) for t in captions])
+    )
 
 
 def test_cross_style_pairs_by_group_and_searches_the_other_style():
-    rows = [{"source": "emoji", "group": "g1"}, {"source": "emoji", "group": "g2"}, {"source": "emoji", "group": "g3"},
-            {"source": "symbola", "group": "g2"}, {"source": "symbola", "group": "g1"}, {"source": "symbola", "group": "g9"},
-            {"source": "openclipart", "group": "g1"}]
+    rows = [
+        {"source": "emoji", "group": "g1"},
+        {"source": "emoji", "group": "g2"},
+        {"source": "emoji", "group": "g3"},
+        {"source": "symbola", "group": "g2"},
+        {"source": "symbola", "group": "g1"},
+        {"source": "symbola", "group": "g9"},
+        {"source": "openclipart", "group": "g1"},
+    ]
     e = np.eye(7, dtype=np.float32)
-    emb = np.stack([e[0], e[1], e[2], e[1] * 0.2 + e[5], e[0], e[6], e[0]])  # g1 twins identical; g2's twin is nearer g9
+    emb = np.stack(
+        [e[0], e[1], e[2], e[1] * 0.2 + e[5], e[0], e[6], e[0]]
+    )  # g1 twins identical; g2's twin is nearer g9
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     out = cross_style(rows, emb)
     assert out["pairs"] == 2 and out["emoji->symbola_gallery"] == 3 and out["symbola->emoji_gallery"] == 3
@@ -103,10 +111,14 @@ def test_eval_command_runs_the_suite(tmp_path):
 
     manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)
     train(tiny_config(manifest, tmp_path / "run", epochs=1, val_every=0))
-    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["n_images"] == 8
-    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--sources", "nope"])
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--sources", "nope"]
+    )
     assert result.exit_code != 0 and "no image-caption rows from nope" in str(result.exception)
 
 
@@ -146,10 +158,14 @@ def test_rerank_sweep_both_directions_and_every_n():
     text_emb = rng.normal(size=(12, 8)).astype(np.float32)  # unrelated: the dual encoder is near chance
     image_emb /= np.linalg.norm(image_emb, axis=1, keepdims=True)
     text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
-    data = {"image_emb": image_emb, "text_emb": text_emb, "text_to_image": t2i,
-            "text_tokens": torch.tensor(t2i, dtype=torch.float32)[:, None, None].expand(12, 2, 1).contiguous(),
-            "text_mask": torch.ones(12, 2, dtype=torch.bool),
-            "image_tokens": torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 2, 1).contiguous()}
+    data = {
+        "image_emb": image_emb,
+        "text_emb": text_emb,
+        "text_to_image": t2i,
+        "text_tokens": torch.tensor(t2i, dtype=torch.float32)[:, None, None].expand(12, 2, 1).contiguous(),
+        "text_mask": torch.ones(12, 2, dtype=torch.bool),
+        "image_tokens": torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 2, 1).contiguous(),
+    }
     model = SimpleNamespace(logit_scale=torch.tensor(0.0))  # scale 1: the oracle's +-5 decides
     out = rerank_sweep(_OracleFusion(), model, data, [2, 12])
     full = out["12"]  # every candidate (all 6 images, all 12 captions): the oracle puts every pair first, both ways
@@ -168,11 +184,26 @@ def test_suite_reports_photos_with_intervals_and_style_shift_per_style(tmp_path,
         r.update(split="test", source="emoji", style=("noto", "twemoji")[i % 2])
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     photos = tmp_path / "data" / "photos.jsonl"
-    photos.write_text("".join(json.dumps({**r, "split": "photos", "group": f"photo:{i}"}) + "\n" for i, r in enumerate(rows[:6])))
+    photos.write_text(
+        "".join(json.dumps({**r, "split": "photos", "group": f"photo:{i}"}) + "\n" for i, r in enumerate(rows[:6]))
+    )
     icons = tmp_path / "data" / "extra" / "icon-themes.jsonl"
     icons.parent.mkdir()
-    icons.write_text("".join(json.dumps({**r, "image": "../" + r["image"], "split": "style-shift", "style": ("a", "b")[i % 2],
-                                         "group": f"icon:{i // 2}"}) + "\n" for i, r in enumerate(rows[:8])))
+    icons.write_text(
+        "".join(
+            json.dumps(
+                {
+                    **r,
+                    "image": "../" + r["image"],
+                    "split": "style-shift",
+                    "style": ("a", "b")[i % 2],
+                    "group": f"icon:{i // 2}",
+                }
+            )
+            + "\n"
+            for i, r in enumerate(rows[:8])
+        )
+    )
     train(tiny_config(manifest, tmp_path / "run", epochs=1, val_every=0))
     report = evaluate_suite(tmp_path / "run" / "last", manifest, rerank_top=0, style_shift=icons)
     assert json.loads(json.dumps(report)) == report and report["precision"] == "fp32"
@@ -200,22 +231,28 @@ def test_eval_command_reports_its_precision(tmp_path):
 
     manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)
     train(tiny_config(manifest, tmp_path / "run", epochs=1, val_every=0))
-    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["precision"] == "fp32"
-    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val",
-                                      "--precision", "bf16", "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--precision", "bf16", "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["precision"] == "bf16"
-    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val",
-                                      "--photos", "x.jsonl"])
+    result = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "run" / "last"), str(manifest), "--split", "val", "--photos", "x.jsonl"]
+    )
     assert result.exit_code != 0 and "belong to the suite" in str(result.exception)
 
 
 def test_group_aware_recall_does_not_count_another_drawing_of_the_concept_as_a_miss():
     img = np.eye(3, dtype=np.float32)  # images 0 and 1: two drawings of concept "a"; image 2: concept "b"
     txt = np.array([[1.0, 0.2, 0.0], [0.0, 0.3, 1.0], [0.1, 0.0, 1.0]], np.float32)
-    t2i = np.array([1, 2, 0])  # caption 0 is image 1's but looks like image 0; caption 2 is image 0's but looks like "b"
+    t2i = np.array(
+        [1, 2, 0]
+    )  # caption 0 is image 1's but looks like image 0; caption 2 is image 0's but looks like "b"
     plain = recall_at_k(img, txt, t2i, ks=(1, 2))
     grouped = recall_at_k(img, txt, t2i, ks=(1, 2), image_groups=["a", "a", "b"])
     assert plain["t2i_R@1"] == pytest.approx(1 / 3)  # only caption 1 ranks its own image first

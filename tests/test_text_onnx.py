@@ -24,14 +24,45 @@ from mbm.models.text_onnx import (
 from mbm.models.text_tokenizers import ClipTokenizer
 
 TEXTS = [
-    "red car", "A Dog on the BEACH", "  extra   whitespace\tand\nnewlines  ", "numbers 123, 4.5% and 1e-3",
-    "punctuation!?;:,. ...", "café crème brûlée", "naïve RÉSUMÉ", "an emoji 🚗🚲 of a car", "日本語のテキスト",
-    "it's they're we've I'LL", "&amp;amp; html entities &lt;b&gt;", "", " ", "\t\n", "x", "word " * 60, "<end_of_text> typed in",
+    "red car",
+    "A Dog on the BEACH",
+    "  extra   whitespace\tand\nnewlines  ",
+    "numbers 123, 4.5% and 1e-3",
+    "punctuation!?;:,. ...",
+    "café crème brûlée",
+    "naïve RÉSUMÉ",
+    "an emoji 🚗🚲 of a car",
+    "日本語のテキスト",
+    "it's they're we've I'LL",
+    "&amp;amp; html entities &lt;b&gt;",
+    "",
+    " ",
+    "\t\n",
+    "x",
+    "word " * 60,
+    "<end_of_text> typed in",
 ]
 MORE = [
-    "a photo of a cat", "Photo of TWO dogs", "t-shirt", "C++ & C#", "https://example.com/a?b=c", "½ ¼ ¾", "Привет мир",
-    "مرحبا بالعالم", "हिन्दी", "中文 字符", "ß straße", "ﬁnance ligature", "ｆｕｌｌｗｉｄｔｈ", "curly “quotes” ‘and’",
-    "zero\u200bwidth", "nbsp\u00a0space", "ctrl\x0bchar", "family 👨‍👩‍👧", "<start_of_text>", "a" * 300,
+    "a photo of a cat",
+    "Photo of TWO dogs",
+    "t-shirt",
+    "C++ & C#",
+    "https://example.com/a?b=c",
+    "½ ¼ ¾",
+    "Привет мир",
+    "مرحبا بالعالم",
+    "हिन्दी",
+    "中文 字符",
+    "ß straße",
+    "ﬁnance ligature",
+    "ｆｕｌｌｗｉｄｔｈ",
+    "curly “quotes” ‘and’",
+    "zero\u200bwidth",
+    "nbsp\u00a0space",
+    "ctrl\x0bchar",
+    "family 👨‍👩‍👧",
+    "<start_of_text>",
+    "a" * 300,
     "the quick brown fox jumps over the lazy dog " * 3,
 ]
 ALL = TEXTS + MORE
@@ -90,7 +121,12 @@ def test_vectors_match_the_torch_model(kind, request):
 def test_export_files_and_source_contract(clip_export, tiny_encoder):
     assert sorted(p.name for p in clip_export.iterdir()) == sorted([CONFIG_FILE, DATA_FILE, MODEL_FILE, "source.json"])
     source = json.loads((clip_export / "source.json").read_text())
-    assert source == {"fingerprint": tiny_encoder.fingerprint, "spec": tiny_encoder.spec, "supported": True, "format": "onnx"}
+    assert source == {
+        "fingerprint": tiny_encoder.fingerprint,
+        "spec": tiny_encoder.spec,
+        "supported": True,
+        "format": "onnx",
+    }
     assert load_query_encoder(clip_export, "other weights") is None
     assert not export_query_encoder(tiny_encoder, clip_export)  # once per fingerprint
 
@@ -103,10 +139,14 @@ def test_an_old_numpy_export_is_exported_again(tmp_path, tiny_encoder):
     folder = tmp_path / "qe"
     folder.mkdir()
     (folder / "text_tower.json").write_text(json.dumps({"format": "mbm-text-numpy"}))
-    (folder / "source.json").write_text(json.dumps({"fingerprint": tiny_encoder.fingerprint, "spec": "mbm-tiny", "supported": True}))
+    (folder / "source.json").write_text(
+        json.dumps({"fingerprint": tiny_encoder.fingerprint, "spec": "mbm-tiny", "supported": True})
+    )
     assert load_query_encoder(folder, tiny_encoder.fingerprint) is None
     assert export_query_encoder(tiny_encoder, folder)
-    assert not (folder / "text_tower.json").exists() and load_query_encoder(folder, tiny_encoder.fingerprint) is not None
+    assert (
+        not (folder / "text_tower.json").exists() and load_query_encoder(folder, tiny_encoder.fingerprint) is not None
+    )
 
 
 def test_an_unsupported_tower_is_recorded_and_falls_back(tmp_path, tiny_encoder):
@@ -148,8 +188,14 @@ def test_load_refuses_absent_and_partial(tmp_path, clip_export):
 
 def _python(code: str) -> str:
     """Run ``code`` in a new interpreter from the repository root; its stdout (it must succeed)."""
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 

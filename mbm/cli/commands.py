@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,15 +14,28 @@ from mbm.errors import UsageError
 from mbm.retrieval.rerank import DEFAULT_RERANK_TOP
 
 StoreOpt = Annotated[
-    Optional[Path], typer.Option("--store", envvar="MBM_HOME", help="Store folder (default: $MBM_HOME or ~/.local/share/mbm).", show_default=False)
+    Path | None,
+    typer.Option(
+        "--store",
+        envvar="MBM_HOME",
+        help="Store folder (default: $MBM_HOME or ~/.local/share/mbm).",
+        show_default=False,
+    ),
 ]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="Collection name inside the store.")]
 ModelOpt = Annotated[
-    Optional[str],
-    typer.Option("--model", "-m", help="Model spec: open_clip NAME:TAG, a checkpoint folder, or a bundled model (see `mbm models`).", show_default=False),
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model spec: open_clip NAME:TAG, a checkpoint folder, or a bundled model (see `mbm models`).",
+        show_default=False,
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16 where the hardware makes it fast), fp32, bf16 or fp16 (GPU).")]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="auto (bf16 where the hardware makes it fast), fp32, bf16 or fp16 (GPU).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 
 
@@ -37,21 +50,52 @@ def register(app: typer.Typer) -> None:
 
 
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or files to index. Text collections: .txt (one text per line), .jsonl (a \"text\" field) or .csv (a text column).", show_default=False)],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help='Folders (searched recursively) or files to index. Text collections: .txt (one text per line), .jsonl (a "text" field) or .csv (a text column).',
+            show_default=False,
+        ),
+    ],
     collection: CollectionOpt = DEFAULT_COLLECTION,
     store: StoreOpt = None,
     model: ModelOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = DEFAULT_BATCH_SIZE,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", help="Decoding threads (default: one per CPU core).", show_default=False)] = None,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Skip images with more pixels than this (decompression-bomb guard).")] = 180_000_000,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Images per forward pass.")
+    ] = DEFAULT_BATCH_SIZE,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", help="Decoding threads (default: one per CPU core).", show_default=False),
+    ] = None,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="Skip images with more pixels than this (decompression-bomb guard).")
+    ] = 180_000_000,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no per-file skip lines.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also print time per stage.")] = False,
-    texts: Annotated[bool, typer.Option("--texts", help="Make a text collection from the .txt/.jsonl/.csv files under PATHS, folders included (default: only text files named on their own are texts).")] = False,
-    no_wait: Annotated[bool, typer.Option("--no-wait", help="If another index run is writing this collection, stop with an error instead of waiting for it.")] = False,
-    rerank_tokens: Annotated[bool, typer.Option("--rerank-tokens", help="Make sure every item under PATHS has its fusion re-ranking tokens (an error if the model has no fusion head). Without it they are still stored and back-filled whenever the model has one.")] = False,
+    texts: Annotated[
+        bool,
+        typer.Option(
+            "--texts",
+            help="Make a text collection from the .txt/.jsonl/.csv files under PATHS, folders included (default: only text files named on their own are texts).",
+        ),
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="If another index run is writing this collection, stop with an error instead of waiting for it.",
+        ),
+    ] = False,
+    rerank_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--rerank-tokens",
+            help="Make sure every item under PATHS has its fusion re-ranking tokens (an error if the model has no fusion head). Without it they are still stored and back-filled whenever the model has one.",
+        ),
+    ] = False,
 ) -> None:
     """Embed every image (or text) under PATHS into a collection; re-runs only do what changed.
 
@@ -62,9 +106,17 @@ def index(
     check_index_args([str(p) for p in paths], batch_size)
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
         with output.progress_bar(enabled=not quiet) as progress:
-            report = eng.index([str(p) for p in paths], texts=True if texts else None, batch_size=batch_size,
-                               workers=workers, max_pixels=max_pixels, progress=progress, wait=not no_wait,
-                               notify=output.err, rerank_tokens=rerank_tokens)
+            report = eng.index(
+                [str(p) for p in paths],
+                texts=True if texts else None,
+                batch_size=batch_size,
+                workers=workers,
+                max_pixels=max_pixels,
+                progress=progress,
+                wait=not no_wait,
+                notify=output.err,
+                rerank_tokens=rerank_tokens,
+            )
     if not quiet:
         for path, reason in report.skipped:
             output.err(f"skipped {output.shown(path)}: {reason}")
@@ -79,22 +131,66 @@ def index(
 
 
 def search(
-    query: Annotated[Optional[str], typer.Argument(help='Text, an image path, or a weighted sum: "2:red car + ./beach.jpg - night". W: weights a term unless a digit follows the colon ("3:10 to Yuma" is text); "quoted" terms are literal text.', show_default=False)] = None,
-    image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Query with this image file, taken as it is (never parsed); repeat for several. Added to QUERY if both are given.", show_default=False)] = None,
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help='Text, an image path, or a weighted sum: "2:red car + ./beach.jpg - night". W: weights a term unless a digit follows the colon ("3:10 to Yuma" is text); "quoted" terms are literal text.',
+            show_default=False,
+        ),
+    ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="Query with this image file, taken as it is (never parsed); repeat for several. Added to QUERY if both are given.",
+            show_default=False,
+        ),
+    ] = None,
     top: Annotated[int, typer.Option("--top", "-k", help="Number of results.")] = 10,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Drop results scoring below this cosine similarity.", show_default=False)] = None,
-    under: Annotated[Optional[Path], typer.Option("--in", help="Only results under this folder.", show_default=False)] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option("--min-score", help="Drop results scoring below this cosine similarity.", show_default=False),
+    ] = None,
+    under: Annotated[
+        Path | None, typer.Option("--in", help="Only results under this folder.", show_default=False)
+    ] = None,
     collection: CollectionOpt = DEFAULT_COLLECTION,
     store: StoreOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
-    paths_only: Annotated[bool, typer.Option("--paths", help="Print bare paths (texts for a text collection), one per line, for piping; refuses a path holding a newline (use --print0).")] = False,
-    print0: Annotated[bool, typer.Option("--print0", help="Like --paths, but end each path with a NUL byte instead of a newline (raw bytes, for xargs -0).")] = False,
+    paths_only: Annotated[
+        bool,
+        typer.Option(
+            "--paths",
+            help="Print bare paths (texts for a text collection), one per line, for piping; refuses a path holding a newline (use --print0).",
+        ),
+    ] = False,
+    print0: Annotated[
+        bool,
+        typer.Option(
+            "--print0",
+            help="Like --paths, but end each path with a NUL byte instead of a newline (raw bytes, for xargs -0).",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print where the time went on stderr.")] = False,
-    rerank: Annotated[bool, typer.Option("--rerank", help=f"Re-order the top candidates (--rerank-top, default {DEFAULT_RERANK_TOP}) with the model's fusion head, from tokens stored at index time (no file is opened; needs a model trained by `mbm train`).")] = False,
-    rerank_top: Annotated[Optional[int], typer.Option("--rerank-top", help=f"How many candidates --rerank re-orders (default {DEFAULT_RERANK_TOP}, at least --top); implies --rerank.", show_default=False)] = None,
+    rerank: Annotated[
+        bool,
+        typer.Option(
+            "--rerank",
+            help=f"Re-order the top candidates (--rerank-top, default {DEFAULT_RERANK_TOP}) with the model's fusion head, from tokens stored at index time (no file is opened; needs a model trained by `mbm train`).",
+        ),
+    ] = False,
+    rerank_top: Annotated[
+        int | None,
+        typer.Option(
+            "--rerank-top",
+            help=f"How many candidates --rerank re-orders (default {DEFAULT_RERANK_TOP}, at least --top); implies --rerank.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Search a collection with text, an image, or both.
 
@@ -124,7 +220,9 @@ def search(
     if verbose:
         output.err("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
     if not hits and not as_json:
-        output.err("no results" + (" above --min-score" if min_score is not None else "") + (" under --in" if under else ""))
+        output.err(
+            "no results" + (" above --min-score" if min_score is not None else "") + (" under --in" if under else "")
+        )
 
 
 def info(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
@@ -145,14 +243,21 @@ def info(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     typer.echo(output.collections_table(infos))
 
 
-def models(as_json: JsonOpt = False, all_tags: Annotated[bool, typer.Option("--all", help="Also list every open_clip pretrained tag.")] = False) -> None:
+def models(
+    as_json: JsonOpt = False,
+    all_tags: Annotated[bool, typer.Option("--all", help="Also list every open_clip pretrained tag.")] = False,
+) -> None:
     """List loadable models and whether their weights are present locally.
 
     Example: mbm models --all
     """
     from mbm.models.factory import list_models
 
-    rows = [m for m in list_models() if all_tags or m.kind != "open_clip pretrained" or m.weights_present or _featured(m.spec)]
+    rows = [
+        m
+        for m in list_models()
+        if all_tags or m.kind != "open_clip pretrained" or m.weights_present or _featured(m.spec)
+    ]
     if as_json:
         typer.echo(output.json_text([m.__dict__ for m in rows]))
         return
@@ -162,15 +267,34 @@ def models(as_json: JsonOpt = False, all_tags: Annotated[bool, typer.Option("--a
 
 
 def _featured(spec: str) -> bool:
-    return spec in {"ViT-B-32-256:datacomp_s34b_b86k", "ViT-B-32:laion2b_s34b_b79k", "ViT-B-16:datacomp_xl_s13b_b90k",
-                    "ViT-L-14:datacomp_xl_s13b_b90k", "MobileCLIP-S1:datacompdr", "ViT-SO400M-14-SigLIP-384:webli"}
-
+    return spec in {
+        "ViT-B-32-256:datacomp_s34b_b86k",
+        "ViT-B-32:laion2b_s34b_b79k",
+        "ViT-B-16:datacomp_xl_s13b_b90k",
+        "ViT-L-14:datacomp_xl_s13b_b90k",
+        "MobileCLIP-S1:datacompdr",
+        "ViT-SO400M-14-SigLIP-384:webli",
+    }
 
 
 def check(
-    collection: Annotated[Optional[str], typer.Option("--collection", "-c", help="Check only this collection (default: every collection in the store).", show_default=False)] = None,
+    collection: Annotated[
+        str | None,
+        typer.Option(
+            "--collection",
+            "-c",
+            help="Check only this collection (default: every collection in the store).",
+            show_default=False,
+        ),
+    ] = None,
     store: StoreOpt = None,
-    fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired without losing data: remove rows of files that are gone (never of a missing folder), damaged embeddings, stale caches and temp files.")] = False,
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help="Repair what can be repaired without losing data: remove rows of files that are gone (never of a missing folder), damaged embeddings, stale caches and temp files.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check collections: catalog integrity, damaged embeddings, files that are gone, stale caches.
@@ -191,7 +315,9 @@ def check(
         with Engine.open(store, name) as eng:
             reports.append(eng.check(fix=fix))
     if as_json:
-        typer.echo(output.json_text({"store": str(resolve_store(store)), "collections": [r.as_dict() for r in reports]}))
+        typer.echo(
+            output.json_text({"store": str(resolve_store(store)), "collections": [r.as_dict() for r in reports]})
+        )
     else:
         typer.echo(output.check_report(reports))
     if not all(r.ok for r in reports):
@@ -199,13 +325,44 @@ def check(
 
 
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; anything but loopback needs --api-key.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 8000,
-    collection: Annotated[Optional[list[str]], typer.Option("--collection", "-c", help="Serve this collection (repeat for several; default: every collection in the store).", show_default=False)] = None,
+    collection: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--collection",
+            "-c",
+            help="Serve this collection (repeat for several; default: every collection in the store).",
+            show_default=False,
+        ),
+    ] = None,
     store: StoreOpt = None,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="MBM_API_KEY", help="Require this key on every endpoint but /healthz (Authorization: Bearer KEY or X-API-Key).", show_default=False)] = None,
-    allow_image_urls: Annotated[bool, typer.Option("--allow-image-urls", help="Let /knn-service fetch `image_url` queries (the server then makes requests for clients).")] = False,
-    root: Annotated[Optional[list[Path]], typer.Option("--root", help="Folders thumbnails may be read from (default: the folder holding each collection's files); repeatable.", show_default=False)] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="MBM_API_KEY",
+            help="Require this key on every endpoint but /healthz (Authorization: Bearer KEY or X-API-Key).",
+            show_default=False,
+        ),
+    ] = None,
+    allow_image_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-image-urls",
+            help="Let /knn-service fetch `image_url` queries (the server then makes requests for clients).",
+        ),
+    ] = False,
+    root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--root",
+            help="Folders thumbnails may be read from (default: the folder holding each collection's files); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve collections over HTTP: JSON search API, thumbnails, metrics and a web page.
 
@@ -217,8 +374,15 @@ def serve(
     require_extra()
     import uvicorn
 
-    config = ServerConfig(store=resolve_store(store), collections=list(collection or []), host=host, port=port,
-                          api_key=api_key or None, allow_image_urls=allow_image_urls, roots=[str(r) for r in root or []])
+    config = ServerConfig(
+        store=resolve_store(store),
+        collections=list(collection or []),
+        host=host,
+        port=port,
+        api_key=api_key or None,
+        allow_image_urls=allow_image_urls,
+        roots=[str(r) for r in root or []],
+    )
     config.check()
     app = create_app(config)
     output.err(f"mbm serving {', '.join(app.state.collections.served)} on http://{host}:{port}/ (API docs: /docs)")

@@ -14,7 +14,8 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import typer
 
@@ -24,7 +25,9 @@ from mbm.indexer.scan import display_path
 # C0 and C1 controls, DEL, Unicode line/paragraph separators, bidirectional overrides and
 # isolates (they reorder what is shown), and lone surrogates (unprintable as UTF-8).
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
-_UNSAFE_IN_JSON = re.compile(r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")  # json escapes C0 itself
+_UNSAFE_IN_JSON = re.compile(
+    r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)  # json escapes C0 itself
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
@@ -71,7 +74,11 @@ def path_lines(items: Sequence[str], *, print0: bool = False, terminal: bool = F
     end = "\0" if print0 else "\n"
     for v in items:
         if end in v:
-            fix = "it cannot be printed NUL-separated" if print0 else "--paths cannot print it one per line — use --print0 (and xargs -0)"
+            fix = (
+                "it cannot be printed NUL-separated"
+                if print0
+                else "--paths cannot print it one per line — use --print0 (and xargs -0)"
+            )
             raise UsageError(f"{shown(v)} holds a {'NUL' if print0 else 'newline'} character, so {fix}")
     return b"".join(os.fsencode(v) + end.encode() for v in items)
 
@@ -85,10 +92,19 @@ def write_paths(items: Sequence[str], *, print0: bool = False) -> None:
 
 
 def search_json(query: Sequence[Any], collection: str, hits: Sequence[Any], seconds: dict[str, float]) -> str:
-    terms = [{"weight": t.weight, "kind": t.kind, "value": t.value.tolist() if t.kind == "vector" else t.value}
-             for t in query]
-    return json_text({"query": str(query), "terms": terms, "collection": collection, "hits": [h.as_dict() for h in hits],
-                      "seconds": {k: round(v, 4) for k, v in seconds.items()}})
+    terms = [
+        {"weight": t.weight, "kind": t.kind, "value": t.value.tolist() if t.kind == "vector" else t.value}
+        for t in query
+    ]
+    return json_text(
+        {
+            "query": str(query),
+            "terms": terms,
+            "collection": collection,
+            "hits": [h.as_dict() for h in hits],
+            "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        }
+    )
 
 
 @contextlib.contextmanager
@@ -98,10 +114,23 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("indexing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("index", total=None, rate="")
 
@@ -113,12 +142,21 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
 
 
 def index_summary(report, verbose: bool = False) -> str:  # type: ignore[no-untyped-def]
-    parts = [f"indexed {report.indexed}", f"reused {report.reused} (moved {report.moved})",
-             f"unchanged {report.unchanged}", f"removed {report.removed}", f"skipped {len(report.skipped)}"]
+    parts = [
+        f"indexed {report.indexed}",
+        f"reused {report.reused} (moved {report.moved})",
+        f"unchanged {report.unchanged}",
+        f"removed {report.removed}",
+        f"skipped {len(report.skipped)}",
+    ]
     if report.tokens_filled or report.tokens_skipped:
-        parts.append(f"re-ranking tokens back-filled {report.tokens_filled}"
-                     + (f" ({len(report.tokens_skipped)} could not be)" if report.tokens_skipped else ""))
-    lines = [", ".join(parts) + f" — {report.total_items} items in the collection, {report.seconds.get('total', 0):.1f}s"]
+        parts.append(
+            f"re-ranking tokens back-filled {report.tokens_filled}"
+            + (f" ({len(report.tokens_skipped)} could not be)" if report.tokens_skipped else "")
+        )
+    lines = [
+        ", ".join(parts) + f" — {report.total_items} items in the collection, {report.seconds.get('total', 0):.1f}s"
+    ]
     if report.skipped:
         reasons: dict[str, int] = {}
         for _, reason in report.skipped:
@@ -128,8 +166,10 @@ def index_summary(report, verbose: bool = False) -> str:  # type: ignore[no-unty
     if report.model:
         lines.append(f"model: {safe(report.model)}")
     if verbose:
-        lines.append("time per stage (decode/read summed over threads): " + ", ".join(
-            f"{k} {v:.2f}s" for k, v in report.seconds.items()))
+        lines.append(
+            "time per stage (decode/read summed over threads): "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
+        )
     return "\n".join(lines)
 
 
@@ -145,8 +185,10 @@ def hits_table(hits: Sequence) -> str:  # type: ignore[type-arg]
 def collections_table(infos: Sequence) -> str:  # type: ignore[type-arg]
     lines = [f"{'name':<16} {'kind':<6} {'items':>8} {'index':<8} {'catalog':>9} {'vectors':>9}  model / location"]
     for c in infos:
-        lines.append(f"{safe(c.name):<16} {c.kind:<6} {c.items:>8} {c.index_type:<8} {_size(c.catalog_bytes):>9} "
-                     f"{_size(c.vectors_bytes):>9}  {safe(c.model)}\n{'':<60}{shown(c.folder)}")
+        lines.append(
+            f"{safe(c.name):<16} {c.kind:<6} {c.items:>8} {c.index_type:<8} {_size(c.catalog_bytes):>9} "
+            f"{_size(c.vectors_bytes):>9}  {safe(c.model)}\n{'':<60}{shown(c.folder)}"
+        )
         lines.append(f"{'':<60}{_tokens_line(c)}")
     return "\n".join(lines)
 
@@ -179,7 +221,9 @@ def _size(n: float) -> str:
 def check_report(reports: Sequence) -> str:  # type: ignore[type-arg]
     lines = []
     for r in reports:
-        lines.append(f"{r.collection}: {r.items} items, " + ("ok" if not r.problems else f"{len(r.problems)} problem(s)"))
+        lines.append(
+            f"{r.collection}: {r.items} items, " + ("ok" if not r.problems else f"{len(r.problems)} problem(s)")
+        )
         for p in r.problems:
             state = "fixed" if p.fixed else ("fixable with --fix" if p.fixable else "needs you")
             lines.append(f"  [{state}] {p.kind}: {safe(p.detail)}")

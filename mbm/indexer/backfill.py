@@ -42,8 +42,15 @@ def text_format(fusion: Any, tokens: Any) -> TokenFormat:
 
 
 def fill_images(
-    encoder: Any, catalog: Catalog, items: Sequence[Missing], *, batch_size: int, workers: int, max_pixels: int,
-    clock: StageClock, progress: Callable[[int, int], None],
+    encoder: Any,
+    catalog: Catalog,
+    items: Sequence[Missing],
+    *,
+    batch_size: int,
+    workers: int,
+    max_pixels: int,
+    clock: StageClock,
+    progress: Callable[[int, int], None],
 ) -> FillResult:
     result = FillResult()
     prepare = make_preparer(encoder.preprocess, encoder.image_size, frozenset(), max_pixels, clock)
@@ -58,7 +65,9 @@ def fill_images(
             if isinstance(r, Failed):
                 result.skipped.append((r.entry.path, one_line(r.reason)))
             elif isinstance(r, Decoded) and r.hash != stored.hash:
-                result.skipped.append((r.entry.path, "its content changed since it was indexed — run `mbm index` on it again"))
+                result.skipped.append(
+                    (r.entry.path, "its content changed since it was indexed — run `mbm index` on it again")
+                )
             elif isinstance(r, Decoded):
                 usable.append(r)
         if usable:
@@ -77,8 +86,9 @@ def fill_images(
     return result
 
 
-def fill_texts(encoder: Any, catalog: Catalog, items: Sequence[Missing], *, clock: StageClock,
-               progress: Callable[[int, int], None]) -> FillResult:
+def fill_texts(
+    encoder: Any, catalog: Catalog, items: Sequence[Missing], *, clock: StageClock, progress: Callable[[int, int], None]
+) -> FillResult:
     result = FillResult()
     progress(0, len(items))
     for i in range(0, len(items), TEXT_BATCH):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import AbstractSet, Any, Callable, Iterable, Iterator, Mapping, Union
+from typing import Any
 
 from mbm.indexer.decode import IMAGE_LIMIT, DecodeError, ImageFacts, PixelBudget, decode, read_file
 from mbm.indexer.scan import FileEntry
@@ -40,7 +42,7 @@ class Failed:
     reason: str
 
 
-Prepared = Union[Decoded, Known, Failed]
+Prepared = Decoded | Known | Failed
 
 
 class StageClock:
@@ -101,7 +103,11 @@ def make_preparer(
 
 
 def prepared_batches(
-    entries: Iterable[FileEntry], prepare: Callable[[FileEntry], Prepared], batch_size: int, workers: int, prefetch: int = 3
+    entries: Iterable[FileEntry],
+    prepare: Callable[[FileEntry], Prepared],
+    batch_size: int,
+    workers: int,
+    prefetch: int = 3,
 ) -> Iterator[list[Prepared]]:
     """Yield lists of results, in input order, each holding at most ``batch_size`` decoded images."""
     window = max(batch_size * prefetch, workers * 2)

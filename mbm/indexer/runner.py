@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,9 +55,15 @@ class IndexReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "indexed": self.indexed, "reused": self.reused, "moved": self.moved, "unchanged": self.unchanged,
-            "removed": self.removed, "skipped": [{"path": display_path(p), "reason": r} for p, r in self.skipped],
-            "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "total_items": self.total_items, "model": self.model,
+            "indexed": self.indexed,
+            "reused": self.reused,
+            "moved": self.moved,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "skipped": [{"path": display_path(p), "reason": r} for p, r in self.skipped],
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "total_items": self.total_items,
+            "model": self.model,
             "tokens_filled": self.tokens_filled,
             "tokens_skipped": [{"path": display_path(p), "reason": r} for p, r in self.tokens_skipped],
         }
@@ -101,7 +108,9 @@ class Indexer:
             self._fusion_recorded = True
         return self._encoder
 
-    def index(self, roots: Sequence[str | os.PathLike[str]], *, texts: bool = False, rerank_tokens: bool = False) -> IndexReport:
+    def index(
+        self, roots: Sequence[str | os.PathLike[str]], *, texts: bool = False, rerank_tokens: bool = False
+    ) -> IndexReport:
         """Index ``roots``; ``rerank_tokens`` insists on fusion tokens for every item under them (an error when
         the model has no fusion head); without it they are filled whenever the model has one."""
         report, clock = IndexReport(), StageClock()
@@ -140,7 +149,9 @@ class Indexer:
         report.seconds = {**clock.seconds, "total": time.perf_counter() - started}
         return report
 
-    def _fill_tokens(self, roots: list[str], texts: bool, required: bool, report: IndexReport, clock: StageClock) -> None:
+    def _fill_tokens(
+        self, roots: list[str], texts: bool, required: bool, report: IndexReport, clock: StageClock
+    ) -> None:
         """Give tokens to the items under ``roots`` that lack them (loads the model only when some do)."""
         if self.catalog.meta().get(FUSION_KEY) == "0" and not required:
             return
@@ -154,9 +165,16 @@ class Indexer:
         if texts:
             result = backfill.fill_texts(self.encoder, self.catalog, items, clock=clock, progress=self.progress)
         else:
-            result = backfill.fill_images(self.encoder, self.catalog, items, batch_size=self.batch_size,
-                                          workers=self.workers, max_pixels=self.max_pixels, clock=clock,
-                                          progress=self.progress)
+            result = backfill.fill_images(
+                self.encoder,
+                self.catalog,
+                items,
+                batch_size=self.batch_size,
+                workers=self.workers,
+                max_pixels=self.max_pixels,
+                clock=clock,
+                progress=self.progress,
+            )
         report.tokens_filled += result.filled
         report.tokens_skipped.extend(result.skipped)
 
@@ -223,8 +241,12 @@ class Indexer:
                 report.indexed += firsts.get(r.hash) is r
                 report.reused += firsts.get(r.hash) is not r
             else:
-                facts = {"width": content.width, "height": content.height, "taken_at": content.taken_at,
-                         "camera": content.camera}
+                facts = {
+                    "width": content.width,
+                    "height": content.height,
+                    "taken_at": content.taken_at,
+                    "camera": content.camera,
+                }
                 report.reused += 1
                 report.moved += r.hash in gone_hashes
             rows.append(_file_row(r.entry, r.hash, facts))
@@ -245,8 +267,14 @@ class Indexer:
         out = {}
         for i, (r, v) in enumerate(zip(decoded, vecs)):
             f = facts_dict(r.facts)
-            out[r.hash] = StoredContent(v.astype(self.dtype).tobytes(), f["width"], f["height"], f["taken_at"],
-                                        f["camera"], None if tokens is None else pack(tokens[i]))
+            out[r.hash] = StoredContent(
+                v.astype(self.dtype).tobytes(),
+                f["width"],
+                f["height"],
+                f["taken_at"],
+                f["camera"],
+                None if tokens is None else pack(tokens[i]),
+            )
         return out
 
     def _index_texts(self, todo: list[FileEntry], report: IndexReport, clock: StageClock) -> list[str]:
@@ -271,7 +299,9 @@ class Indexer:
             self.progress(done, len(todo))
         return failed
 
-    def _write_texts(self, entry: FileEntry, lines: list[tuple[int, str]], report: IndexReport, clock: StageClock) -> None:
+    def _write_texts(
+        self, entry: FileEntry, lines: list[tuple[int, str]], report: IndexReport, clock: StageClock
+    ) -> None:
         hashes = [text_hash(t) for _, t in lines]
         stored = self.catalog.embedding_by_hash(hashes)
         new = sorted({t for (_, t), h in zip(lines, hashes) if h not in stored})
@@ -281,8 +311,14 @@ class Indexer:
             vecs, tokens = self.encoder.encode_text_batch(chunk, tokens=True)
             if tokens:
                 self._record_format(backfill.text_format(self.encoder.fusion, tokens[0]))
-            stored.update({text_hash(t): StoredContent(v.astype(self.dtype).tobytes(), tokens=None if tokens is None else pack(x))
-                           for t, v, x in zip(chunk, vecs, tokens or [None] * len(chunk))})
+            stored.update(
+                {
+                    text_hash(t): StoredContent(
+                        v.astype(self.dtype).tobytes(), tokens=None if tokens is None else pack(x)
+                    )
+                    for t, v, x in zip(chunk, vecs, tokens or [None] * len(chunk))
+                }
+            )
         clock.add("embed", time.perf_counter() - t0)
         t0 = time.perf_counter()
         rows = [{**_file_row(entry, h, {}), "part": part, "text": text} for (part, text), h in zip(lines, hashes)]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 from mbm.errors import UsageError
 
@@ -160,7 +161,9 @@ def _walk(top: str, extensions: frozenset[str], result: ScanResult, seen_dirs: s
         stack.extend(reversed(subdirs))
 
 
-def _add_file(path: str, result: ScanResult, seen_files: set[str], *, explicit: bool, extensions: frozenset[str]) -> None:
+def _add_file(
+    path: str, result: ScanResult, seen_files: set[str], *, explicit: bool, extensions: frozenset[str]
+) -> None:
     if path in seen_files:
         return
     seen_files.add(path)

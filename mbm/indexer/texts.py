@@ -12,8 +12,9 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 from mbm.indexer.scan import SizeLimit, Unreadable, open_regular
 
@@ -56,7 +57,9 @@ def read_texts(path: str, *, size: int | None = None) -> list[tuple[int, str]]:
     except OSError as e:
         raise ValueError(f"cannot read ({e.strerror or e})") from None
     except MemoryError:
-        raise ValueError(f"too big to parse in memory — split it into files under {MAX_TEXT_FILE_BYTES >> 20} MiB") from None
+        raise ValueError(
+            f"too big to parse in memory — split it into files under {MAX_TEXT_FILE_BYTES >> 20} MiB"
+        ) from None
 
 
 def _lines(f: BinaryIO) -> Iterator[tuple[int, str]]:
@@ -105,6 +108,8 @@ def _csv(lines: Iterable[str]) -> list[tuple[int, str]]:
             if len(row) > column and (text := clean_text(row[column])):
                 out.append((reader.line_num, text))
     except csv.Error as e:
-        raise ValueError(f"line {reader.line_num} is not valid CSV ({e}) — quote fields and keep each under "
-                         f"{csv.field_size_limit():,} characters") from None
+        raise ValueError(
+            f"line {reader.line_num} is not valid CSV ({e}) — quote fields and keep each under "
+            f"{csv.field_size_limit():,} characters"
+        ) from None
     return out

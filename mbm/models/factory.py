@@ -19,16 +19,24 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mbm.errors import CollectionError, ModelError, UsageError
 from mbm.models.fingerprint import fingerprint as model_fingerprint
 from mbm.models.fingerprint import legacy_fingerprint
-from mbm.models.loading import environ_kept, network_reachable, offline_reason, pretrained_weights, quiet_loading, rng_kept
+from mbm.models.loading import (
+    environ_kept,
+    network_reachable,
+    offline_reason,
+    pretrained_weights,
+    quiet_loading,
+    rng_kept,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -147,7 +155,9 @@ class Encoder:
                 pixels = pixels.to(self.device, self._dtype, non_blocking=True)
                 if is_conv_tower(self.model):
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
-                out = image_tokens(self.model, pixels) if fusion is not None else (self.model.encode_image(pixels), None)
+                out = (
+                    image_tokens(self.model, pixels) if fusion is not None else (self.model.encode_image(pixels), None)
+                )
             pooled, cells = out
             emb = torch.nn.functional.normalize(pooled.float(), dim=-1)
             if fusion is None:
@@ -197,7 +207,8 @@ def no_fusion_head(spec: str) -> CollectionError:
     return CollectionError(
         f"model {spec!r} has no fusion head, so it cannot re-rank — search without --rerank, or index into a new "
         "--collection with a model that has one: the bundled mbm-offline, one trained by `mbm train`, or this one "
-        "given a head by `mbm train-fusion` (see README, `mbm train`)")
+        "given a head by `mbm train-fusion` (see README, `mbm train`)"
+    )
 
 
 def _import_open_clip() -> Any:
@@ -211,6 +222,7 @@ def _import_open_clip() -> Any:
 
 
 # -- specs ----------------------------------------------------------------------------------------
+
 
 def _is_local_dir(path: Path) -> bool:
     return (path / "open_clip_config.json").is_file()
@@ -300,14 +312,21 @@ def default_model_spec() -> str:
 
 # -- loading ------------------------------------------------------------------------------------
 
+
 def legacy_fingerprint_of(encoder: Encoder) -> str | None:
     """What mbm recorded for these weights before fingerprint version 2 (computed only when asked:
     it samples the weights file)."""
     spec = encoder.spec
     try:
         folder = _spec_folder(spec)
-        weights = (folder / "open_clip_model.safetensors") if folder is not None else Path(spec.partition(":")[2]).expanduser()
-        return legacy_fingerprint(spec, weights if weights.is_file() else None, _config_file(spec) if folder is None else None)
+        weights = (
+            (folder / "open_clip_model.safetensors")
+            if folder is not None
+            else Path(spec.partition(":")[2]).expanduser()
+        )
+        return legacy_fingerprint(
+            spec, weights if weights.is_file() else None, _config_file(spec) if folder is None else None
+        )
     except (OSError, ValueError):
         return None
 
@@ -337,7 +356,9 @@ def load_model(spec: str | None = None, *, device: str | None = None, precision:
         dim = int(model.encode_text(tokenizer(["x"]).to(device)).shape[-1])
     for head in heads.values():
         head.eval().to(device)
-    encoder = Encoder(spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description, heads)
+    encoder = Encoder(
+        spec, model, preprocess, tokenizer, device, precision, fingerprint, dim, image_size, description, heads
+    )
     encoder.load_seconds = {"imports": imported - started, "model_load": time.perf_counter() - imported}
     from mbm.models import image_onnx
 
@@ -378,7 +399,9 @@ def _create(open_clip: Any, spec: str) -> tuple[Any, Any, Any, list[Path], dict[
         known = ", ".join(["mbm-tiny", *bundled_models(), PRETRAINED_DEFAULT, "..."])
         raise ModelError(f"model {spec!r} is not known — use a checkpoint folder or one of: {known} (see `mbm models`)")
     if not sep:
-        raise ModelError(f"model {spec!r} has no pretrained tag — use e.g. {name}:{_first_tag(open_clip, name)} (see `mbm models`)")
+        raise ModelError(
+            f"model {spec!r} has no pretrained tag — use e.g. {name}:{_first_tag(open_clip, name)} (see `mbm models`)"
+        )
     if tag == "random":  # the architecture's speed and size without its weights: benchmarks only
         with rng_kept(seed=0), quiet_loading():
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
@@ -388,10 +411,13 @@ def _create(open_clip: Any, spec: str) -> tuple[Any, Any, Any, list[Path], dict[
     if path.is_file():
         with quiet_loading():
             model, preprocess, tokenizer = _create_with_weights(
-                open_clip, name, str(path), f"weights file {path}", f"check that it holds {name} weights")
+                open_clip, name, str(path), f"weights file {path}", f"check that it holds {name} weights"
+            )
         return model, preprocess, tokenizer, [path], {"arch": name}, f"{name} weights {path}"
     if not open_clip.get_pretrained_cfg(name, tag):
-        raise ModelError(f"pretrained tag {tag!r} is not known for {name} — known tags: {', '.join(open_clip.list_pretrained_tags_by_model(name))}")
+        raise ModelError(
+            f"pretrained tag {tag!r} is not known for {name} — known tags: {', '.join(open_clip.list_pretrained_tags_by_model(name))}"
+        )
     weights = pretrained_weights(open_clip, name, tag)
     if weights is None:
         why = offline_reason() or (None if network_reachable() else "the network is unreachable")
@@ -402,13 +428,16 @@ def _create(open_clip: Any, spec: str) -> tuple[Any, Any, Any, list[Path], dict[
             )
     with quiet_loading(offline=weights is not None):  # cached: never ask the hub about it
         model, preprocess, tokenizer = _create_with_weights(
-            open_clip, name, tag, spec, "delete its folder under ~/.cache/huggingface/hub and download it again")
+            open_clip, name, tag, spec, "delete its folder under ~/.cache/huggingface/hub and download it again"
+        )
     weights = weights or pretrained_weights(open_clip, name, tag)
     files, config = ([weights], {"arch": name}) if weights else ([], {"arch": name, "tag": tag})
     return model, preprocess, tokenizer, files, config, f"open_clip {name} ({tag})"
 
 
-def _create_from_config(open_clip: Any, spec: str, config_file: Path) -> tuple[Any, Any, Any, list[Path], dict[str, Any], str]:
+def _create_from_config(
+    open_clip: Any, spec: str, config_file: Path
+) -> tuple[Any, Any, Any, list[Path], dict[str, Any], str]:
     text = config_file.read_text()
     model_cfg, files = json.loads(text), []
     with rng_kept(seed=0), quiet_loading():  # random but reproducible: the same spec gives the same weights
@@ -463,7 +492,10 @@ def _architecture_note(config_file: Path) -> str:
 def list_models(include_pretrained: bool = True) -> tuple[ModelInfo, ...]:
     """Models that can be named in ``--model``, with whether their weights are present here."""
     rows = [ModelInfo(p.stem, "architecture", True, _architecture_note(p)) for p in sorted(CONFIG_DIR.glob("*.json"))]
-    rows += [ModelInfo(name, "bundled", True, "the offline default, trained by `mbm train`; see its MODEL_CARD.md") for name in bundled_models()]
+    rows += [
+        ModelInfo(name, "bundled", True, "the offline default, trained by `mbm train`; see its MODEL_CARD.md")
+        for name in bundled_models()
+    ]
     if include_pretrained:
         open_clip = _import_open_clip()
         for name, tag in open_clip.list_pretrained():

@@ -17,8 +17,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mbm.atomic import write_text
 

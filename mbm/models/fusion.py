@@ -157,7 +157,10 @@ class FusionModel(nn.Module):
         """Tower tokens ``(B,T,Dt)`` and mask -> the fusion's own text tokens ``(B,T',width)`` and mask (cut to
         ``max_text_tokens``): what an index of texts stores per text."""
         if self.cfg.max_text_tokens > 0:
-            text_tokens, text_mask = text_tokens[:, : self.cfg.max_text_tokens], text_mask[:, : self.cfg.max_text_tokens]
+            text_tokens, text_mask = (
+                text_tokens[:, : self.cfg.max_text_tokens],
+                text_mask[:, : self.cfg.max_text_tokens],
+            )
         text_mask = text_mask.to(torch.bool)
         real = text_mask.any(0).nonzero()
         if len(real):  # columns that are padding in every row change nothing but the cost

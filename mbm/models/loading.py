@@ -13,8 +13,9 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _LOAD_LOCK = threading.RLock()
 _TRUE = ("1", "ON", "YES", "TRUE")  # as huggingface_hub reads its boolean variables
@@ -136,7 +137,13 @@ def pretrained_weights(open_clip: Any, name: str, tag: str) -> Path | None:
     repo_id, filename = os.path.split(cfg["hf_hub"])
     filename = filename or HF_WEIGHTS
     # open_clip loads the safetensors twin of the file it was pointed at when there is one
-    twin = HF_SAFE_WEIGHTS if filename == HF_WEIGHTS else filename[:-4] + ".safetensors" if filename.endswith((".bin", ".pth")) else None
+    twin = (
+        HF_SAFE_WEIGHTS
+        if filename == HF_WEIGHTS
+        else filename[:-4] + ".safetensors"
+        if filename.endswith((".bin", ".pth"))
+        else None
+    )
     try:
         from huggingface_hub import try_to_load_from_cache
 

@@ -56,8 +56,10 @@ def export_query_encoder(encoder: Any, folder: Path, fingerprint: str | None = N
 
     missing = missing_export_modules()
     if missing:  # nothing recorded: an install that adds them exports on the next index or search
-        log.info("text queries will use the full model: %s not installed (pip install onnxruntime onnx onnxscript)",
-                 " and ".join(missing))
+        log.info(
+            "text queries will use the full model: %s not installed (pip install onnxruntime onnx onnxscript)",
+            " and ".join(missing),
+        )
         return False
     supported = True
     try:

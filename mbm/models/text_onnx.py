@@ -36,8 +36,18 @@ MODEL_FILE, DATA_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.onnx", "model.onnx.d
 EXPORT_MODULES = ("onnxruntime", "onnx", "onnxscript")  # onnxscript: torch.onnx's dynamo exporter needs it
 MIN_COSINE = 0.9999
 # what the export checks itself on: short, long (past the context), unicode, markup and empty-ish
-PROBE = ["red car", "", " ", "A Dog on the BEACH", "café &amp; crème brûlée", "東京の夜景 🚗", "<end_of_text> typed in",
-         "word " * 120, "Ünïcödé   spaces\t", "a very long caption of two people hiking over mountains at sunset " * 4]
+PROBE = [
+    "red car",
+    "",
+    " ",
+    "A Dog on the BEACH",
+    "café &amp; crème brûlée",
+    "東京の夜景 🚗",
+    "<end_of_text> typed in",
+    "word " * 120,
+    "Ünïcödé   spaces\t",
+    "a very long caption of two people hiking over mountains at sunset " * 4,
+]
 
 
 class UnsupportedTextTower(ValueError):
@@ -71,7 +81,10 @@ class OnnxTextEncoder:
         folder = Path(folder)
         try:
             config = json.loads((folder / CONFIG_FILE).read_text())
-            if (config.get("format"), config.get("version")) != (FORMAT, VERSION) or config.get("kind") not in ("clip-bpe", "hf"):
+            if (config.get("format"), config.get("version")) != (FORMAT, VERSION) or config.get("kind") not in (
+                "clip-bpe",
+                "hf",
+            ):
                 return None
             if config["kind"] == "clip-bpe":
                 tokenizer: Any = ClipTokenizer(int(config["context_length"]))
@@ -111,6 +124,7 @@ class OnnxTextEncoder:
 
 # ---- export (torch; runs where the model is already loaded) ----
 
+
 def missing_export_modules() -> list[str]:
     """The packages the export needs that are not installed."""
     import importlib.util
@@ -130,11 +144,21 @@ def export_text_onnx(encoder: Any, folder: str | Path) -> None:
     try:
         with torch.inference_mode(), warnings.catch_warnings(), _quiet(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(tower, (example,), None, input_names=["ids"], output_names=["text_features"],
-                                        dynamic_shapes=dims, dynamo=True, verbose=False)
+            program = torch.onnx.export(
+                tower,
+                (example,),
+                None,
+                input_names=["ids"],
+                output_names=["text_features"],
+                dynamic_shapes=dims,
+                dynamo=True,
+                verbose=False,
+            )
             program.save(str(folder / MODEL_FILE), external_data=True)  # weights -> model.onnx.data, mapped on load
     except Exception as e:
-        raise UnsupportedTextTower(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise UnsupportedTextTower(
+            f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     (folder / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, "version": VERSION, **config}, indent=1))
     onnx_encoder = OnnxTextEncoder.load(folder)
     if onnx_encoder is None:
@@ -173,19 +197,34 @@ def _tower(encoder: Any, folder: Path) -> tuple[Any, dict, Any]:
             raise UnsupportedTextTower(f"tokenizer {type(tokenizer).__name__} has no fast (tokenizers) backend")
         (folder / TOKENIZER_FILE).write_text(backend.to_str())
         hf = text.config
-        config = {"kind": "hf", "context_length": length, "pad_id": int(hf.pad_token_id or 0),
-                  "num_positions": int(hf.max_position_embeddings), "output_dim": int(encoder.dim)}
+        config = {
+            "kind": "hf",
+            "context_length": length,
+            "pad_id": int(hf.pad_token_id or 0),
+            "num_positions": int(hf.max_position_embeddings),
+            "output_dim": int(encoder.dim),
+        }
         tower = copy.deepcopy(text)
     else:
         tower = _clip_text(model)
         if not same_as_clip_tokenizer(tokenizer, length):
-            raise UnsupportedTextTower(f"tokenizer {type(tokenizer).__name__} does not tokenize like open_clip's default CLIP BPE")
-        config = {"kind": "clip-bpe", "context_length": length, "num_positions": int(model.positional_embedding.shape[0]),
-                  "output_dim": int(encoder.dim)}
+            raise UnsupportedTextTower(
+                f"tokenizer {type(tokenizer).__name__} does not tokenize like open_clip's default CLIP BPE"
+            )
+        config = {
+            "kind": "clip-bpe",
+            "context_length": length,
+            "num_positions": int(model.positional_embedding.shape[0]),
+            "output_dim": int(encoder.dim),
+        }
     if not 2 <= length <= config["num_positions"]:
-        raise UnsupportedTextTower(f"tokenizer context_length {length} does not fit the model's {config['num_positions']} positions")
+        raise UnsupportedTextTower(
+            f"tokenizer context_length {length} does not fit the model's {config['num_positions']} positions"
+        )
     # batch 2, not 1: torch.export specializes a size-1 axis instead of keeping it symbolic
-    example = torch.tensor([[101, 1037, 2417, 2482, 102]] * 2 if config["kind"] == "hf" else [[49406, 320, 736, 1615, 49407]] * 2)
+    example = torch.tensor(
+        [[101, 1037, 2417, 2482, 102]] * 2 if config["kind"] == "hf" else [[49406, 320, 736, 1615, 49407]] * 2
+    )
     return tower.to("cpu", torch.float32).eval(), config, example
 
 
@@ -199,12 +238,18 @@ def _clip_text(model: Any) -> Any:
     # the exact method, not isinstance alone: a subclass may override the forward reproduced here
     if not isinstance(model, CLIP) or type(model).encode_text is not CLIP.encode_text:
         inner = type(getattr(model, "text", model)).__name__
-        raise UnsupportedTextTower(f"text tower {inner} of {type(model).__name__} is neither open_clip's CLIP text tower nor HFTextEncoder")
+        raise UnsupportedTextTower(
+            f"text tower {inner} of {type(model).__name__} is neither open_clip's CLIP text tower nor HFTextEncoder"
+        )
     if model.text_pool_type != "argmax":
         raise UnsupportedTextTower(f"text pool_type {model.text_pool_type!r} is not supported (only argmax)")
     n = model.positional_embedding.shape[0]
     causal = torch.full((n, n), float("-inf")).triu(1)
-    if model.attn_mask is None or model.attn_mask.shape != causal.shape or not torch.equal(model.attn_mask.detach().float().cpu(), causal):
+    if (
+        model.attn_mask is None
+        or model.attn_mask.shape != causal.shape
+        or not torch.equal(model.attn_mask.detach().float().cpu(), causal)
+    ):
         raise UnsupportedTextTower("only causal text towers are supported (no_causal_mask or another mask found)")
 
     class ClipText(torch.nn.Module):
@@ -212,13 +257,19 @@ def _clip_text(model: Any) -> Any:
 
         def __init__(self, clip: Any):
             super().__init__()
-            self.token_embedding, self.transformer = copy.deepcopy(clip.token_embedding), copy.deepcopy(clip.transformer)
+            self.token_embedding, self.transformer = (
+                copy.deepcopy(clip.token_embedding),
+                copy.deepcopy(clip.transformer),
+            )
             self.ln_final = copy.deepcopy(clip.ln_final)
             self.positional_embedding = torch.nn.Parameter(clip.positional_embedding.detach().clone())
             self.register_buffer("attn_mask", clip.attn_mask.detach().clone(), persistent=False)
             proj = clip.text_projection
-            self.text_projection = copy.deepcopy(proj) if isinstance(proj, torch.nn.Module) else (
-                None if proj is None else torch.nn.Parameter(proj.detach().clone()))
+            self.text_projection = (
+                copy.deepcopy(proj)
+                if isinstance(proj, torch.nn.Module)
+                else (None if proj is None else torch.nn.Parameter(proj.detach().clone()))
+            )
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             n = ids.shape[1]
@@ -227,7 +278,10 @@ def _clip_text(model: Any) -> Any:
             x = x[torch.arange(x.shape[0]), ids.argmax(-1)]
             if self.text_projection is None:
                 return x
-            return self.text_projection(x) if isinstance(self.text_projection, torch.nn.Module) else x @ self.text_projection
+            return (
+                self.text_projection(x)
+                if isinstance(self.text_projection, torch.nn.Module)
+                else x @ self.text_projection
+            )
 
     return ClipText(model)
-

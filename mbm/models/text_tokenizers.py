@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 _SPECIALS = ("<start_of_text>", "<end_of_text>")
 _N_MERGES = 49152 - 256 - 2  # the merges open_clip reads from the vocab file
 # exactly open_clip's pattern and flags: special tokens typed in a query map to their ids there too
-_PATTERN = regex.compile("|".join(_SPECIALS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+_PATTERN = regex.compile(
+    "|".join(_SPECIALS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE
+)
 # ftfy.fix_text leaves printable ASCII without '&' unchanged (fuzzed: 200k strings), so plain
 # queries skip its ~100 ms import; '&' is unescaped repeatedly by ftfy, control chars removed
 _PLAIN = regex.compile(r"[\x20-\x25\x27-\x7e\t\n\r]*")
@@ -135,7 +137,11 @@ def same_as_clip_tokenizer(tokenizer: Any, context_length: int) -> bool:
     """Whether open_clip's ``tokenizer`` object gives ``ClipTokenizer``'s ids (checked by behaviour)."""
     probe = ["A red car!", "café &amp; 🚗 <end_of_text>", "Ünïcödé   spaces\t", "x " * 100]
     try:
-        return bool(np.array_equal(np.asarray(tokenizer(probe, context_length=context_length)), ClipTokenizer(context_length)(probe)))
+        return bool(
+            np.array_equal(
+                np.asarray(tokenizer(probe, context_length=context_length)), ClipTokenizer(context_length)(probe)
+            )
+        )
     except Exception:  # noqa: BLE001 - any failure means "not the default CLIP BPE"
         return False
 

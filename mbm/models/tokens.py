@@ -20,8 +20,9 @@ caption and re-applies only the trainable pooler + projection (``hf_pool``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -53,8 +54,10 @@ def image_tokens(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.
         pooled = visual.head(visual.trunk.forward_head(features))
         return pooled, features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
     if not hasattr(visual, "output_tokens"):
-        raise ModelError(f"image tower {type(visual).__name__} cannot return patch tokens — fusion needs an open_clip "
-                         "VisionTransformer or a timm model")
+        raise ModelError(
+            f"image tower {type(visual).__name__} cannot return patch tokens — fusion needs an open_clip "
+            "VisionTransformer or a timm model"
+        )
     with _tokens_on(visual):
         pooled, tokens = visual(pixels)
     return pooled, tokens

@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Union, cast
+from typing import Any, Union, cast
 
 import numpy as np
 
@@ -63,7 +63,9 @@ class Term:
         try:
             weight = float(self.weight)
         except (TypeError, ValueError):
-            raise UsageError(f"query term weight {self.weight!r} is not a number — give a float such as 2 or 0.5") from None
+            raise UsageError(
+                f"query term weight {self.weight!r} is not a number — give a float such as 2 or 0.5"
+            ) from None
         if not math.isfinite(weight):
             raise UsageError(f"query term weight {weight} is not finite — give a float such as 2 or 0.5")
         object.__setattr__(self, "weight", weight)
@@ -97,7 +99,9 @@ class Query(tuple):  # type: ignore[type-arg]
         terms = tuple(terms)
         for t in terms:
             if not isinstance(t, Term):
-                raise UsageError(f"a Query holds Terms, not {type(t).__name__} — use Query.terms([(weight, value), ...])")
+                raise UsageError(
+                    f"a Query holds Terms, not {type(t).__name__} — use Query.terms([(weight, value), ...])"
+                )
         if not terms:
             raise UsageError("the query is empty — give some text, an image path or a vector")
         if all(t.weight <= 0 for t in terms):
@@ -134,7 +138,9 @@ class Query(tuple):  # type: ignore[type-arg]
             elif isinstance(item, tuple) and len(item) == 2:
                 out.append(_term(item[0], item[1]))
             else:
-                raise UsageError(f"query item {item!r} is neither a Term nor a (weight, value) pair — e.g. (2.0, 'red car')")
+                raise UsageError(
+                    f"query item {item!r} is neither a Term nor a (weight, value) pair — e.g. (2.0, 'red car')"
+                )
         return cls(out)
 
     @classmethod
@@ -185,19 +191,24 @@ def check_dimension(query: Query, dim: int) -> None:
             )
 
 
-def combine(terms: QueryLike, encode_text: Callable[[list[str]], np.ndarray],
-            encode_image: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+def combine(
+    terms: QueryLike, encode_text: Callable[[list[str]], np.ndarray], encode_image: Callable[[list[str]], np.ndarray]
+) -> np.ndarray:
     """The normalized weighted sum of the terms' (normalized) embeddings."""
     query = as_query(terms)
     texts = [t.value for t in query if t.kind == "text"]
     images = [t.value for t in query if t.kind == "image"]
-    encoded = {"text": iter(encode_text(texts)) if texts else iter(()),
-               "image": iter(encode_image(images)) if images else iter(())}
+    encoded = {
+        "text": iter(encode_text(texts)) if texts else iter(()),
+        "image": iter(encode_image(images)) if images else iter(()),
+    }
     vectors = [np.asarray(t.value if t.kind == "vector" else next(encoded[t.kind]), np.float32) for t in query]
     dims = sorted({v.shape[-1] for v in vectors})
     if len(dims) > 1:
-        raise UsageError(f"the query's terms have {' and '.join(map(str, dims))} dimensions — "
-                         "a raw vector must come from the collection's model")
+        raise UsageError(
+            f"the query's terms have {' and '.join(map(str, dims))} dimensions — "
+            "a raw vector must come from the collection's model"
+        )
     total = np.zeros(dims[0], np.float32)
     for t, v in zip(query, vectors):
         total += t.weight * v / max(float(np.linalg.norm(v)), 1e-12)
@@ -212,13 +223,17 @@ def _vector(value: Any) -> np.ndarray:
     try:
         v = np.array(value, dtype=np.float32)  # a copy: the caller's array may change later
     except (TypeError, ValueError):
-        raise UsageError(f"query vector of type {type(value).__name__} is not numeric — give a 1-D float array") from None
+        raise UsageError(
+            f"query vector of type {type(value).__name__} is not numeric — give a 1-D float array"
+        ) from None
     if v.ndim == 2 and v.shape[0] == 1:
         v = v[0]
     if v.ndim != 1 or v.size == 0:
         raise UsageError(f"query vector has shape {v.shape} — give one 1-D vector (shape (dim,))")
     if not np.isfinite(v).all():
-        raise UsageError(f"query vector has {int((~np.isfinite(v)).sum())} NaN or infinite values — give finite numbers")
+        raise UsageError(
+            f"query vector has {int((~np.isfinite(v)).sum())} NaN or infinite values — give finite numbers"
+        )
     if not v.any():
         raise UsageError("query vector is all zeros — it has no direction to search")
     v.flags.writeable = False
@@ -276,7 +291,7 @@ def _read_term(s: str, start: int, text: str) -> tuple[float, str, str, int]:
     if _LEADING_SIGN.match(raw):
         raise UsageError(f"query {text!r} has an empty term — remove the extra '+' or '-'")
     prefix = _weight_prefix(raw)
-    weight, value = (float(prefix.group(1)), raw[prefix.end():]) if prefix else (1.0, raw)
+    weight, value = (float(prefix.group(1)), raw[prefix.end() :]) if prefix else (1.0, raw)
     path = os.path.expanduser(value)
     if os.path.isfile(path) and os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS:
         return weight, "image", os.path.abspath(path), end
@@ -292,9 +307,9 @@ def _quoted_term(s: str, start: int) -> tuple[float, str, str, int] | None:
     if not s.startswith('"', pos):
         return None
     close = s.find('"', pos + 1)
-    if close < 0 or (close + 1 < len(s) and not _SEPARATOR.match(s, close + 1)) or not s[pos + 1:close].strip():
+    if close < 0 or (close + 1 < len(s) and not _SEPARATOR.match(s, close + 1)) or not s[pos + 1 : close].strip():
         return None
-    return weight, "text", s[pos + 1:close], close + 1
+    return weight, "text", s[pos + 1 : close], close + 1
 
 
 def _weight_prefix(raw: str) -> re.Match[str] | None:
@@ -322,4 +337,6 @@ def _render(terms: Sequence[Term]) -> str:
 def _needs_quotes(text: str) -> bool:
     if '"' in text:  # cannot be quoted; shown as it is
         return False
-    return bool(_SEPARATOR.search(text) or _weight_prefix(text.strip()) or _LEADING_SIGN.match(text) or _looks_like_image(text))
+    return bool(
+        _SEPARATOR.search(text) or _weight_prefix(text.strip()) or _LEADING_SIGN.match(text) or _looks_like_image(text)
+    )

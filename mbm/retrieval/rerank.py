@@ -47,10 +47,14 @@ def rerank_term(query: QueryLike, text_collection: bool) -> Term:
     if len(positive) == 1:
         return positive[0]
     if not positive:
-        raise UsageError(f"--rerank scores one {want} against each {other} of the collection, and query {str(terms)!r} "
-                         f"has no positive {want} term — add one, or search without --rerank")
-    raise UsageError(f"--rerank scores one {want} against each candidate, and query {str(terms)!r} has "
-                     f"{len(positive)} positive {want} terms — keep one of them, or search without --rerank")
+        raise UsageError(
+            f"--rerank scores one {want} against each {other} of the collection, and query {str(terms)!r} "
+            f"has no positive {want} term — add one, or search without --rerank"
+        )
+    raise UsageError(
+        f"--rerank scores one {want} against each candidate, and query {str(terms)!r} has "
+        f"{len(positive)} positive {want} terms — keep one of them, or search without --rerank"
+    )
 
 
 class QueryTokens(NamedTuple):
@@ -98,8 +102,10 @@ class FusionReranker:
 
         want = "image" if query.kind == "text" else "text"
         if fmt.kind != want:
-            raise CollectionError(f"collection {self.collection!r} stores {fmt.kind} tokens, so a {query.kind} query "
-                                  f"cannot be re-ranked against it — query with {'an image' if want == 'text' else 'text'}")
+            raise CollectionError(
+                f"collection {self.collection!r} stores {fmt.kind} tokens, so a {query.kind} query "
+                f"cannot be re-ranked against it — query with {'an image' if want == 'text' else 'text'}"
+            )
         one = torch.zeros(len(blobs), dtype=torch.long, device=self.encoder.device)  # every pair shares the query
         q = torch.from_numpy(np.array(query.tokens))[None].to(self.encoder.device)
         with torch.inference_mode():
@@ -120,4 +126,5 @@ class FusionReranker:
         return CollectionError(
             f"{len(lacking)} of the {total} candidates have no stored re-ranking tokens (they were indexed before "
             f"mbm stored them) — run `mbm index {where} --rerank-tokens{named}` once to add them (the files must "
-            "still be there; texts need nothing), then search again")
+            "still be there; texts need nothing), then search again"
+        )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,9 @@ class Searcher:
             if len(allowed) == 0:
                 return []
         scores, ids = self.vectors.search(vector[None, :], k, allowed)
-        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and (min_score is None or s >= min_score)]
+        pairs = [
+            (float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and (min_score is None or s >= min_score)
+        ]
         rows = self.catalog.rows([i for _, i in pairs])
         hits: list[Hit] = []
         for score, item_id in pairs:
@@ -88,8 +91,10 @@ class Searcher:
             raise UsageError(f"-k/--top must be at least 1, not {k}")
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
         if vectors.shape[1] != self.vectors.dim:
-            raise UsageError(f"query vectors have {vectors.shape[1]} dimensions but this collection's vectors have "
-                             f"{self.vectors.dim} — embed the query with the collection's model")
+            raise UsageError(
+                f"query vectors have {vectors.shape[1]} dimensions but this collection's vectors have "
+                f"{self.vectors.dim} — embed the query with the collection's model"
+            )
         scores, ids = self.vectors.search(vectors, k)
         wanted = [int(i) for i in ids.ravel() if i >= 0]
         rows = self.catalog.rows(list(dict.fromkeys(wanted)))
@@ -109,8 +114,18 @@ def _hit(rank: int, score: float, row: dict[str, Any]) -> Hit:
     if row.get("mtime_ns"):
         modified = dt.datetime.fromtimestamp(row["mtime_ns"] / 1e9, dt.timezone.utc).isoformat(timespec="seconds")
     return Hit(
-        rank, round(score, 6), row["id"], row["path"], row["part"], row["text"], row["width"], row["height"],
-        row["size"], modified, row["taken_at"], row["camera"],
+        rank,
+        round(score, 6),
+        row["id"],
+        row["path"],
+        row["part"],
+        row["text"],
+        row["width"],
+        row["height"],
+        row["size"],
+        modified,
+        row["taken_at"],
+        row["camera"],
     )
 
 

@@ -18,8 +18,12 @@ def require_extra() -> None:
     """Raise MissingExtra (naming ``pip install 'mbm[server]'``) when a server dependency is absent."""
     import importlib.util
 
-    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("python_multipart", "python-multipart"),
-                            ("prometheus_client", "prometheus-client")):
+    for module, package in (
+        ("fastapi", "fastapi"),
+        ("uvicorn", "uvicorn"),
+        ("python_multipart", "python-multipart"),
+        ("prometheus_client", "prometheus-client"),
+    ):
         if importlib.util.find_spec(module) is None:
             raise MissingExtra("`mbm serve`", "server", package)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any
 
-from fastapi import FastAPI, File, Form, Query as Q, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import Query as Q
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -71,10 +73,14 @@ def _middleware(app: FastAPI, config: ServerConfig, metrics: Metrics) -> None:
     async def guard(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
         path = request.url.path
-        if config.api_key and not (path in OPEN_PATHS or path.startswith("/static/")) and \
-                not _authorized(request, config.api_key):
-            response: Response = error(401, "missing or wrong API key — send `Authorization: Bearer KEY` "
-                                            "or `X-API-Key: KEY`")
+        if (
+            config.api_key
+            and not (path in OPEN_PATHS or path.startswith("/static/"))
+            and not _authorized(request, config.api_key)
+        ):
+            response: Response = error(
+                401, "missing or wrong API key — send `Authorization: Bearer KEY` or `X-API-Key: KEY`"
+            )
         else:
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > limit):
@@ -128,8 +134,9 @@ def _routes(app: FastAPI, config: ServerConfig, collections: Collections, metric
     @app.get("/readyz", summary="Readiness: every collection's model and index are loaded (503 until then)")
     async def readyz() -> JSONResponse:
         states = {n: ("ready" if s.ready else (s.error or "loading")) for n, s in collections.served.items()}
-        return JSONResponse({"ready": collections.ready, "collections": states},
-                            status_code=200 if collections.ready else 503)
+        return JSONResponse(
+            {"ready": collections.ready, "collections": states}, status_code=200 if collections.ready else 503
+        )
 
     @app.get("/metrics", summary="Prometheus metrics (text format)")
     async def metrics_text() -> Response:
@@ -142,23 +149,38 @@ def _routes(app: FastAPI, config: ServerConfig, collections: Collections, metric
     async def list_collections() -> list[CollectionOut]:
         return await run_in_threadpool(_collections, collections)
 
-    @app.post("/search", response_model=SearchResponse, summary="Search with text, an image, a vector, an item or terms")
+    @app.post(
+        "/search", response_model=SearchResponse, summary="Search with text, an image, a vector, an item or terms"
+    )
     async def search(req: SearchRequest) -> SearchResponse:
         return await run_search(req, collections.get(req.collection), limits, metrics)
 
     @app.post("/search/image", response_model=SearchResponse, summary="Search with an uploaded image file (multipart)")
-    async def search_image(file: UploadFile = File(...), k: int = Form(10), offset: int = Form(0),
-                           min_score: Optional[float] = Form(None), under: Optional[str] = Form(None),
-                           rerank: int = Form(0), collection: Optional[str] = Form(None)) -> SearchResponse:
+    async def search_image(
+        file: UploadFile = File(...),
+        k: int = Form(10),
+        offset: int = Form(0),
+        min_score: float | None = Form(None),
+        under: str | None = Form(None),
+        rerank: int = Form(0),
+        collection: str | None = Form(None),
+    ) -> SearchResponse:
         import base64
 
         data = await file.read(limits.max_body_bytes + 1)
-        req = SearchRequest(image=base64.b64encode(data).decode(), k=k, offset=offset, min_score=min_score,
-                            under=under, rerank=rerank, collection=collection)
+        req = SearchRequest(
+            image=base64.b64encode(data).decode(),
+            k=k,
+            offset=offset,
+            min_score=min_score,
+            under=under,
+            rerank=rerank,
+            collection=collection,
+        )
         return await run_search(req, collections.get(collection), limits, metrics)
 
     @app.get("/items/{item_id}", response_model=ItemOut, summary="One item's metadata")
-    async def item(item_id: int, collection: Optional[str] = None) -> ItemOut:
+    async def item(item_id: int, collection: str | None = None) -> ItemOut:
         served = collections.get(collection)
         row = await run_in_threadpool(served.engine.item, item_id)
         if row is None:
@@ -169,10 +191,17 @@ def _routes(app: FastAPI, config: ServerConfig, collections: Collections, metric
         thumb = None if row.get("text") is not None else f"/items/{item_id}/thumbnail?collection={served.name}"
         return ItemOut(**fields, path=display_path(row["path"]), thumbnail=thumb)
 
-    @app.get("/items/{item_id}/thumbnail", summary="A JPEG thumbnail of an indexed image (by id only)",
-             response_class=FileResponse)
-    async def thumbnail(request: Request, item_id: int, size: int = Q(256, description="long side in pixels (up to 1024)"),
-                        collection: Optional[str] = None) -> Response:
+    @app.get(
+        "/items/{item_id}/thumbnail",
+        summary="A JPEG thumbnail of an indexed image (by id only)",
+        response_class=FileResponse,
+    )
+    async def thumbnail(
+        request: Request,
+        item_id: int,
+        size: int = Q(256, description="long side in pixels (up to 1024)"),
+        collection: str | None = None,
+    ) -> Response:
         served = collections.get(collection)
         row = await run_in_threadpool(served.engine.item, item_id)
         if row is None:
@@ -190,9 +219,20 @@ def _collections(collections: Collections) -> list[CollectionOut]:
         try:
             info = s.engine.info()
             generation = s.engine.generation()[1]
-            out.append(CollectionOut(name=name, kind=info.kind, model=info.model, dim=info.dim, items=info.items,
-                                     generation=generation, ready=s.ready, error=s.error))
+            out.append(
+                CollectionOut(
+                    name=name,
+                    kind=info.kind,
+                    model=info.model,
+                    dim=info.dim,
+                    items=info.items,
+                    generation=generation,
+                    ready=s.ready,
+                    error=s.error,
+                )
+            )
         except MbmError as e:
-            out.append(CollectionOut(name=name, kind="?", model="?", dim=0, items=0, generation=0, ready=False,
-                                     error=str(e)))
+            out.append(
+                CollectionOut(name=name, kind="?", model="?", dim=0, items=0, generation=0, ready=False, error=str(e))
+            )
     return out

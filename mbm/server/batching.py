@@ -79,4 +79,6 @@ class TextBatcher:
         self.metrics.batch.labels(self.name).observe(len(jobs))
         self.metrics.encode.labels(self.name).observe(t1 - t0)
         self.metrics.search.labels(self.name).observe(t2 - t1)
-        return [[h for h in hits if j.min_score is None or h.score >= j.min_score][: j.k] for j, hits in zip(jobs, found)]
+        return [
+            [h for h in hits if j.min_score is None or h.score >= j.min_score][: j.k] for j, hits in zip(jobs, found)
+        ]

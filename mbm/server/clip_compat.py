@@ -37,10 +37,16 @@ def register(app: FastAPI, config: ServerConfig, collections: Collections, metri
         return list(collections.served)
 
     # ClipClient posts json.dumps(...) as raw data, with no Content-Type: the body is read as JSON whatever it says
-    body_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": KnnRequest.model_json_schema()}}}}
+    body_schema = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": KnnRequest.model_json_schema()}}}
+    }
 
-    @app.post("/knn-service", response_model=list[KnnResult], summary="clip back: nearest neighbours",
-              openapi_extra=body_schema)
+    @app.post(
+        "/knn-service",
+        response_model=list[KnnResult],
+        summary="clip back: nearest neighbours",
+        openapi_extra=body_schema,
+    )
     async def knn_service(request: Request) -> list[dict[str, Any]]:
         req = _parse(await request.body())
         served = collections.get(req.indice_name)
@@ -51,8 +57,11 @@ def register(app: FastAPI, config: ServerConfig, collections: Collections, metri
         if req.text is not None and len(req.text) > limits.max_query_chars:
             raise ApiError(400, f"text is {len(req.text)} characters long — the limit is {limits.max_query_chars}")
         if req.image_url and not config.allow_image_urls:
-            raise ApiError(400, "image_url queries are off on this server (it would fetch URLs for clients) — "
-                           "send the image base64-encoded in `image`, or start `mbm serve --allow-image-urls`")
+            raise ApiError(
+                400,
+                "image_url queries are off on this server (it would fetch URLs for clients) — "
+                "send the image base64-encoded in `image`, or start `mbm serve --allow-image-urls`",
+            )
         base = str(request.base_url).rstrip("/")
         if req.text:  # clip back: text first, then image, then embedding (an empty text counts as none)
             hits = await served.batcher.search(req.text, wanted)
@@ -77,8 +86,9 @@ def _search(req: KnnRequest, served: Served, config: ServerConfig, wanted: int) 
         if req.image is not None:
             query: Any = Query.image(image_file(req.image, config.limits, stack))
         elif req.image_url:
-            query = Query.image(checked_image(_download(req.image_url, config.limits.max_body_bytes),
-                                              config.limits, stack, "image_url"))
+            query = Query.image(
+                checked_image(_download(req.image_url, config.limits.max_body_bytes), config.limits, stack, "image_url")
+            )
         elif req.embedding_input is not None:
             query = Query.vector(np.asarray(req.embedding_input, np.float32))
         else:
@@ -111,13 +121,15 @@ def _results(hits: list[Any], req: KnnRequest, served: Served, base: str) -> lis
                 continue
             seen.add(digest)
         is_text = h.text is not None
-        out.append({
-            "id": h.id,
-            "similarity": h.score,
-            "url": None if is_text else f"{base}/items/{h.id}/thumbnail?size=1024&collection={served.name}",
-            "caption": h.text if is_text else os.path.basename(h.path),
-            "image_path": None if is_text else h.path,
-        })
+        out.append(
+            {
+                "id": h.id,
+                "similarity": h.score,
+                "url": None if is_text else f"{base}/items/{h.id}/thumbnail?size=1024&collection={served.name}",
+                "caption": h.text if is_text else os.path.basename(h.path),
+                "image_path": None if is_text else h.path,
+            }
+        )
         if len(out) >= req.num_images:
             break
     return out

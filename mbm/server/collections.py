@@ -22,8 +22,9 @@ class Served:
 
     def __init__(self, name: str, engine: Engine, metrics: Metrics, config: ServerConfig):
         self.name, self.engine = name, engine
-        self.batcher = TextBatcher(name, engine, metrics, window_s=config.limits.batch_window_s,
-                                   max_batch=config.limits.max_batch)
+        self.batcher = TextBatcher(
+            name, engine, metrics, window_s=config.limits.batch_window_s, max_batch=config.limits.max_batch
+        )
         self._given_roots = [os.path.realpath(os.path.expanduser(r)) for r in config.roots]
         self._roots: tuple[tuple[str, int], list[str]] | None = None
         self.ready = False
@@ -75,6 +76,7 @@ class Collections:
         def warm_all() -> None:
             for s in self.served.values():
                 s.warm()
+
         self._thread = threading.Thread(target=warm_all, name="mbm-warm", daemon=True)
         self._thread.start()
 

@@ -38,11 +38,15 @@ class ServerConfig:
     def check(self) -> None:
         """Refuse to listen beyond loopback without an API key."""
         if not is_loopback(self.host) and not self.api_key:
-            raise UsageError(f"--host {self.host} is reachable from other machines — give an --api-key "
-                             "(or set MBM_API_KEY), or bind to 127.0.0.1")
+            raise UsageError(
+                f"--host {self.host} is reachable from other machines — give an --api-key "
+                "(or set MBM_API_KEY), or bind to 127.0.0.1"
+            )
         if self.api_key is not None and len(self.api_key) < 8:
-            raise UsageError("the API key is shorter than 8 characters — use a long random one "
-                             "(python -c 'import secrets; print(secrets.token_urlsafe(24))')")
+            raise UsageError(
+                "the API key is shorter than 8 characters — use a long random one "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
 
 
 def is_loopback(host: str) -> bool:

@@ -12,15 +12,42 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("mbm_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("mbm_http_request_seconds", "HTTP request latency by endpoint and status",
-                                 ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.encode = Histogram("mbm_encode_seconds", "Query encoding time (one micro-batch or one query)",
-                                ["collection"], buckets=LATENCY_BUCKETS, registry=r)
-        self.search = Histogram("mbm_search_seconds", "Vector search time (one micro-batch or one query)",
-                                ["collection"], buckets=LATENCY_BUCKETS, registry=r)
-        self.rerank = Histogram("mbm_rerank_seconds", "Fusion re-ranking time per query", ["collection"],
-                                buckets=LATENCY_BUCKETS, registry=r)
-        self.batch = Histogram("mbm_batch_size", "Text queries encoded and searched together", ["collection"],
-                               buckets=BATCH_BUCKETS, registry=r)
+        self.requests = Counter(
+            "mbm_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "mbm_http_request_seconds",
+            "HTTP request latency by endpoint and status",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.encode = Histogram(
+            "mbm_encode_seconds",
+            "Query encoding time (one micro-batch or one query)",
+            ["collection"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.search = Histogram(
+            "mbm_search_seconds",
+            "Vector search time (one micro-batch or one query)",
+            ["collection"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rerank = Histogram(
+            "mbm_rerank_seconds",
+            "Fusion re-ranking time per query",
+            ["collection"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch = Histogram(
+            "mbm_batch_size",
+            "Text queries encoded and searched together",
+            ["collection"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.items = Gauge("mbm_collection_items", "Items in each collection", ["collection"], registry=r)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -11,25 +11,27 @@ class TermIn(BaseModel):
     """One weighted term: exactly one of text, image (base64), embedding, like (an item id)."""
 
     weight: float = 1.0
-    text: Optional[str] = None
-    image: Optional[str] = Field(None, description="base64-encoded image file")
-    embedding: Optional[list[float]] = None
-    like: Optional[int] = Field(None, description="an item id: its stored vector")
+    text: str | None = None
+    image: str | None = Field(None, description="base64-encoded image file")
+    embedding: list[float] | None = None
+    like: int | None = Field(None, description="an item id: its stored vector")
 
 
 class SearchRequest(BaseModel):
-    text: Optional[str] = Field(None, description="literal text")
-    query: Optional[str] = Field(None, description='mbm\'s query syntax, text terms only: "2:red car - night"')
-    image: Optional[str] = Field(None, description="base64-encoded image file (image->image, or image->text on a text collection)")
-    embedding: Optional[list[float]] = Field(None, description="a raw query vector of the collection's dimension")
-    like: Optional[int] = Field(None, description="more like this: the stored vector of this item id")
-    terms: Optional[list[TermIn]] = Field(None, description="a weighted sum; negative weights subtract")
+    text: str | None = Field(None, description="literal text")
+    query: str | None = Field(None, description='mbm\'s query syntax, text terms only: "2:red car - night"')
+    image: str | None = Field(
+        None, description="base64-encoded image file (image->image, or image->text on a text collection)"
+    )
+    embedding: list[float] | None = Field(None, description="a raw query vector of the collection's dimension")
+    like: int | None = Field(None, description="more like this: the stored vector of this item id")
+    terms: list[TermIn] | None = Field(None, description="a weighted sum; negative weights subtract")
     k: int = 10
     offset: int = 0
-    min_score: Optional[float] = None
-    under: Optional[str] = Field(None, description="only items whose path starts with this folder")
-    rerank: Union[bool, int] = Field(False, description="true: re-rank the top 50 with the fusion head; N: the top N")
-    collection: Optional[str] = None
+    min_score: float | None = None
+    under: str | None = Field(None, description="only items whose path starts with this folder")
+    rerank: bool | int = Field(False, description="true: re-rank the top 50 with the fusion head; N: the top N")
+    collection: str | None = None
     return_embeddings: bool = False
 
 
@@ -38,13 +40,13 @@ class HitOut(BaseModel):
     rank: int
     score: float
     path: str
-    text: Optional[str] = None
+    text: str | None = None
     part: int = 0
-    match: Optional[float] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    taken_at: Optional[str] = None
-    embedding: Optional[list[float]] = None
+    match: float | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+    embedding: list[float] | None = None
 
 
 class SearchResponse(BaseModel):
@@ -54,21 +56,21 @@ class SearchResponse(BaseModel):
     offset: int
     k: int
     hits: list[HitOut]
-    query_embedding: Optional[list[float]] = None
+    query_embedding: list[float] | None = None
 
 
 class ItemOut(BaseModel):
     id: int
     path: str
     part: int = 0
-    text: Optional[str] = None
-    size: Optional[int] = None
-    width: Optional[int] = None
-    height: Optional[int] = None
-    taken_at: Optional[str] = None
-    camera: Optional[str] = None
-    indexed_at: Optional[str] = None
-    thumbnail: Optional[str] = None
+    text: str | None = None
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    taken_at: str | None = None
+    camera: str | None = None
+    indexed_at: str | None = None
+    thumbnail: str | None = None
 
 
 class CollectionOut(BaseModel):
@@ -79,20 +81,20 @@ class CollectionOut(BaseModel):
     items: int
     generation: int
     ready: bool
-    error: Optional[str] = None
+    error: str | None = None
 
 
 class KnnRequest(BaseModel):
     """clip-retrieval's `clip back` request, field for field."""
 
-    text: Optional[str] = None
-    image: Optional[str] = None
-    image_url: Optional[str] = None
-    embedding_input: Optional[list[float]] = None
+    text: str | None = None
+    image: str | None = None
+    image_url: str | None = None
+    embedding_input: list[float] | None = None
     modality: Literal["image", "text"] = "image"
     num_images: int = 40
-    num_result_ids: Optional[int] = None
-    indice_name: Optional[str] = None
+    num_result_ids: int | None = None
+    indice_name: str | None = None
     use_mclip: bool = False
     deduplicate: bool = False
     use_safety_model: bool = False
@@ -105,9 +107,9 @@ class KnnRequest(BaseModel):
 class KnnResult(BaseModel):
     id: int
     similarity: float
-    url: Optional[str] = None
-    caption: Optional[str] = None
-    image_path: Optional[str] = None
+    url: str | None = None
+    caption: str | None = None
+    image_path: str | None = None
 
 
 class ErrorOut(BaseModel):

@@ -23,8 +23,16 @@ from mbm.server.errors import ApiError
 from mbm.server.metrics import Metrics
 from mbm.server.schemas import HitOut, SearchRequest, SearchResponse, TermIn
 
-_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
-               "HEIF": ".heic", "AVIF": ".avif"}
+_EXTENSIONS = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "WEBP": ".webp",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
+    "HEIF": ".heic",
+    "AVIF": ".avif",
+}
 SOURCES = ("text", "query", "image", "embedding", "like", "terms")
 
 
@@ -45,8 +53,11 @@ def check_bounds(req: SearchRequest, limits: Limits) -> int:
         raise ApiError(400, f"terms has {len(req.terms)} entries — the limit is {limits.max_terms}")
     given = [s for s in SOURCES if getattr(req, s) is not None]
     if len(given) != 1:
-        raise ApiError(400, "give exactly one of text, query, image, embedding, like, terms"
-                       + (f" (got {', '.join(given)})" if given else ""))
+        raise ApiError(
+            400,
+            "give exactly one of text, query, image, embedding, like, terms"
+            + (f" (got {', '.join(given)})" if given else ""),
+        )
     return max(top, req.offset + req.k) if top else 0
 
 
@@ -86,8 +97,11 @@ def build_query(req: SearchRequest, served: Served, limits: Limits, stack: ExitS
     if req.text is not None:
         return Query.text(req.text)
     if req.query is not None:
-        refused = ApiError(400, "query names an image path — paths are never read from a client; send the image "
-                           "itself in `image` or `terms`, or an item id in `like`")
+        refused = ApiError(
+            400,
+            "query names an image path — paths are never read from a client; send the image "
+            "itself in `image` or `terms`, or an item id in `like`",
+        )
         try:
             q = Query.parse(req.query)
         except MbmError as e:  # the same answer whether the file exists or not: no probing of the server's disk
@@ -110,8 +124,11 @@ def build_query(req: SearchRequest, served: Served, limits: Limits, stack: ExitS
 def _term(t: TermIn, served: Served, limits: Limits, stack: ExitStack) -> Term:
     given = [f for f in ("text", "image", "embedding", "like") if getattr(t, f) is not None]
     if len(given) != 1:
-        raise ApiError(400, "each term needs exactly one of text, image, embedding, like"
-                       + (f" (got {', '.join(given)})" if given else ""))
+        raise ApiError(
+            400,
+            "each term needs exactly one of text, image, embedding, like"
+            + (f" (got {', '.join(given)})" if given else ""),
+        )
     if t.text is not None:
         if len(t.text) > limits.max_query_chars:
             raise ApiError(400, f"a term's text is {len(t.text)} characters — the limit is {limits.max_query_chars}")
@@ -133,7 +150,7 @@ def like_vector(served: Served, item_id: int) -> np.ndarray:
 def page(hits: list[Any], offset: int, k: int, reranked: bool) -> list[Any]:
     """A stable order (score, then id; re-ranked: the re-ranker's order), then one page of it."""
     ordered = hits if reranked else sorted(hits, key=lambda h: (-h.score, h.id))
-    return ordered[offset: offset + k]
+    return ordered[offset : offset + k]
 
 
 async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics: Metrics) -> SearchResponse:
@@ -153,12 +170,20 @@ async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics
         for h in out:
             vec = engine.item_vector(h.id)
             h.embedding = None if vec is None else [round(float(x), 6) for x in vec]
-    return SearchResponse(collection=served.name, generation=generation, catalog_id=catalog_id, offset=req.offset,
-                          k=req.k, hits=out, query_embedding=query_vector)
+    return SearchResponse(
+        collection=served.name,
+        generation=generation,
+        catalog_id=catalog_id,
+        offset=req.offset,
+        k=req.k,
+        hits=out,
+        query_embedding=query_vector,
+    )
 
 
-def _search_blocking(req: SearchRequest, served: Served, limits: Limits, metrics: Metrics, want: int,
-                     top: int) -> tuple[list[Any], list[float] | None]:
+def _search_blocking(
+    req: SearchRequest, served: Served, limits: Limits, metrics: Metrics, want: int, top: int
+) -> tuple[list[Any], list[float] | None]:
     engine = served.engine
     with ExitStack() as stack:
         query = build_query(req, served, limits, stack)
@@ -177,8 +202,18 @@ def _search_blocking(req: SearchRequest, served: Served, limits: Limits, metrics
 def _hit_out(h: Any, rank: int) -> HitOut:
     from mbm.indexer.scan import display_path
 
-    return HitOut(id=h.id, rank=rank, score=h.score, path=display_path(h.path), text=h.text, part=h.part, match=h.match,
-                  width=h.width, height=h.height, taken_at=h.taken_at)
+    return HitOut(
+        id=h.id,
+        rank=rank,
+        score=h.score,
+        path=display_path(h.path),
+        text=h.text,
+        part=h.part,
+        match=h.match,
+        width=h.width,
+        height=h.height,
+        taken_at=h.taken_at,
+    )
 
 
 __all__ = ["MbmError", "run_search", "checked_image", "build_query"]

@@ -72,4 +72,6 @@ def _render(path: str, size: int) -> bytes:
             img.convert("RGB").save(out, "JPEG", quality=85)
             return out.getvalue()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ApiError(422, f"the item's file cannot be decoded ({e.__class__.__name__}) — re-run `mbm index`") from None
+        raise ApiError(
+            422, f"the item's file cannot be decoded ({e.__class__.__name__}) — re-run `mbm index`"
+        ) from None

@@ -17,9 +17,10 @@ import datetime as dt
 import os
 import secrets
 import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import numpy as np
@@ -28,15 +29,39 @@ import sqlite_utils
 from mbm.errors import CatalogError
 
 BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another writer (a backup, a checkpoint) before failing
-ITEM_COLUMNS = ("id", "path", "part", "text", "size", "mtime_ns", "hash", "width", "height", "taken_at", "camera", "indexed_at")
+ITEM_COLUMNS = (
+    "id",
+    "path",
+    "part",
+    "text",
+    "size",
+    "mtime_ns",
+    "hash",
+    "width",
+    "height",
+    "taken_at",
+    "camera",
+    "indexed_at",
+)
 
 
 def _m001_initial(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
     db["items"].create(
         {
-            "id": int, "path": str, "part": int, "text": str, "size": int, "mtime_ns": int, "hash": str,
-            "width": int, "height": int, "taken_at": str, "camera": str, "indexed_at": str, "embedding": bytes,
+            "id": int,
+            "path": str,
+            "part": int,
+            "text": str,
+            "size": int,
+            "mtime_ns": int,
+            "hash": str,
+            "width": int,
+            "height": int,
+            "taken_at": str,
+            "camera": str,
+            "indexed_at": str,
+            "embedding": bytes,
         },
         pk="id",
         not_null={"path", "part", "hash", "embedding"},
@@ -51,7 +76,9 @@ def _m002_identity_and_changes(db: sqlite_utils.Database) -> None:
     generation = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalog_id', ?)", [secrets.token_hex(8)])
     # the log is complete from this generation on; older derived indexes are rebuilt
-    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('changes_from', ?)", [generation[0] if generation else "0"])
+    db.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('changes_from', ?)", [generation[0] if generation else "0"]
+    )
     db["changes"].create({"generation": int, "item_id": int})
     db["changes"].create_index(["generation"])
     db["empty_files"].create({"path": str, "size": int, "mtime_ns": int}, pk="path")
@@ -109,14 +136,20 @@ def _classify(path: Path, e: sqlite3.Error, *, readonly: bool) -> CatalogError:
     """Tell "locked by another process", "read-only" and "corrupt" apart, each with its fix."""
     msg = str(e).lower()
     if "locked" in msg or "busy" in msg:
-        return CatalogError(f"catalog {path} is locked by another process (an index run or a backup?) — "
-                            "wait for it to finish, then run the command again")
+        return CatalogError(
+            f"catalog {path} is locked by another process (an index run or a backup?) — "
+            "wait for it to finish, then run the command again"
+        )
     if "readonly" in msg or "read-only" in msg or (not readonly and not os.access(path.parent, os.W_OK)):
-        return CatalogError(f"catalog {path} is on a read-only file system or folder — searching and `mbm info` "
-                            "work there; to index, make the store writable or use another --store")
+        return CatalogError(
+            f"catalog {path} is on a read-only file system or folder — searching and `mbm info` "
+            "work there; to index, make the store writable or use another --store"
+        )
     if isinstance(e, sqlite3.DatabaseError) and ("not a database" in msg or "malformed" in msg or "corrupt" in msg):
-        return CatalogError(f"catalog {path} is damaged ({e}) — restore it from a backup, or index into a new "
-                            "--collection; `mbm check` reports what can still be read")
+        return CatalogError(
+            f"catalog {path} is damaged ({e}) — restore it from a backup, or index into a new "
+            "--collection; `mbm check` reports what can still be read"
+        )
     return CatalogError(f"catalog {path} cannot be opened ({e}) — check the file's permissions and free disk space")
 
 
@@ -142,7 +175,9 @@ class Catalog:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
             if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -161,8 +196,13 @@ class Catalog:
         # file is opened immutable, which is right there since nothing can change it
         for suffix in ("?mode=ro", "?mode=ro&immutable=1"):
             try:
-                conn = sqlite3.connect(uri + suffix, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                       check_same_thread=False)
+                conn = sqlite3.connect(
+                    uri + suffix,
+                    uri=True,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
                 conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
                 conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             except sqlite3.Error as e:
@@ -184,14 +224,18 @@ class Catalog:
         self.conn.close()
 
     def _applied(self) -> set[str]:
-        rows = self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchall()
+        rows = self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+        ).fetchall()
         return {r[0] for r in self.conn.execute("SELECT name FROM _migrations")} if rows else set()
 
     def _check_schema(self) -> None:
         done = self._applied()
         newer = done - {name for name, _ in MIGRATIONS}
         if newer:
-            raise CatalogError(f"catalog {self.path} was written by a newer mbm (migrations {sorted(newer)}) — upgrade mbm")
+            raise CatalogError(
+                f"catalog {self.path} was written by a newer mbm (migrations {sorted(newer)}) — upgrade mbm"
+            )
         if "001_initial" not in done:
             raise CatalogError(f"catalog {self.path} is not an mbm catalog (no items table) — check the --store path")
         self._has_changes_log = "002_identity_and_changes" in done
@@ -202,7 +246,9 @@ class Catalog:
             self._check_schema()
             return  # nothing due: no write transaction
         with self.transaction():
-            self.conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
             done = self._applied()
             if done - {name for name, _ in MIGRATIONS}:
                 self._check_schema()
@@ -231,7 +277,9 @@ class Catalog:
     def init_meta(self, **values: Any) -> dict[str, str]:
         """Set each key only where it is absent (a concurrent first run may have set it); return the meta."""
         with self.transaction():
-            self.conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+            )
             return self.meta()
 
     @property
@@ -249,8 +297,12 @@ class Catalog:
 
     def version(self) -> tuple[str, int]:
         """``(catalog_id, generation)``: one indexed read, cheap enough to check before every search."""
-        values = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN ('catalog_id', 'generation')").fetchall())
-        return (str(values["catalog_id"]) if "catalog_id" in values else self.catalog_id), int(values.get("generation", 0))
+        values = dict(
+            self.conn.execute("SELECT key, value FROM meta WHERE key IN ('catalog_id', 'generation')").fetchall()
+        )
+        return (str(values["catalog_id"]) if "catalog_id" in values else self.catalog_id), int(
+            values.get("generation", 0)
+        )
 
     def state(self) -> CatalogState:
         """Id, generation and item count read in one snapshot (cheap: one indexed query each)."""
@@ -264,7 +316,9 @@ class Catalog:
             "INSERT INTO meta (key, value) VALUES ('generation', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (str(generation),),
         )
-        self.conn.executemany("INSERT INTO changes (generation, item_id) VALUES (?, ?)", [(generation, int(i)) for i in ids])
+        self.conn.executemany(
+            "INSERT INTO changes (generation, item_id) VALUES (?, ?)", [(generation, int(i)) for i in ids]
+        )
         return generation
 
     def changed_since(self, generation: int) -> np.ndarray | None:
@@ -309,8 +363,10 @@ class Catalog:
         tokens = "tokens" if self.has_tokens else "NULL"
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
-            sql = (f"SELECT hash, embedding, width, height, taken_at, camera, {tokens} FROM items "
-                   f"WHERE hash IN ({','.join('?' * len(chunk))}) ORDER BY {tokens} IS NULL")
+            sql = (
+                f"SELECT hash, embedding, width, height, taken_at, camera, {tokens} FROM items "
+                f"WHERE hash IN ({','.join('?' * len(chunk))}) ORDER BY {tokens} IS NULL"
+            )
             for h, *stored in self.conn.execute(sql, chunk):
                 found.setdefault(h, StoredContent(*stored))
         return found
@@ -341,7 +397,9 @@ class Catalog:
         wanted = [int(x) for x in ids]
         for i in range(0, len(wanted), 500):
             chunk = wanted[i : i + 500]
-            sql = f"SELECT id, embedding FROM items WHERE id IN ({','.join('?' * len(chunk))}) AND length(embedding) = ?"
+            sql = (
+                f"SELECT id, embedding FROM items WHERE id IN ({','.join('?' * len(chunk))}) AND length(embedding) = ?"
+            )
             rows.extend(self.conn.execute(sql, [*chunk, width]))
         rows.sort()
         if not rows:
@@ -399,7 +457,10 @@ class Catalog:
             f"ON CONFLICT(path, part) DO UPDATE SET {updates}"
         )
         records = [
-            tuple({**row, "part": row.get("part", 0), "indexed_at": stamp, "embedding": emb, "tokens": tok}.get(c) for c in cols)
+            tuple(
+                {**row, "part": row.get("part", 0), "indexed_at": stamp, "embedding": emb, "tokens": tok}.get(c)
+                for c in cols
+            )
             for row, emb, tok in zip(rows, embeddings, tokens, strict=True)
         ]
         with self.transaction():

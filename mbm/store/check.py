@@ -21,8 +21,15 @@ from mbm.atomic import stale_temp
 from mbm.models.query_encoder import QUERY_ENCODER_DIR
 from mbm.store.catalog import Catalog
 from mbm.store.lock import CollectionLock
-from mbm.store.vectors import INDEX_GLOB, LEGACY_INDEX_FILE, STAMP_FILE, VectorIndex, ensure_saved, read_stamp, vectors_fresh
-
+from mbm.store.vectors import (
+    INDEX_GLOB,
+    LEGACY_INDEX_FILE,
+    STAMP_FILE,
+    VectorIndex,
+    ensure_saved,
+    read_stamp,
+    vectors_fresh,
+)
 
 
 @dataclass
@@ -45,8 +52,12 @@ class CheckReport:
         return all(p.fixed for p in self.problems)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"collection": self.collection, "items": self.items, "ok": self.ok,
-                "problems": [asdict(p) for p in self.problems]}
+        return {
+            "collection": self.collection,
+            "items": self.items,
+            "ok": self.ok,
+            "problems": [asdict(p) for p in self.problems],
+        }
 
 
 def _missing_rows(catalog: Catalog) -> tuple[list[str], dict[str, int]]:
@@ -72,8 +83,15 @@ def _cache_problems(catalog: Catalog, folder: Path, fingerprint: str) -> list[tu
     state = catalog.state()
     stamp = read_stamp(folder)
     if not vectors_fresh(folder, state):
-        why = "missing" if stamp is None else ("made for another catalog" if stamp.get("catalog_id") != state.catalog_id
-                                              else f"at generation {stamp.get('generation')}, catalog at {state.generation}")
+        why = (
+            "missing"
+            if stamp is None
+            else (
+                "made for another catalog"
+                if stamp.get("catalog_id") != state.catalog_id
+                else f"at generation {stamp.get('generation')}, catalog at {state.generation}"
+            )
+        )
         out.append((Problem("vectors", f"vector index is stale ({why}); it is rebuilt from the catalog", True), []))
     elif VectorIndex.load(folder, state.catalog_id) is None:
         out.append((Problem("vectors", "vector index file cannot be read; it is rebuilt from the catalog", True), []))
@@ -81,40 +99,78 @@ def _cache_problems(catalog: Catalog, folder: Path, fingerprint: str) -> list[tu
     orphans = [p for p in [*folder.glob(INDEX_GLOB), folder / LEGACY_INDEX_FILE] if p.exists() and p.name != named]
     if orphans:
         size = sum(p.stat().st_size for p in orphans)
-        out.append((Problem("orphan", f"{len(orphans)} old vector index file(s), {size / 2**20:.1f} MiB", True), orphans))
+        out.append(
+            (Problem("orphan", f"{len(orphans)} old vector index file(s), {size / 2**20:.1f} MiB", True), orphans)
+        )
     qe = folder / QUERY_ENCODER_DIR
     with contextlib.suppress(OSError, ValueError):
         source = json.loads((qe / "source.json").read_text())
         if source.get("fingerprint") != fingerprint:
-            out.append((Problem("query-encoder", "exported query encoder belongs to other weights; "
-                                "it is exported again on the next search", True), [qe]))
+            out.append(
+                (
+                    Problem(
+                        "query-encoder",
+                        "exported query encoder belongs to other weights; it is exported again on the next search",
+                        True,
+                    ),
+                    [qe],
+                )
+            )
     return out
 
 
-def check_collection(name: str, folder: Path, catalog: Catalog, lock: CollectionLock, *, fix: bool = False) -> CheckReport:
+def check_collection(
+    name: str, folder: Path, catalog: Catalog, lock: CollectionLock, *, fix: bool = False
+) -> CheckReport:
     """Find problems; with ``fix`` (and a writable ``catalog``) repair the fixable ones."""
     report = CheckReport(name, catalog.count())
     integrity = [r[0] for r in catalog.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
     for line in integrity[:20]:
-        report.problems.append(Problem("integrity", f"SQLite: {line} — restore the catalog from a backup, "
-                                       "or index into a new --collection", False))
+        report.problems.append(
+            Problem(
+                "integrity",
+                f"SQLite: {line} — restore the catalog from a backup, or index into a new --collection",
+                False,
+            )
+        )
     bad = catalog.bad_embeddings()
     if bad:
-        report.problems.append(Problem("embedding", f"{len(bad)} embedding(s) do not have {catalog.meta().get('dim')} "
-                                       "dimensions; removed, they are embedded again by the next index run", True))
+        report.problems.append(
+            Problem(
+                "embedding",
+                f"{len(bad)} embedding(s) do not have {catalog.meta().get('dim')} "
+                "dimensions; removed, they are embedded again by the next index run",
+                True,
+            )
+        )
     from mbm.store.tokens import bad_tokens
 
     bad_tok = bad_tokens(catalog)
     if bad_tok:
-        report.problems.append(Problem("tokens", f"{len(bad_tok)} re-ranking token blob(s) have the wrong length; "
-                                       "cleared, they are computed again by the next index run of their folder", True))
+        report.problems.append(
+            Problem(
+                "tokens",
+                f"{len(bad_tok)} re-ranking token blob(s) have the wrong length; "
+                "cleared, they are computed again by the next index run of their folder",
+                True,
+            )
+        )
     gone, unmounted = _missing_rows(catalog)
     if gone:
-        report.problems.append(Problem("missing", f"{len(gone)} indexed file(s) no longer exist (e.g. "
-                                       f"{gone[0]}); their rows are removed", True))
+        report.problems.append(
+            Problem(
+                "missing", f"{len(gone)} indexed file(s) no longer exist (e.g. {gone[0]}); their rows are removed", True
+            )
+        )
     for parent, n in sorted(unmounted.items())[:20]:
-        report.problems.append(Problem("unmounted", f"folder {parent} is missing ({n} file(s)): an unmounted drive? "
-                                       "Rows kept; re-index its parent folder once it is gone for good", False))
+        report.problems.append(
+            Problem(
+                "unmounted",
+                f"folder {parent} is missing ({n} file(s)): an unmounted drive? "
+                "Rows kept; re-index its parent folder once it is gone for good",
+                False,
+            )
+        )
     caches = _cache_problems(catalog, folder, catalog.meta().get("fingerprint", ""))
     report.problems.extend(p for p, _ in caches)
     with lock.attempt() as idle:  # with no index run active, every temp file is left over
@@ -135,8 +191,15 @@ def check_collection(name: str, folder: Path, catalog: Catalog, lock: Collection
     return report
 
 
-def _fix(report: CheckReport, catalog: Catalog, folder: Path, bad: list[int], gone: list[str],
-         caches: list[tuple[Problem, list[Path]]], temps: list[Path]) -> None:
+def _fix(
+    report: CheckReport,
+    catalog: Catalog,
+    folder: Path,
+    bad: list[int],
+    gone: list[str],
+    caches: list[tuple[Problem, list[Path]]],
+    temps: list[Path],
+) -> None:
     by_kind = {p.kind: p for p in report.problems}
     if bad:
         catalog.remove_ids(bad)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import filelock
 
@@ -47,7 +47,9 @@ class CollectionLock:
         except filelock.Timeout:
             message = f"another `mbm index` run is writing collection {self.name!r}"
             if not wait:
-                raise CollectionBusy(f"{message} — wait for it to finish, or run without --no-wait to queue behind it") from None
+                raise CollectionBusy(
+                    f"{message} — wait for it to finish, or run without --no-wait to queue behind it"
+                ) from None
             if on_wait is not None:
                 on_wait(f"{message}; waiting for it to finish (Ctrl-C to stop, --no-wait to refuse instead)")
             self._lock.acquire()

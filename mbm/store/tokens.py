@@ -76,8 +76,10 @@ def record_format(catalog: Catalog, fmt: TokenFormat) -> None:
     if stored is None:
         catalog.set_meta(**{FORMAT_KEY: fmt.to_json()})
     elif stored != fmt:
-        raise CatalogError(f"catalog {catalog.path} holds fusion tokens of format {stored}, the model gives {fmt} — "
-                           "re-index into a new --collection")
+        raise CatalogError(
+            f"catalog {catalog.path} holds fusion tokens of format {stored}, the model gives {fmt} — "
+            "re-index into a new --collection"
+        )
 
 
 def record_fusion(catalog: Catalog, encoder: Any) -> None:

@@ -142,8 +142,13 @@ class VectorIndex:
         """Write the file named for this index's state, then the stamp; drop older index files."""
         name = index_file_name(self.state)
         write_with(folder / name, lambda tmp: faiss.write_index(self.index, tmp))
-        stamp = {**self.state._asdict(), "file": name, "kind": self.kind,
-                 "bytes": (folder / name).stat().st_size, "saved_at": time.time()}
+        stamp = {
+            **self.state._asdict(),
+            "file": name,
+            "kind": self.kind,
+            "bytes": (folder / name).stat().st_size,
+            "saved_at": time.time(),
+        }
         write_text(folder / STAMP_FILE, json.dumps(stamp))
         for old in [*folder.glob(INDEX_GLOB), folder / LEGACY_INDEX_FILE]:
             if old.name != name:
@@ -196,8 +201,9 @@ def vectors_fresh(folder: Path, state: CatalogState) -> bool:
     if stamp is None:
         return False
     try:
-        return (stamp.get("catalog_id"), stamp.get("generation"), stamp.get("count")) == tuple(state) and \
-            (folder / index_file_name(state)).stat().st_size == stamp.get("bytes")
+        return (stamp.get("catalog_id"), stamp.get("generation"), stamp.get("count")) == tuple(state) and (
+            folder / index_file_name(state)
+        ).stat().st_size == stamp.get("bytes")
     except OSError:
         return False
 
@@ -260,8 +266,9 @@ def save_cache(index: VectorIndex, folder: Path, lock: CollectionLock) -> bool:
         return True
 
 
-def open_vectors(catalog: Catalog, folder: Path, lock: CollectionLock | None = None,
-                 index: VectorIndex | None = None) -> VectorIndex:
+def open_vectors(
+    catalog: Catalog, folder: Path, lock: CollectionLock | None = None, index: VectorIndex | None = None
+) -> VectorIndex:
     """The collection's index, current with the catalog; saved when stale on disk and ``lock`` allows."""
     index = current_index(catalog, folder, index)
     if lock is not None:

@@ -18,8 +18,8 @@ so a dataset can make every item's augmentation a function of (seed, epoch, inde
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -92,7 +92,9 @@ class TrainTransform:
         base = rng.uniform(150, 255)
         return tuple(int(np.clip(base + rng.uniform(-40, 40), 0, 255)) for _ in range(3))  # type: ignore[return-value]
 
-    def _geometry(self, image: Image.Image, background: tuple[int, int, int], caption: str, rng: np.random.Generator, s: float) -> Image.Image:
+    def _geometry(
+        self, image: Image.Image, background: tuple[int, int, int], caption: str, rng: np.random.Generator, s: float
+    ) -> Image.Image:
         size = self.image_size
         if rng.random() < s * self.p_zoom_out:
             return _zoom_out(image, size, background, rng, 1.0 - 0.4 * s)
@@ -121,7 +123,9 @@ class TrainTransform:
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], strength: float = 1.0) -> TrainTransform:
+def train_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], strength: float = 1.0
+) -> TrainTransform:
     """The training transform (see ``TrainTransform``); call it as ``t(image, caption, rng)``."""
     return TrainTransform(int(image_size), tuple(mean), tuple(std), float(strength))
 
@@ -165,7 +169,9 @@ def _resized_crop(image: Image.Image, size: int, rng: np.random.Generator, scale
     return image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
 
 
-def _zoom_out(image: Image.Image, size: int, background: tuple[int, int, int], rng: np.random.Generator, scale_min: float) -> Image.Image:
+def _zoom_out(
+    image: Image.Image, size: int, background: tuple[int, int, int], rng: np.random.Generator, scale_min: float
+) -> Image.Image:
     """The whole image shrunk to a fraction of the canvas and placed at a random position."""
     w, h = image.size
     target = max(8, int(size * rng.uniform(scale_min, 1.0)))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ def _read_jsonl(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise UsageError(f"{path}:{line_no} is not valid JSON ({e.msg}) — fix or rebuild the manifest") from e
+                    raise UsageError(
+                        f"{path}:{line_no} is not valid JSON ({e.msg}) — fix or rebuild the manifest"
+                    ) from e
     return rows
 
 
@@ -172,7 +175,11 @@ class PairDataset(torch.utils.data.Dataset):
         self.row_captions = [np.array([ids.setdefault(c, len(ids)) for c in r["captions"]]) for r in self.rows]
         self.captions = list(ids)
         self.caption_sets = [frozenset(c.tolist()) for c in self.row_captions]
-        self.tokens = torch.cat([tokenizer(self.captions[i : i + 1024]) for i in range(0, len(self.captions), 1024)]) if self.captions else torch.zeros(0, 1, dtype=torch.long)
+        self.tokens = (
+            torch.cat([tokenizer(self.captions[i : i + 1024]) for i in range(0, len(self.captions), 1024)])
+            if self.captions
+            else torch.zeros(0, 1, dtype=torch.long)
+        )
         self.labels = [self.label_to_index.get(r.get("label") or "", IGNORE_LABEL) for r in self.rows]
         self.groups = [stable_hash(str(r.get("group") or r["image"])) for r in self.rows]
 
@@ -196,7 +203,14 @@ class PairDataset(torch.utils.data.Dataset):
         except Exception as e:  # noqa: BLE001 - name the file: a bare PIL error in a worker is useless
             raise UsageError(f"cannot load training image {path}: {e} — fix or drop it from the manifest") from e
         # the row's caption set travels along so that collate can tell which other captions also fit this picture
-        return pixels, self.tokens[caption_id], self.labels[index], caption_id, self.groups[index], self.caption_sets[index]
+        return (
+            pixels,
+            self.tokens[caption_id],
+            self.labels[index],
+            caption_id,
+            self.groups[index],
+            self.caption_sets[index],
+        )
 
 
 class EpochBatches(torch.utils.data.Sampler):

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,13 +66,16 @@ def exact_grid(x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
     return np.rint(x * scale), scale
 
 
-def _pair_scores(text_grid: np.ndarray, image_grid: np.ndarray, text_rows: np.ndarray, image_rows: np.ndarray) -> np.ndarray:
+def _pair_scores(
+    text_grid: np.ndarray, image_grid: np.ndarray, text_rows: np.ndarray, image_rows: np.ndarray
+) -> np.ndarray:
     """Grid scores of the pairs (text_rows[j], image_rows[j]) (any matching shapes), exact like a block product."""
     return (text_grid[text_rows] * image_grid[image_rows]).sum(-1)
 
 
-def _ranks(image_emb: np.ndarray, text_emb: np.ndarray, t2i: np.ndarray, chunk: int,
-           groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _ranks(
+    image_emb: np.ndarray, text_emb: np.ndarray, t2i: np.ndarray, chunk: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each caption's image (t2i) and of each image's best caption (i2t; -1: no caption).
 
     With ``groups`` (an id per image), images of the caption's own group, and captions of
@@ -94,7 +98,9 @@ def _ranks(image_emb: np.ndarray, text_emb: np.ndarray, t2i: np.ndarray, chunk: 
         own_t, pos_t = t2i[t_idx][:, None], pos[t_idx][:, None]
         for i0 in range(0, n_img, chunk):
             i_idx = np.arange(i0, min(i0 + chunk, n_img))
-            block = txt[t0 : t0 + chunk] @ img[i0 : i0 + chunk].T  # (texts, images), exact; never more than chunk x chunk
+            block = (
+                txt[t0 : t0 + chunk] @ img[i0 : i0 + chunk].T
+            )  # (texts, images), exact; never more than chunk x chunk
             other = own_t != i_idx[None, :] if groups is None else groups[own_t] != groups[i_idx][None, :]
             ahead = (block > pos_t) | ((block == pos_t) & (i_idx[None, :] < own_t))
             t_rank[t_idx] += (ahead & other).sum(1)
@@ -192,8 +198,10 @@ def _same_rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """For each row, the first row with identical contents (itself when unique)."""
     flat = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x).reshape(len(x), -1)
     seen: dict[bytes, int] = {}
-    return np.array([seen.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
-                     for i, row in enumerate(flat)], np.int64)
+    return np.array(
+        [seen.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i) for i, row in enumerate(flat)],
+        np.int64,
+    )
 
 
 @torch.no_grad()
@@ -220,7 +228,9 @@ def fusion_logits(
     shape = np.shape(text_rows)
     same_image = _same_rows(image_tokens)
     n_img = len(image_tokens)
-    pairs = np.asarray(text_rows, np.int64).reshape(-1) * n_img + same_image[np.asarray(image_rows, np.int64).reshape(-1)]
+    pairs = (
+        np.asarray(text_rows, np.int64).reshape(-1) * n_img + same_image[np.asarray(image_rows, np.int64).reshape(-1)]
+    )
     unique, inverse = np.unique(pairs, return_inverse=True)
     emb = torch.as_tensor(np.asarray(image_emb, np.float32)).to(device) if image_emb is not None else None
     images = fusion.project_image(image_tokens.to(device).float(), emb)
@@ -229,7 +239,9 @@ def fusion_logits(
     for s in range(0, len(unique), batch):
         chunk = torch.as_tensor(unique[s : s + batch])
         ti, ii = chunk // n_img, chunk % n_img
-        scores[s : s + batch] = fusion.match(x, mask, images, text_index=ti.to(device), image_index=ii.to(device)).double().cpu()
+        scores[s : s + batch] = (
+            fusion.match(x, mask, images, text_index=ti.to(device), image_index=ii.to(device)).double().cpu()
+        )
     return scores.numpy()[inverse.reshape(-1)].reshape(shape)
 
 
@@ -261,10 +273,14 @@ def rerank_recall(
     ``dual_weight`` x dual logit (what search uses).
     """
     rows = np.broadcast_to(np.arange(len(candidates))[:, None], candidates.shape)
-    scores = fusion_logits(fusion, text_tokens, text_mask, image_tokens, rows, candidates, image_emb=image_emb, batch=batch)
+    scores = fusion_logits(
+        fusion, text_tokens, text_mask, image_tokens, rows, candidates, image_emb=image_emb, batch=batch
+    )
     out = {f"rerank_t2i_R@{k}": v for k, v in _recall_after(scores, candidates, text_to_image, ks).items()}
     if dual_logits is not None:
-        combined = _recall_after(scores + dual_weight(fusion) * np.asarray(dual_logits, np.float64), candidates, text_to_image, ks)
+        combined = _recall_after(
+            scores + dual_weight(fusion) * np.asarray(dual_logits, np.float64), candidates, text_to_image, ks
+        )
         out.update({f"rerank_combined_t2i_R@{k}": v for k, v in combined.items()})
     out["rerank_top"] = int(candidates.shape[1])
     return out
@@ -279,12 +295,16 @@ def _recall_owned(scores: np.ndarray, owner: np.ndarray, query: np.ndarray, ks: 
     return {k: float((rank < k).mean()) for k in ks}
 
 
-def _recall_after(scores: np.ndarray, candidates: np.ndarray, text_to_image: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+def _recall_after(
+    scores: np.ndarray, candidates: np.ndarray, text_to_image: np.ndarray, ks: Sequence[int]
+) -> dict[int, float]:
     """R@K once each row of ``candidates`` is sorted by ``scores`` (ties keep the original order)."""
     return _recall_owned(scores, candidates, text_to_image, ks)
 
 
-def rerank_sweep(fusion: Any, model: Any, data: dict[str, Any], tops: Sequence[int], ks: Sequence[int] = KS) -> dict[str, Any]:
+def rerank_sweep(
+    fusion: Any, model: Any, data: dict[str, Any], tops: Sequence[int], ks: Sequence[int] = KS
+) -> dict[str, Any]:
     """Both directions re-ranked over the dual encoder's top N for each N in ``tops``: the fusion head alone
     (``rerank_*``) and the order search uses (``rerank_combined_*``), one entry per N.
 
@@ -298,7 +318,10 @@ def rerank_sweep(fusion: Any, model: Any, data: dict[str, Any], tops: Sequence[i
     rows_i = np.broadcast_to(np.arange(len(i2t_c))[:, None], i2t_c.shape)
     s_t2i = fusion_logits(fusion, *tokens, rows_t, t2i_c, image_emb=image_emb)
     s_i2t = fusion_logits(fusion, *tokens, i2t_c, rows_i, image_emb=image_emb)
-    d_t2i, d_i2t = candidate_logits(image_emb, text_emb, t2i_c, model), candidate_logits(text_emb, image_emb, i2t_c, model)
+    d_t2i, d_i2t = (
+        candidate_logits(image_emb, text_emb, t2i_c, model),
+        candidate_logits(text_emb, image_emb, i2t_c, model),
+    )
     w = dual_weight(fusion)
     owner = np.asarray(t2i)[i2t_c]
     own = np.arange(len(i2t_c))
@@ -306,9 +329,11 @@ def rerank_sweep(fusion: Any, model: Any, data: dict[str, Any], tops: Sequence[i
     for n in sorted(set(tops)):
         n_t, n_i = min(n, t2i_c.shape[1]), min(n, i2t_c.shape[1])
         row: dict[str, Any] = {"top": n}
-        for name, scores, cands, hits, query, m in (
-            ("rerank_t2i", s_t2i, t2i_c, t2i_c, t2i, n_t), ("rerank_combined_t2i", s_t2i + w * d_t2i, t2i_c, t2i_c, t2i, n_t),
-            ("rerank_i2t", s_i2t, i2t_c, owner, own, n_i), ("rerank_combined_i2t", s_i2t + w * d_i2t, i2t_c, owner, own, n_i),
+        for name, scores, _cands, hits, query, m in (
+            ("rerank_t2i", s_t2i, t2i_c, t2i_c, t2i, n_t),
+            ("rerank_combined_t2i", s_t2i + w * d_t2i, t2i_c, t2i_c, t2i, n_t),
+            ("rerank_i2t", s_i2t, i2t_c, owner, own, n_i),
+            ("rerank_combined_i2t", s_i2t + w * d_i2t, i2t_c, owner, own, n_i),
         ):
             row.update({f"{name}_R@{k}": v for k, v in _recall_owned(scores[:, :m], hits[:, :m], query, ks).items()})
         out[str(n)] = row
@@ -380,7 +405,9 @@ def embed_rows(
     img_emb, img_tok, txt_emb, txt_tok, txt_mask = [], [], [], [], []
     dtype = next(model.visual.parameters()).dtype  # an Encoder may hold bf16 weights
     for s in range(0, len(rows), batch_size):
-        pixels = torch.stack([preprocess(load_eval_image(r["image"], size)) for r in rows[s : s + batch_size]]).to(device, dtype)
+        pixels = torch.stack([preprocess(load_eval_image(r["image"], size)) for r in rows[s : s + batch_size]]).to(
+            device, dtype
+        )
         pooled, tokens = image_tokens(model, pixels) if with_tokens else (model.encode_image(pixels), None)
         img_emb.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu())
         if with_tokens:
@@ -423,17 +450,24 @@ def evaluate(
     if not rows:
         from mbm.errors import UsageError
 
-        raise UsageError(f"split {split!r} of {manifest} has no image-caption rows{' from ' + ','.join(sources) if sources else ''}"
-                         " — pick another --split/--sources or rebuild the manifest")
+        raise UsageError(
+            f"split {split!r} of {manifest} has no image-caption rows{' from ' + ','.join(sources) if sources else ''}"
+            " — pick another --split/--sources or rebuild the manifest"
+        )
     fusion = heads.get("fusion") if rerank_top > 0 else None
     model.eval()
-    data = embed_rows(model, preprocess, tokenizer, rows, device=device, batch_size=batch_size, with_tokens=fusion is not None)
+    data = embed_rows(
+        model, preprocess, tokenizer, rows, device=device, batch_size=batch_size, with_tokens=fusion is not None
+    )
     out: dict[str, Any] = {"model": name, "precision": used, "manifest": str(manifest), "split": split}
     out.update(recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"]))
     if fusion is not None:
         result = rerank_sweep(fusion.to(device), model, data, [rerank_top])
-        out.update({k: v for k, v in result[str(rerank_top)].items() if k != "top"}, rerank_top=rerank_top,
-                   dual_weight=result["dual_weight"])
+        out.update(
+            {k: v for k, v in result[str(rerank_top)].items() if k != "top"},
+            rerank_top=rerank_top,
+            dual_weight=result["dual_weight"],
+        )
     if heads.get("classifier") is not None:
         out.update(_classifier_accuracy(heads["classifier"], data["image_emb"], rows))
     return out
@@ -470,9 +504,17 @@ def _unpack(source: Any, device: str, precision: str | None = None) -> tuple[Any
     if not isinstance(source, (str, Path)):
         have = getattr(source, "precision", None) or _dtype_name(next(source.model.parameters()).dtype)
         if precision not in (None, have):
-            raise UsageError(f"this encoder was loaded in {have}; load it with precision={precision!r} to evaluate that")
-        return (source.model, source.preprocess, source.tokenizer, dict(getattr(source, "heads", {}) or {}),
-                getattr(source, "spec", "encoder"), have)
+            raise UsageError(
+                f"this encoder was loaded in {have}; load it with precision={precision!r} to evaluate that"
+            )
+        return (
+            source.model,
+            source.preprocess,
+            source.tokenizer,
+            dict(getattr(source, "heads", {}) or {}),
+            getattr(source, "spec", "encoder"),
+            have,
+        )
     # one loader for names and folders alike (load_model reads checkpoint folders with their heads)
     enc = load_model(str(source), device=device, precision=precision or EVAL_PRECISION)
     return enc.model, enc.preprocess, enc.tokenizer, dict(enc.heads or {}), enc.spec, enc.precision

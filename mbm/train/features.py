@@ -24,8 +24,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,8 +60,13 @@ def trunk_identity(model: Any, grid: int) -> dict:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     pp = dict(open_clip.get_model_preprocess_cfg(model))
-    return {"format": STORE_FORMAT, "trunk": type(model.visual.trunk).__name__, "weights": digest.hexdigest(), "grid": grid,
-            "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in pp.items()}}
+    return {
+        "format": STORE_FORMAT,
+        "trunk": type(model.visual.trunk).__name__,
+        "weights": digest.hexdigest(),
+        "grid": grid,
+        "preprocess": {k: list(v) if isinstance(v, tuple) else v for k, v in pp.items()},
+    }
 
 
 class FeatureStore:
@@ -74,8 +80,10 @@ class FeatureStore:
             stored = json.loads(path.read_text())
             if stored != identity:
                 changed = sorted(k for k in identity if stored.get(k) != identity.get(k))
-                raise UsageError(f"feature cache {self.folder} was made with another image tower ({', '.join(changed)} "
-                                 "differ) — delete it or pass another --feature-cache folder")
+                raise UsageError(
+                    f"feature cache {self.folder} was made with another image tower ({', '.join(changed)} "
+                    "differ) — delete it or pass another --feature-cache folder"
+                )
         else:
             write_text(path, json.dumps(identity, indent=2))
         self.identity = identity
@@ -101,8 +109,10 @@ class FeatureStore:
         folder.mkdir(exist_ok=True)
         number = len(self._shards(view))
         base = folder / f"{number:05d}"
-        write_bytes(base.with_suffix(".safetensors"), save({"pooled": pooled.to(torch.float16).contiguous(),
-                                                            "tokens": tokens.to(torch.float16).contiguous()}))
+        write_bytes(
+            base.with_suffix(".safetensors"),
+            save({"pooled": pooled.to(torch.float16).contiguous(), "tokens": tokens.to(torch.float16).contiguous()}),
+        )
         write_text(base.with_suffix(".json"), json.dumps(list(keys)))  # last: it makes the shard visible
 
     def load(self, keys: Sequence[str], view: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +157,11 @@ def _trunk_runner(model: Any, grid: int, digest: str) -> Callable[[torch.Tensor]
 
     param = next(model.parameters())
     device, precision = param.device.type, "fp32" if param.dtype == torch.float32 else "other"
-    onnx = image_onnx.OnnxTrunk(model, f"trunk-{digest}", preprocess_size(model)) \
-        if image_onnx.wanted(model, device, precision) else None
+    onnx = (
+        image_onnx.OnnxTrunk(model, f"trunk-{digest}", preprocess_size(model))
+        if image_onnx.wanted(model, device, precision)
+        else None
+    )
     trunk = model.visual.trunk
 
     def run(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +179,9 @@ def preprocess_size(model: Any) -> int:
     return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
-def _pixels(rows: Sequence[dict], keys: Sequence[str], view: int, preprocess_val: Any, train_tf: Any, size: int) -> torch.Tensor:
+def _pixels(
+    rows: Sequence[dict], keys: Sequence[str], view: int, preprocess_val: Any, train_tf: Any, size: int
+) -> torch.Tensor:
     from mbm.train.data import load_eval_image, open_train_image, stable_hash
 
     out = []
@@ -179,8 +194,18 @@ def _pixels(rows: Sequence[dict], keys: Sequence[str], view: int, preprocess_val
     return torch.stack(out)
 
 
-def fill(store: FeatureStore, model: Any, preprocess_val: Any, rows: Sequence[dict], views: Sequence[int], *,
-         augment: float = 0.5, grid: int = 3, batch: int = 32, progress: Callable[[str], object] | None = None) -> dict:
+def fill(
+    store: FeatureStore,
+    model: Any,
+    preprocess_val: Any,
+    rows: Sequence[dict],
+    views: Sequence[int],
+    *,
+    augment: float = 0.5,
+    grid: int = 3,
+    batch: int = 32,
+    progress: Callable[[str], object] | None = None,
+) -> dict:
     """Compute and store the features of every row's picture that a view lacks; returns counts and rates."""
     from mbm.train.augment import train_transform
     from mbm.train.loop import preprocess_of
@@ -200,11 +225,11 @@ def fill(store: FeatureStore, model: Any, preprocess_val: Any, rows: Sequence[di
         if todo and run is None:
             run = _trunk_runner(model, grid, store.identity["weights"])
         for s in range(0, len(todo), SHARD):
-            keys = todo[s:s + SHARD]
+            keys = todo[s : s + SHARD]
             pooled, tokens = [], []
             with torch.inference_mode():
                 for b in range(0, len(keys), batch):
-                    chunk = keys[b:b + batch]
+                    chunk = keys[b : b + batch]
                     x = _pixels([unique[k] for k in chunk], chunk, view, preprocess_val, train_tf, pp["size"])
                     p, t = run(x)
                     pooled.append(p.float())
@@ -214,8 +239,11 @@ def fill(store: FeatureStore, model: Any, preprocess_val: Any, rows: Sequence[di
             rate = done / (time.perf_counter() - started)
             if progress is not None:
                 progress(f"features view {view}: {done}/{len(todo)} new pictures ({rate:.1f}/s)")
-        report[f"v{view}"] = {"pictures": len(unique), "computed": len(todo),
-                              "per_s": round(done / max(1e-9, time.perf_counter() - started), 1)}
+        report[f"v{view}"] = {
+            "pictures": len(unique),
+            "computed": len(todo),
+            "per_s": round(done / max(1e-9, time.perf_counter() - started), 1),
+        }
     return report
 
 
@@ -237,15 +265,17 @@ class TextStore:
         if len(keys) + 1 != len(data["offsets"]):
             return {}  # a torn pair of files (the tensors are written first): recompute
         hidden, offsets = data["hidden"], data["offsets"].tolist()
-        return {bytes.fromhex(k): hidden[offsets[i]:offsets[i + 1]] for i, k in enumerate(keys)}
+        return {bytes.fromhex(k): hidden[offsets[i] : offsets[i + 1]] for i, k in enumerate(keys)}
 
     def save(self, hidden: dict[bytes, torch.Tensor]) -> None:
         from safetensors.torch import save
 
         keys = list(hidden)
         offsets = np.cumsum([0] + [len(hidden[k]) for k in keys])
-        tensors = {"hidden": torch.cat([hidden[k] for k in keys]).to(torch.float16).contiguous(),
-                   "offsets": torch.from_numpy(offsets.astype(np.int64))}
+        tensors = {
+            "hidden": torch.cat([hidden[k] for k in keys]).to(torch.float16).contiguous(),
+            "offsets": torch.from_numpy(offsets.astype(np.int64)),
+        }
         write_bytes(self.path, save(tensors))
         write_text(self.path.with_suffix(".json"), json.dumps([k.hex() for k in keys]))
 
@@ -275,8 +305,15 @@ class CachedPairs:
         rng = np.random.default_rng([p.seed, p.epoch, index])
         caption_id = int(rng.choice(p.row_captions[index]))
         view = int(rng.integers(len(self.pooled)))
-        return (self.pooled[view][index], p.tokens[caption_id], p.labels[index], caption_id, p.groups[index],
-                p.caption_sets[index], self.image_tokens[view][index])
+        return (
+            self.pooled[view][index],
+            p.tokens[caption_id],
+            p.labels[index],
+            caption_id,
+            p.groups[index],
+            p.caption_sets[index],
+            self.image_tokens[view][index],
+        )
 
 
 def collate_cached(items: Sequence[tuple]) -> Any:
@@ -293,8 +330,16 @@ def cached_sets(run: Any, cfg: Any, train_rows: Sequence[dict], labels: dict) ->
 
     grid = int(cfg.fusion.get("image_grid", 0) or 0)
     store = FeatureStore(cfg.feature_cache, trunk_identity(run.model, grid))
-    report = fill(store, run.model, run.preprocess_val, train_rows, range(cfg.views), augment=cfg.augment, grid=grid,
-                  progress=log.info)
+    report = fill(
+        store,
+        run.model,
+        run.preprocess_val,
+        train_rows,
+        range(cfg.views),
+        augment=cfg.augment,
+        grid=grid,
+        progress=log.info,
+    )
     report["val"] = fill(store, run.model, run.preprocess_val, run.val_rows, [0], grid=grid, progress=log.info)
     log.info("feature cache %s: %s", cfg.feature_cache, report)
     pairs = PairDataset(train_rows, _no_pixels, run.tokenizer, labels, seed=cfg.seed)
@@ -307,16 +352,27 @@ def _no_pixels(*_args: Any) -> torch.Tensor:
     raise AssertionError("a cached training set never decodes pictures")
 
 
-def _cached_embeddings(model: Any, tokenizer: Any, pooled: torch.Tensor, rows: Sequence[dict], device: str = "cpu",
-                       batch: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _cached_embeddings(
+    model: Any, tokenizer: Any, pooled: torch.Tensor, rows: Sequence[dict], device: str = "cpu", batch: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image embeddings from cached pooled features, embeddings of every caption, caption -> row), normalized."""
     head = model.visual.head
     captions = [c for r in rows for c in r["captions"]]
     with torch.no_grad():
-        image = torch.cat([torch.nn.functional.normalize(head(pooled[s:s + batch].to(device).float()), dim=-1).cpu()
-                           for s in range(0, len(pooled), batch)])
-        text = torch.cat([torch.nn.functional.normalize(model.encode_text(tokenizer(captions[s:s + 256]).to(device)).float(),
-                                                        dim=-1).cpu() for s in range(0, len(captions), 256)])
+        image = torch.cat(
+            [
+                torch.nn.functional.normalize(head(pooled[s : s + batch].to(device).float()), dim=-1).cpu()
+                for s in range(0, len(pooled), batch)
+            ]
+        )
+        text = torch.cat(
+            [
+                torch.nn.functional.normalize(
+                    model.encode_text(tokenizer(captions[s : s + 256]).to(device)).float(), dim=-1
+                ).cpu()
+                for s in range(0, len(captions), 256)
+            ]
+        )
     owner = np.array([i for i, r in enumerate(rows) for _ in r["captions"]], np.int64)
     return image.numpy(), text.numpy(), owner
 
@@ -328,8 +384,9 @@ def validate_cached(run: Any, device: str) -> dict:
     return recall_at_k(*_cached_embeddings(run.model, run.tokenizer, run.val_cache["pooled"], run.val_rows, device))
 
 
-def evaluate_cached(model: Any, tokenizer: Any, store: FeatureStore, rows: Sequence[dict], *,
-                    by: Sequence[str] = ("source", "style")) -> dict:
+def evaluate_cached(
+    model: Any, tokenizer: Any, store: FeatureStore, rows: Sequence[dict], *, by: Sequence[str] = ("source", "style")
+) -> dict:
     """Text->image and image->text recall@K of ``rows`` from cached view-0 features, overall and per value of
     each field in ``by`` (quick figures for ablations; ``mbm eval`` decodes the pictures)."""
     from mbm.train.evaluate import recall_at_k
@@ -342,7 +399,9 @@ def evaluate_cached(model: Any, tokenizer: Any, store: FeatureStore, rows: Seque
             keep = [i for i, r in enumerate(rows) if str(r.get(field)) == value]
             remap = {old: new for new, old in enumerate(keep)}
             texts = [j for j, o in enumerate(owner) if int(o) in remap]
-            out[f"{field}:{value}"] = recall_at_k(image[keep], text[texts], np.array([remap[int(owner[j])] for j in texts]))
+            out[f"{field}:{value}"] = recall_at_k(
+                image[keep], text[texts], np.array([remap[int(owner[j])] for j in texts])
+            )
     return out
 
 

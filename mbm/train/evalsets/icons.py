@@ -222,8 +222,12 @@ def render(path: Path, size: int) -> Image.Image:
 
 def _svg_to_png(path: Path, size: int) -> bytes:
     if shutil.which("rsvg-convert"):
-        return subprocess.run(["rsvg-convert", "-w", str(size), "-h", str(size), "--keep-aspect-ratio", str(path)],
-                              check=True, capture_output=True, timeout=30).stdout
+        return subprocess.run(
+            ["rsvg-convert", "-w", str(size), "-h", str(size), "--keep-aspect-ratio", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout
     try:
         import resvg_py
     except ImportError:

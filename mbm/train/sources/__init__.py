@@ -20,6 +20,16 @@ from .common import SourceMissing, load_manifest, normalize_caption, write_jsonl
 from .split import assign_splits, split_hash, split_hashes
 
 __all__ = [
-    "DEFAULT_SOURCES", "MODULES", "SourceMissing", "assign_splits", "build_all", "build_source",
-    "load_manifest", "normalize_caption", "split_hash", "split_hashes", "stats_path", "write_jsonl",
+    "DEFAULT_SOURCES",
+    "MODULES",
+    "SourceMissing",
+    "assign_splits",
+    "build_all",
+    "build_source",
+    "load_manifest",
+    "normalize_caption",
+    "split_hash",
+    "split_hashes",
+    "stats_path",
+    "write_jsonl",
 ]

@@ -11,8 +11,8 @@ import importlib
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from mbm.atomic import write_text
 
@@ -31,8 +31,19 @@ MODULES = {
 DEFAULT_SOURCES = tuple(MODULES)
 MANIFEST = "manifest.jsonl"
 STATS_VERSION = 2
-FIELD_ORDER = ("image", "captions", "label", "source", "style", "group", "split", "licence", "sha256",
-               "source_sha256", "origin")
+FIELD_ORDER = (
+    "image",
+    "captions",
+    "label",
+    "source",
+    "style",
+    "group",
+    "split",
+    "licence",
+    "sha256",
+    "source_sha256",
+    "origin",
+)
 DEFAULT_VAL = 1000
 DEFAULT_TEST = 1500
 
@@ -42,9 +53,17 @@ def stats_path(manifest: Path) -> Path:
     return manifest.with_name(manifest.name + ".stats.json")
 
 
-def build_source(name: str, out_dir: Path, *, size: int = 224, limit: int | None = None,
-                 root: Path | None = None, report: Counter | None = None,
-                 log: Callable[[str], object] | None = None, **options) -> list[dict]:
+def build_source(
+    name: str,
+    out_dir: Path,
+    *,
+    size: int = 224,
+    limit: int | None = None,
+    root: Path | None = None,
+    report: Counter | None = None,
+    log: Callable[[str], object] | None = None,
+    **options,
+) -> list[dict]:
     """Run one source's builder (rows without split, except sources that carry their own).
 
     ``root`` overrides where the package's files are looked for (default: the Debian path).
@@ -62,15 +81,28 @@ def build_source(name: str, out_dir: Path, *, size: int = 224, limit: int | None
 
 
 # the drawing style of each source's rows (iconify rows carry their set prefix)
-STYLES = {"emoji": "noto", "symbola": "symbola", "openclipart": "openclipart", "tuxpaint": "tuxpaint",
-          "fashion-mnist": "fashion-mnist"}
+STYLES = {
+    "emoji": "noto",
+    "symbola": "symbola",
+    "openclipart": "openclipart",
+    "tuxpaint": "tuxpaint",
+    "fashion-mnist": "fashion-mnist",
+}
 
 
-def build_all(out_dir: str | Path, sources: tuple[str, ...] | list[str] = DEFAULT_SOURCES, *,
-              size: int = 224, limit: int | None = None, val: int = DEFAULT_VAL,
-              test: int = DEFAULT_TEST, seed: int = 0, log: Callable[[str], object] = print,
-              roots: Mapping[str, Path] | None = None,
-              options: Mapping[str, dict] | None = None) -> Path:
+def build_all(
+    out_dir: str | Path,
+    sources: tuple[str, ...] | list[str] = DEFAULT_SOURCES,
+    *,
+    size: int = 224,
+    limit: int | None = None,
+    val: int = DEFAULT_VAL,
+    test: int = DEFAULT_TEST,
+    seed: int = 0,
+    log: Callable[[str], object] = print,
+    roots: Mapping[str, Path] | None = None,
+    options: Mapping[str, dict] | None = None,
+) -> Path:
     """Build ``sources`` into ``out_dir`` and return the path of ``manifest.jsonl``.
 
     A source whose Debian package is missing is skipped with one log line (its SourceMissing
@@ -103,8 +135,9 @@ def build_all(out_dir: str | Path, sources: tuple[str, ...] | list[str] = DEFAUL
             opts.setdefault("emojilib", roots.get("emojilib"))
             opts["info"] = extra_info.setdefault("iconify", {})
         try:
-            got = build_source(name, out_dir, size=size, limit=limit, root=roots.get(name),
-                               report=report, log=log, **opts)
+            got = build_source(
+                name, out_dir, size=size, limit=limit, root=roots.get(name), report=report, log=log, **opts
+            )
         except SourceMissing as e:
             if len(sources) == 1:
                 raise
@@ -126,22 +159,42 @@ def build_all(out_dir: str | Path, sources: tuple[str, ...] | list[str] = DEFAUL
     write_jsonl(rows, manifest)
     if extra_info.get("iconify", {}).get("sets"):  # final counts (after the split's drops)
         from .iconify import write_attribution
+
         write_attribution(out_dir, rows, extra_info["iconify"]["sets"])
-    stats = make_stats(rows, report=report, missing=missing, timings=timings,
-                       options={"sources": list(sources), "size": size, "limit": limit,
-                                "val": val, "test": test, "seed": seed,
-                                "roots": {k: str(v) for k, v in sorted(roots.items())},
-                                "source_options": {k: {o: v for o, v in d.items() if o != "info"}
-                                                   for k, d in sorted((options or {}).items())}},
-                       extra=extra_info)
+    stats = make_stats(
+        rows,
+        report=report,
+        missing=missing,
+        timings=timings,
+        options={
+            "sources": list(sources),
+            "size": size,
+            "limit": limit,
+            "val": val,
+            "test": test,
+            "seed": seed,
+            "roots": {k: str(v) for k, v in sorted(roots.items())},
+            "source_options": {
+                k: {o: v for o, v in d.items() if o != "info"} for k, d in sorted((options or {}).items())
+            },
+        },
+        extra=extra_info,
+    )
     write_text(stats_path(manifest), json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     counts = ", ".join(f"{s} {n}" for s, n in stats["splits"].items())
     log(f"wrote {manifest} ({len(rows)} rows: {counts})")
     return manifest
 
 
-def make_stats(rows: list[dict], *, report: Counter, missing: dict[str, str],
-               timings: dict[str, float], options: dict, extra: dict | None = None) -> dict:
+def make_stats(
+    rows: list[dict],
+    *,
+    report: Counter,
+    missing: dict[str, str],
+    timings: dict[str, float],
+    options: dict,
+    extra: dict | None = None,
+) -> dict:
     """The sidecar's content: counts per split/source/style, split hashes, drops, renderer
     versions, timings, options (and per-source details such as iconify's sets)."""
     per: dict[str, Counter] = defaultdict(Counter)

@@ -89,6 +89,7 @@ def article(noun: str) -> str:
 
 # ---------------------------------------------------------------- images
 
+
 def on_white(img: Image.Image) -> Image.Image:
     """RGB copy of ``img`` with any transparency composited onto white (models see no alpha)."""
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
@@ -179,6 +180,7 @@ def row_image_path(row: dict, base: Path) -> Path:
 
 # ---------------------------------------------------------------- manifests
 
+
 def _bad(path: Path, line: int, problem: str, fix: str) -> ValueError:
     return ValueError(f"{path}, line {line}: {problem} — {fix}")
 
@@ -191,8 +193,9 @@ def _captions_of(raw: dict, path: Path, line: int) -> list[str]:
     if isinstance(caps, str):
         caps = [caps]
     if not isinstance(caps, list) or not caps:
-        raise _bad(path, line, "row has no caption",
-                   'add "caption": "a red car" (a string) or "captions": ["a red car", ...]')
+        raise _bad(
+            path, line, "row has no caption", 'add "caption": "a red car" (a string) or "captions": ["a red car", ...]'
+        )
     out = [c.strip() for c in caps if isinstance(c, str) and c.strip()]
     if len(out) != len(caps):
         raise _bad(path, line, "a caption is empty or not a string", "give every caption as non-empty text")
@@ -223,8 +226,12 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> list[dict]:
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         if "image" not in fields or not ({"caption", "captions"} & set(fields)):
-            raise _bad(path, 1, f"CSV header is {reader.fieldnames!r}",
-                       "the first line must name the columns: image,caption[,label]")
+            raise _bad(
+                path,
+                1,
+                f"CSV header is {reader.fieldnames!r}",
+                "the first line must name the columns: image,caption[,label]",
+            )
         for rec in reader:
             rec = {(k or "").strip().lower(): (v or "").strip() for k, v in rec.items() if k is not None}
             if not any(rec.values()):
@@ -233,8 +240,12 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> list[dict]:
                 try:
                     rec["captions"] = json.loads(rec["captions"])
                 except json.JSONDecodeError:
-                    raise _bad(path, reader.line_num, "the captions column is not a JSON list",
-                               'write it as ["first", "second"] or use a caption column') from None
+                    raise _bad(
+                        path,
+                        reader.line_num,
+                        "the captions column is not a JSON list",
+                        'write it as ["first", "second"] or use a caption column',
+                    ) from None
             raws.append((reader.line_num, {k: (v if v != "" else None) for k, v in rec.items()}))
     else:
         for i, line in enumerate(text.splitlines(), 1):
@@ -243,8 +254,12 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> list[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise _bad(path, i, f"not valid JSON ({e.msg})",
-                           'write one JSON object per line, e.g. {"image": "a.jpg", "caption": "a red car"}') from None
+                raise _bad(
+                    path,
+                    i,
+                    f"not valid JSON ({e.msg})",
+                    'write one JSON object per line, e.g. {"image": "a.jpg", "caption": "a red car"}',
+                ) from None
             if not isinstance(rec, dict):
                 raise _bad(path, i, "line is not a JSON object", 'use {"image": ..., "caption": ...}')
             raws.append((i, rec))
@@ -256,8 +271,12 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> list[dict]:
         caps = _captions_of(rec, path, line)
         img_path = Path(image) if os.path.isabs(image) else base / image
         if check_files and not img_path.is_file():
-            raise _bad(path, line, f"image {image!r} not found at {img_path}",
-                       "fix the path (relative paths start at the manifest's folder) or remove the row")
+            raise _bad(
+                path,
+                line,
+                f"image {image!r} not found at {img_path}",
+                "fix the path (relative paths start at the manifest's folder) or remove the row",
+            )
         row = {"image": str(img_path), "captions": caps}
         row.update((k, v) for k, v in rec.items() if k not in ("caption", "captions", "image"))
         for key, default in (("label", None), ("source", "user"), ("group", None), ("split", None)):

@@ -16,8 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mbm.errors import MissingExtra
 
-from .common import (LICENCES, SourceMissing, article, cached_png, crop_to_content, pad_square,
-                     save_png)
+from .common import LICENCES, SourceMissing, article, cached_png, crop_to_content, pad_square, save_png
 
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 APT = "apt-get install -y fonts-noto-color-emoji"
@@ -106,7 +105,7 @@ class NotoRenderer:
         self.font = ImageFont.truetype(str(font_path), size=FONT_SIZE)
         # a supported emoji, even a ZWJ family, is one glyph one advance wide; an unsupported
         # sequence falls apart into several glyphs and measures two or three advances
-        self.advance = self.font.getlength("\U0001F600")
+        self.advance = self.font.getlength("\U0001f600")
 
     def glyph(self, text: str) -> Image.Image | None:
         """The font's own bitmap for ``text`` at its native size (no scaling), cropped; None
@@ -129,8 +128,15 @@ def glyph_key(glyph: Image.Image) -> str:
     return hashlib.sha256(f"{glyph.size}".encode() + glyph.tobytes()).hexdigest()[:16]
 
 
-def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Path = FONT,
-          report: Counter | None = None, log=None) -> list[dict]:
+def build(
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    size: int = 224,
+    root: Path = FONT,
+    report: Counter | None = None,
+    log=None,
+) -> list[dict]:
     """Render Noto Color Emoji into ``out_dir/images/emoji/`` and return manifest rows.
 
     ``root`` is the font file (or a folder holding NotoColorEmoji.ttf). Raises SourceMissing
@@ -157,10 +163,18 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
             sha = save_png(pad_square(glyph, size, margin=MARGIN), dest)
         else:
             sha = hit[1]
-        rows.append({
-            "image": dest.relative_to(out_dir).as_posix(), "captions": captions(text, data),
-            "label": None, "source": "emoji", "style": "noto", "group": group_id(text),
-            "links": [f"noto-glyph:{glyph_key(glyph)}"], "licence": LICENCES["emoji"], "sha256": sha,
-            "origin": "noto-color-emoji:" + " ".join(f"U+{ord(c):04X}" for c in text),
-        })
+        rows.append(
+            {
+                "image": dest.relative_to(out_dir).as_posix(),
+                "captions": captions(text, data),
+                "label": None,
+                "source": "emoji",
+                "style": "noto",
+                "group": group_id(text),
+                "links": [f"noto-glyph:{glyph_key(glyph)}"],
+                "licence": LICENCES["emoji"],
+                "sha256": sha,
+                "origin": "noto-color-emoji:" + " ".join(f"U+{ord(c):04X}" for c in text),
+            }
+        )
     return rows

@@ -20,13 +20,13 @@ from .common import LICENCES, SourceMissing, article, cached_png, save_png
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 APT = "apt-get install -y dataset-fashion-mnist"
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 # how each class reads in a sentence ("a photo of a pair of trousers")
-NOUNS = ["t-shirt", "pair of trousers", "pullover", "dress", "coat",
-         "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+NOUNS = ["t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
 DEFAULT_LIMIT = 3000  # 2/3 train, 1/3 test
 
 
@@ -38,7 +38,7 @@ def read_idx(path: Path) -> np.ndarray:
     zero, dtype, ndim = data[0] * 256 + data[1], data[2], data[3]
     if zero != 0 or dtype != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte idx file (header {data[:4].hex()})")
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -62,8 +62,16 @@ def balanced_indices(labels: np.ndarray, n: int) -> list[int]:
     return sorted(out)
 
 
-def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Path = ROOT,
-          report: Counter | None = None, log=None, everything: bool = False) -> list[dict]:
+def build(
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    size: int = 224,
+    root: Path = ROOT,
+    report: Counter | None = None,
+    log=None,
+    everything: bool = False,
+) -> list[dict]:
     """Write a class-balanced subset of Fashion-MNIST as ``size`` PNGs; rows carry their split.
 
     ``limit`` is the total (default 3,000: two thirds from train, one third from test);
@@ -85,7 +93,9 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
         else:
             want = total - total // 3 if split == "train" else total // 3
             take = balanced_indices(labels, want)
-        report[f"fashion-mnist: {split} items left out of the subset (not an error; see limit)"] += len(images) - len(take)
+        report[f"fashion-mnist: {split} items left out of the subset (not an error; see limit)"] += len(images) - len(
+            take
+        )
         for i in take:
             dest = out_dir / "images" / "fashion-mnist" / split / f"{i:05d}.png"
             hit = cached_png(dest, size)
@@ -95,10 +105,18 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
             else:
                 sha = hit[1]
             label = int(labels[i])
-            rows.append({
-                "image": dest.relative_to(out_dir).as_posix(), "captions": captions_for(label),
-                "label": CLASSES[label], "source": "fashion-mnist", "style": "fashion-mnist", "group": f"fashion-mnist:{split}:{i}",
-                "split": split, "licence": LICENCES["fashion-mnist"], "sha256": sha,
-                "origin": f"dataset-fashion-mnist:{img_name}[{i}]",
-            })
+            rows.append(
+                {
+                    "image": dest.relative_to(out_dir).as_posix(),
+                    "captions": captions_for(label),
+                    "label": CLASSES[label],
+                    "source": "fashion-mnist",
+                    "style": "fashion-mnist",
+                    "group": f"fashion-mnist:{split}:{i}",
+                    "split": split,
+                    "licence": LICENCES["fashion-mnist"],
+                    "sha256": sha,
+                    "origin": f"dataset-fashion-mnist:{img_name}[{i}]",
+                }
+            )
     return rows

@@ -34,10 +34,10 @@ import tarfile
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_conns
 from pathlib import Path
-from typing import Callable, Iterable
 
 from PIL import Image
 
@@ -47,8 +47,10 @@ from . import emoji as emoji_src
 from .common import SourceMissing, article, is_blank, pad_square, split_words
 
 PACKAGE = "@iconify/json@2.2.535"
-HOW_TO_GET = (f"get it with `npm pack {PACKAGE}` (one 104 MB .tgz) and pass the .tgz or its "
-              "unpacked package/ folder: --iconify PATH (Python: roots={'iconify': PATH})")
+HOW_TO_GET = (
+    f"get it with `npm pack {PACKAGE}` (one 104 MB .tgz) and pass the .tgz or its "
+    "unpacked package/ folder: --iconify PATH (Python: roots={'iconify': PATH})"
+)
 EMOJILIB_HOW = "`npm pack emojilib@4.0.3`, unpack, pass the package/ folder as --emojilib PATH"
 ATTRIBUTION = "ATTRIBUTION.md"
 
@@ -57,21 +59,36 @@ ATTRIBUTION = "ATTRIBUTION.md"
 # refused. CC-BY sets need attribution (ATTRIBUTION.md). Never: CC-BY-SA, GPL/LGPL/MPL
 # copyleft, non-commercial (NC), or unknown licences.
 LICENCE_POLICY: dict[str, str] = {
-    "CC0-1.0": "use", "Unlicense": "use",                       # public domain
-    "MIT": "use", "ISC": "use", "Apache-2.0": "use",
-    "BSD-2-Clause": "use", "BSD-3-Clause": "use", "OFL-1.1": "use",
-    "CC-BY-3.0": "use + attribute", "CC-BY-4.0": "use + attribute",
+    "CC0-1.0": "use",
+    "Unlicense": "use",  # public domain
+    "MIT": "use",
+    "ISC": "use",
+    "Apache-2.0": "use",
+    "BSD-2-Clause": "use",
+    "BSD-3-Clause": "use",
+    "OFL-1.1": "use",
+    "CC-BY-3.0": "use + attribute",
+    "CC-BY-4.0": "use + attribute",
     # listed for clarity: refused
-    "CC-BY-SA-3.0": "refuse", "CC-BY-SA-4.0": "refuse", "CC-BY-NC-4.0": "refuse",
-    "CC-BY-NC-SA-4.0": "refuse", "GPL-2.0-only": "refuse", "GPL-2.0-or-later": "refuse",
-    "GPL-3.0": "refuse", "GPL-3.0-or-later": "refuse", "MPL-2.0": "refuse",
+    "CC-BY-SA-3.0": "refuse",
+    "CC-BY-SA-4.0": "refuse",
+    "CC-BY-NC-4.0": "refuse",
+    "CC-BY-NC-SA-4.0": "refuse",
+    "GPL-2.0-only": "refuse",
+    "GPL-2.0-or-later": "refuse",
+    "GPL-3.0": "refuse",
+    "GPL-3.0-or-later": "refuse",
+    "MPL-2.0": "refuse",
 }
 # Known cases where the licence of the *artwork* differs from what Iconify declares: the
 # override is what rows record (and what the policy above is applied to).
 ARTWORK_LICENCE_OVERRIDES: dict[str, dict[str, str]] = {
-    "fxemoji": {"spdx": "CC-BY-4.0", "url": "https://creativecommons.org/licenses/by/4.0/",
-                "why": "Mozilla's FxEmoji artwork is CC BY 4.0; the Apache-2.0 that Iconify "
-                       "lists covers the code only (upstream LICENSE.md)"},
+    "fxemoji": {
+        "spdx": "CC-BY-4.0",
+        "url": "https://creativecommons.org/licenses/by/4.0/",
+        "why": "Mozilla's FxEmoji artwork is CC BY 4.0; the Apache-2.0 that Iconify "
+        "lists covers the code only (upstream LICENSE.md)",
+    },
 }
 REFUSED_SETS = {"emojione-v1": "CC-BY-SA-4.0 (evaluation only, never training data)"}
 
@@ -90,33 +107,68 @@ def needs_attribution(licence: str) -> bool:
 
 
 # ================================================================ which sets
-EMOJI_SETS = ("twemoji", "noto-v1", "fluent-emoji-flat", "fluent-emoji", "fluent-emoji-high-contrast",
-              "emojione", "emojione-monotone", "fxemoji", "streamline-emojis")
+EMOJI_SETS = (
+    "twemoji",
+    "noto-v1",
+    "fluent-emoji-flat",
+    "fluent-emoji",
+    "fluent-emoji-high-contrast",
+    "emojione",
+    "emojione-monotone",
+    "fxemoji",
+    "streamline-emojis",
+)
 # pictogram sets with descriptive English names (order = priority when the overall cap bites)
 PICTOGRAM_SETS = (
-    "game-icons", "mdi", "tabler", "lucide", "ph", "healthicons", "maki", "temaki", "material-symbols",
-    "carbon", "icon-park-outline", "icon-park", "fluent", "hugeicons", "fa6-solid", "flat-color-icons",
-    "fluent-color", "pinhead", "streamline", "streamline-color", "streamline-flex", "streamline-flex-color",
-    "streamline-plump", "streamline-plump-color", "streamline-sharp-color", "streamline-ultimate",
-    "streamline-ultimate-color", "streamline-freehand", "streamline-freehand-color",
-    "streamline-kameleon-color", "streamline-stickies-color",
+    "game-icons",
+    "mdi",
+    "tabler",
+    "lucide",
+    "ph",
+    "healthicons",
+    "maki",
+    "temaki",
+    "material-symbols",
+    "carbon",
+    "icon-park-outline",
+    "icon-park",
+    "fluent",
+    "hugeicons",
+    "fa6-solid",
+    "flat-color-icons",
+    "fluent-color",
+    "pinhead",
+    "streamline",
+    "streamline-color",
+    "streamline-flex",
+    "streamline-flex-color",
+    "streamline-plump",
+    "streamline-plump-color",
+    "streamline-sharp-color",
+    "streamline-ultimate",
+    "streamline-ultimate-color",
+    "streamline-freehand",
+    "streamline-freehand-color",
+    "streamline-kameleon-color",
+    "streamline-stickies-color",
 )
 # which variant stands for a concept when a set draws it several ways (first match wins;
 # "" = the unsuffixed name); otherwise the shortest name is taken
 VARIANT_PREFERENCE = {
     "fluent": ("24-regular", "20-regular", "28-regular", "32-regular", "48-regular", "16-regular"),
 }
-DEFAULT_SET_CAP = 2500        # icons per pictogram set (emoji sets: all)
-DEFAULT_TOTAL_CAP = 38000     # iconify rows in all, emoji first
+DEFAULT_SET_CAP = 2500  # icons per pictogram set (emoji sets: all)
+DEFAULT_TOTAL_CAP = 38000  # iconify rows in all, emoji first
 DEFAULT_WORKERS = 2
-TIMEOUT_S = 20.0              # per icon; a renderer that takes longer is killed
-MARGIN = 0.06                 # as the Noto/Symbola emoji
-DEFAULT_VIEWBOX = 16          # Iconify's default width/height
+TIMEOUT_S = 20.0  # per icon; a renderer that takes longer is killed
+MARGIN = 0.06  # as the Noto/Symbola emoji
+DEFAULT_VIEWBOX = 16  # Iconify's default width/height
 # mono sets draw with currentColor: mostly black, some dark colours (chosen per icon by hash)
 DARK_COLOURS = ("#000000",) * 7 + ("#1f2a44", "#5a1a1a", "#1b4332", "#3b2a1a", "#333333")
 
 
 # ================================================================ reading the package
+
 
 class IconifyPackage:
     """Read ``json/<prefix>.json`` from an unpacked package folder or the npm .tgz."""
@@ -145,8 +197,9 @@ class IconifyPackage:
     def prefixes(self) -> list[str]:
         if self._tar is not None:
             return sorted(self._members)
-        return sorted(p.stem for p in self.folder.glob("*.json")
-                      if p.stem not in ("collections", "package", "composer"))
+        return sorted(
+            p.stem for p in self.folder.glob("*.json") if p.stem not in ("collections", "package", "composer")
+        )
 
     def load(self, prefix: str) -> dict | None:
         if self._tar is not None:
@@ -160,8 +213,10 @@ class IconifyPackage:
     def _version(self) -> str | None:
         try:
             if self._tar is not None:
-                m = next((m for m in self._tar.getmembers() if m.name.endswith("package.json")
-                          and m.name.count("/") <= 1), None)
+                m = next(
+                    (m for m in self._tar.getmembers() if m.name.endswith("package.json") and m.name.count("/") <= 1),
+                    None,
+                )
                 data = json.loads(self._tar.extractfile(m).read()) if m else {}
             else:
                 pj = self.folder.parent / "package.json"
@@ -185,13 +240,14 @@ def load_emojilib(path: Path | None) -> dict[str, list[str]]:
 
 # ================================================================ SVG
 
+
 @dataclass
 class Icon:
     prefix: str
     name: str
     svg: str
     licence: str
-    kind: str                      # "emoji" | "pictogram"
+    kind: str  # "emoji" | "pictogram"
     captions: list[str]
     group: str
     label: str | None = None
@@ -215,8 +271,10 @@ def icon_svg(icon: dict, iconset: dict) -> tuple[str, bool]:
     w = icon.get("width", iconset.get("width", DEFAULT_VIEWBOX)) or DEFAULT_VIEWBOX
     h = icon.get("height", iconset.get("height", DEFAULT_VIEWBOX)) or DEFAULT_VIEWBOX
     body = icon["body"]
-    svg = ('<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
-           f'viewBox="{left} {top} {w} {h}" width="{w}" height="{h}">{body}</svg>')
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+        f'viewBox="{left} {top} {w} {h}" width="{w}" height="{h}">{body}</svg>'
+    )
     return svg, "currentColor" in body
 
 
@@ -225,8 +283,8 @@ PROBE_PX = 64  # a small first render finds the drawing's extent
 
 
 def _with_box(svg: str, box: tuple[float, float, float, float], wpx: int, hpx: int) -> str:
-    l, t, w, h = box
-    return _ROOT_BOX.sub(f'viewBox="{l:.6g} {t:.6g} {w:.6g} {h:.6g}" width="{wpx}" height="{hpx}"', svg, count=1)
+    left, top, w, h = box
+    return _ROOT_BOX.sub(f'viewBox="{left:.6g} {top:.6g} {w:.6g} {h:.6g}" width="{wpx}" height="{hpx}"', svg, count=1)
 
 
 def _resvg(svg: str) -> Image.Image:
@@ -246,16 +304,16 @@ def render_svg(svg: str, size: int, margin: float = MARGIN) -> Image.Image | Non
     square around it and the icon is drawn once at the final size (crisp, no resampling).
     """
     m = _ROOT_BOX.search(svg)
-    l, t, w, h = (float(v) for v in m.group(1).split())
+    left, top, w, h = (float(v) for v in m.group(1).split())
     scale = PROBE_PX / max(w, h)
-    probe = _resvg(_with_box(svg, (l, t, w, h), max(1, round(w * scale)), max(1, round(h * scale))))
+    probe = _resvg(_with_box(svg, (left, top, w, h), max(1, round(w * scale)), max(1, round(h * scale))))
     box = crop_box(probe)
     if box is None:
         return None
     x0, y0, x1, y1 = box
     x0, y0, x1, y1 = (max(0, x0 - 1), max(0, y0 - 1), min(probe.width, x1 + 1), min(probe.height, y1 + 1))
     bw, bh = (x1 - x0) / scale, (y1 - y0) / scale
-    cx, cy = l + (x0 + x1) / 2 / scale, t + (y0 + y1) / 2 / scale
+    cx, cy = left + (x0 + x1) / 2 / scale, top + (y0 + y1) / 2 / scale
     side = max(bw, bh) / (1 - 2 * margin)
     img = _resvg(_with_box(svg, (cx - side / 2, cy - side / 2, side, side), size, size))
     if img.size != (size, size):
@@ -279,12 +337,13 @@ def content_key(svg: str) -> str:
 
 # ================================================================ emoji join
 
+
 def cp_key(cps: Iterable[int]) -> str:
     return "-".join(f"{cp:x}" for cp in cps if cp not in emoji_src.SELECTORS)
 
 
 def slug(text: str) -> str:
-    """"Côte d’Ivoire" -> "cote-divoire"; ":red_car:" -> "red-car" (Iconify's name style)."""
+    """ "Côte d’Ivoire" -> "cote-divoire"; ":red_car:" -> "red-car" (Iconify's name style)."""
     text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))
     text = re.sub(r"[’'`\".]", "", text.lower().strip(":"))
@@ -308,8 +367,9 @@ class EmojiIndex:
             self.by_cps.setdefault(cp_key(ord(c) for c in text), text)
             for nm in [d["en"], *d.get("alias", [])]:
                 s = slug(nm)
-                for variant in {s, s.replace("-", "")} | ({f"flag-{s}", f"flag{s.replace('-', '')}"}
-                                                         if emoji_src.is_flag(text) else set()):
+                for variant in {s, s.replace("-", "")} | (
+                    {f"flag-{s}", f"flag{s.replace('-', '')}"} if emoji_src.is_flag(text) else set()
+                ):
                     self.by_slug.setdefault(variant, text)
 
     def lookup(self, name: str, cps: str | None) -> tuple[str | None, str]:
@@ -361,18 +421,23 @@ def _cap(text: str, limit: int = 200) -> str:
 # ================================================================ pictogram names
 
 # last tokens that name a drawing style, not a concept: "-outline", "-filled", "-bold" ...
-STYLE_TOKENS = frozenset("""
+STYLE_TOKENS = frozenset(
+    """
 outline outlined filled fill solid bold line lines light thin duotone duo regular rounded round
 sharp flat remix twotone negative alt glyph color colored colour mini micro small large sm lg
 o 24px 16px 32px 48px
-""".split())
+""".split()
+)
 # a token anywhere in the name marks a variant or badge of another icon ("camera-off")
-MODIFIER_TOKENS = frozenset("""
+MODIFIER_TOKENS = frozenset(
+    """
 off slash plus minus add remove check checked checkmark x xmark cancel alert question edit sync
 search lock unlock settings cog dismiss error warning disabled exclamation star-off new
-""".split())
+""".split()
+)
 # UI, layout, typography, abstract shapes and marks: not objects one would search a picture for
-UI_TOKENS = frozenset("""
+UI_TOKENS = frozenset(
+    """
 arrow arrows chevron chevrons caret carets align alignment format text font fonts typography
 numeric number numbers letter letters alpha alphabet abc layout grid border borders sidebar panel
 menu button toggle checkbox radio scroll zoom cursor pointer select selection sort filter list
@@ -393,16 +458,19 @@ monitor-off cast sidebar toolbar bullet bullets quote quotes emoji emoticon smil
 left right up down top bottom center middle horizontal vertical north south east west
 next previous back first last start end begin stop record step skip ab ascending descending
 pin unpin sum minus multiply infinity pi sigma function fx variable binary hex
-""".split())
+""".split()
+)
 # brands and products: Iconify sets carry many logos
-BRAND_TOKENS = frozenset("""
+BRAND_TOKENS = frozenset(
+    """
 facebook twitter google microsoft android linux github gitlab youtube instagram whatsapp amazon
 spotify slack discord reddit linkedin pinterest tiktok snapchat dropbox paypal bitcoin ethereum
 npm docker kubernetes aws azure firefox chrome safari opera ubuntu debian steam xbox playstation
 nintendo netflix twitch telegram skype wechat yelp uber airbnb ebay etsy figma adobe jira trello
 wordpress drupal react vue angular python javascript typescript php npm yarn webpack vscode
 visa mastercard stripe medium patreon tumblr vimeo flickr soundcloud deezer bandcamp
-""".split())
+""".split()
+)
 MAX_TOKENS = 4
 
 
@@ -414,14 +482,15 @@ def strip_variant(name: str, suffixes: Iterable[str] = ()) -> str:
             name = name[: -len(suf) - 1]
             break
     tokens = name.split("-")
-    while len(tokens) > 1 and (tokens[-1] in STYLE_TOKENS or tokens[-1].isdigit()
-                               or re.fullmatch(r"\d+px|x\d+|v\d+", tokens[-1])):
+    while len(tokens) > 1 and (
+        tokens[-1] in STYLE_TOKENS or tokens[-1].isdigit() or re.fullmatch(r"\d+px|x\d+|v\d+", tokens[-1])
+    ):
         tokens.pop()
     return "-".join(tokens)
 
 
 def pictogram_concept(name: str, suffixes: Iterable[str] = ()) -> str | None:
-    """"fire-truck-outline" -> "fire truck"; None for UI/abstract/brand/variant names.
+    """ "fire-truck-outline" -> "fire truck"; None for UI/abstract/brand/variant names.
 
     Dropped: names with a modifier token ("-off", "-plus", "-check": badges on another
     icon), a UI/layout/typography/shape word (:data:`UI_TOKENS`), a brand, any number,
@@ -432,8 +501,14 @@ def pictogram_concept(name: str, suffixes: Iterable[str] = ()) -> str | None:
     if not tokens or len(tokens) > MAX_TOKENS:
         return None
     for t in tokens:
-        if (t in MODIFIER_TOKENS or t in UI_TOKENS or t in BRAND_TOKENS or any(ch.isdigit() for ch in t)
-                or len(t) <= 2 or not t.isascii()):
+        if (
+            t in MODIFIER_TOKENS
+            or t in UI_TOKENS
+            or t in BRAND_TOKENS
+            or any(ch.isdigit() for ch in t)
+            or len(t) <= 2
+            or not t.isascii()
+        ):
             return None
     return " ".join(tokens)
 
@@ -453,13 +528,25 @@ def normalize_category(cat: str) -> str:
 
 # ================================================================ choosing icons
 
+
 def _visible(iconset: dict) -> list[tuple[str, dict]]:
-    return sorted((n, ic) for n, ic in iconset.get("icons", {}).items()
-                  if not ic.get("hidden") and isinstance(ic.get("body"), str))
+    return sorted(
+        (n, ic)
+        for n, ic in iconset.get("icons", {}).items()
+        if not ic.get("hidden") and isinstance(ic.get("body"), str)
+    )
 
 
-def emoji_icons(prefix: str, iconset: dict, licence: str, index: EmojiIndex, emojilib: dict,
-                shared_chars: dict[str, str], size: int, report: Counter) -> list[Icon]:
+def emoji_icons(
+    prefix: str,
+    iconset: dict,
+    licence: str,
+    index: EmojiIndex,
+    emojilib: dict,
+    shared_chars: dict[str, str],
+    size: int,
+    report: Counter,
+) -> list[Icon]:
     """One Icon per emoji concept of an emoji set (skin tones skipped, unknown names counted)."""
     chars = {name: cps for cps, name in sorted(iconset.get("chars", {}).items())}
     best: dict[str, tuple[tuple, Icon]] = {}
@@ -477,10 +564,17 @@ def emoji_icons(prefix: str, iconset: dict, licence: str, index: EmojiIndex, emo
             colour = pick_colour(prefix, name)
             svg = svg.replace("currentColor", colour)
         data = index.data[text]
-        icon = Icon(prefix, name, svg, licence, "emoji",
-                    emoji_captions(text, data, emojilib.get(cp_key(ord(c) for c in text), [])),
-                    emoji_src.group_id(text), colour=colour,
-                    extra={"emoji": text, "join": how})
+        icon = Icon(
+            prefix,
+            name,
+            svg,
+            licence,
+            "emoji",
+            emoji_captions(text, data, emojilib.get(cp_key(ord(c) for c in text), [])),
+            emoji_src.group_id(text),
+            colour=colour,
+            extra={"emoji": text, "join": how},
+        )
         rank = (how != "codepoint", len(name), name)
         g = icon.group
         if g not in best or rank < best[g][0]:
@@ -531,10 +625,20 @@ def water_fill(sizes: dict[str, int], budget: int) -> dict[str, int]:
     return {k: min(n, lo) for k, n in sizes.items()}
 
 
-def select_icons(pkg: IconifyPackage, *, size: int, emojilib: dict, set_cap: int | None,
-                 total_cap: int | None, emoji_cap: int | None = None, emoji_sets: Iterable[str] = EMOJI_SETS,
-                 pictogram_sets: Iterable[str] = PICTOGRAM_SETS, report: Counter,
-                 sets_info: dict, log: Callable[[str], object]) -> list[Icon]:
+def select_icons(
+    pkg: IconifyPackage,
+    *,
+    size: int,
+    emojilib: dict,
+    set_cap: int | None,
+    total_cap: int | None,
+    emoji_cap: int | None = None,
+    emoji_sets: Iterable[str] = EMOJI_SETS,
+    pictogram_sets: Iterable[str] = PICTOGRAM_SETS,
+    report: Counter,
+    sets_info: dict,
+    log: Callable[[str], object],
+) -> list[Icon]:
     """Every icon to render, emoji first, caps applied; ``sets_info`` gets each set's info."""
     index = EmojiIndex()
     available = set(pkg.prefixes())
@@ -549,11 +653,16 @@ def select_icons(pkg: IconifyPackage, *, size: int, emojilib: dict, set_cap: int
         info = data.get("info") or {}
         licence, policy = set_licence(prefix, info)
         declared = (info.get("license") or {}).get("spdx")
-        sets_info[prefix] = {"name": info.get("name", prefix), "author": info.get("author") or {},
-                             "declared_licence": declared, "licence": licence, "policy": policy,
-                             "licence_url": ARTWORK_LICENCE_OVERRIDES.get(prefix, {}).get("url")
-                             or (info.get("license") or {}).get("url"),
-                             "override": ARTWORK_LICENCE_OVERRIDES.get(prefix, {}).get("why")}
+        sets_info[prefix] = {
+            "name": info.get("name", prefix),
+            "author": info.get("author") or {},
+            "declared_licence": declared,
+            "licence": licence,
+            "policy": policy,
+            "licence_url": ARTWORK_LICENCE_OVERRIDES.get(prefix, {}).get("url")
+            or (info.get("license") or {}).get("url"),
+            "override": ARTWORK_LICENCE_OVERRIDES.get(prefix, {}).get("why"),
+        }
         if licence is None:
             report[f"iconify: set {prefix} refused: licence {declared or 'unknown'}"] += 1
             log(f"iconify: {prefix}: refused (licence {declared or 'unknown'})")
@@ -608,14 +717,25 @@ def select_icons(pkg: IconifyPackage, *, size: int, emojilib: dict, set_cap: int
             if mono:
                 colour = pick_colour(prefix, name)
                 svg = svg.replace("currentColor", colour)
-            icons.append(Icon(prefix, name, svg, licence, "pictogram", pictogram_captions(concept, category),
-                              f"pictogram:{concept}", label=normalize_category(category) if category else None,
-                              colour=colour))
+            icons.append(
+                Icon(
+                    prefix,
+                    name,
+                    svg,
+                    licence,
+                    "pictogram",
+                    pictogram_captions(concept, category),
+                    f"pictogram:{concept}",
+                    label=normalize_category(category) if category else None,
+                    colour=colour,
+                )
+            )
         log(f"iconify: {prefix}: {len(keep)} pictograms of {len(cands)} concepts ({licence})")
     return icons
 
 
 # ================================================================ rendering pool
+
 
 def _render_job(svg: str, size: int, dest: str) -> tuple[str, str | None]:
     try:
@@ -625,6 +745,7 @@ def _render_job(svg: str, size: int, dest: str) -> tuple[str, str | None]:
     if img is None:
         return "blank", None
     from .common import save_png
+
     return "ok", save_png(img, Path(dest))
 
 
@@ -683,8 +804,10 @@ class RenderPool:
                     if not w["ready"]:
                         self.start_failures += 1
                         if self.start_failures > 3:
-                            raise RuntimeError("resvg render workers die on start-up (run with --workers 1 "
-                                               "and check that `import resvg_py` works)")
+                            raise RuntimeError(
+                                "resvg render workers die on start-up (run with --workers 1 "
+                                "and check that `import resvg_py` works)"
+                            )
                     idx, status, sha = w["job"], "error", None
                     self._replace(w)
                 else:
@@ -729,12 +852,21 @@ def cache_name(icon: Icon, size: int) -> str:
 
 def _sha_if_cached(path: Path, size: int) -> str | None:
     from .common import cached_png
+
     hit = cached_png(path, size)
     return None if hit is None else hit[1]
 
 
-def render_all(icons: list[Icon], out_dir: Path, size: int, *, workers: int, timeout: float,
-               report: Counter, log: Callable[[str], object]) -> list[tuple[Icon, Path, str]]:
+def render_all(
+    icons: list[Icon],
+    out_dir: Path,
+    size: int,
+    *,
+    workers: int,
+    timeout: float,
+    report: Counter,
+    log: Callable[[str], object],
+) -> list[tuple[Icon, Path, str]]:
     """(icon, PNG path, PNG sha256) for every icon that renders; reuses cached PNGs; blank,
     failed and timed-out renders are counted and remembered with a marker file."""
     base = out_dir / "images" / "iconify"
@@ -781,8 +913,10 @@ def render_all(icons: list[Icon], out_dir: Path, size: int, *, workers: int, tim
             if n % 2000 == 0 or n == len(jobs):
                 rate = n / max(1e-6, time.monotonic() - t0)
                 eta = (len(jobs) - n) / max(rate, 1e-6)
-                log(f"iconify: rendered {n}/{len(jobs)} ({rate:.0f}/s, ~{eta:.0f} s left); "
-                    + ", ".join(f"{p} {c}" for p, c in sorted(per_set.items())))
+                log(
+                    f"iconify: rendered {n}/{len(jobs)} ({rate:.0f}/s, ~{eta:.0f} s left); "
+                    + ", ".join(f"{p} {c}" for p, c in sorted(per_set.items()))
+                )
     finally:
         pool.close()
     return done
@@ -790,14 +924,20 @@ def render_all(icons: list[Icon], out_dir: Path, size: int, *, workers: int, tim
 
 # ================================================================ build
 
+
 def write_attribution(out_dir: Path, rows: list[dict], sets_info: dict) -> Path:
     """``ATTRIBUTION.md``: every CC-BY set used (name, author, licence, URL, count)."""
     counts = Counter(r["style"] for r in rows if r.get("source") == "iconify")
-    lines = ["# Attribution", "",
-             "Pictures under `images/iconify/` come from Iconify's icon sets "
-             f"(npm `{PACKAGE}`). The sets below are licensed under Creative Commons Attribution; "
-             "a model or data set derived from them must credit them as follows.", "",
-             "| set | prefix | author | licence | rows |", "|---|---|---|---|---|"]
+    lines = [
+        "# Attribution",
+        "",
+        "Pictures under `images/iconify/` come from Iconify's icon sets "
+        f"(npm `{PACKAGE}`). The sets below are licensed under Creative Commons Attribution; "
+        "a model or data set derived from them must credit them as follows.",
+        "",
+        "| set | prefix | author | licence | rows |",
+        "|---|---|---|---|---|",
+    ]
     used = [p for p in sorted(counts) if needs_attribution(sets_info.get(p, {}).get("licence") or "")]
     for p in used:
         info = sets_info[p]
@@ -812,20 +952,35 @@ def write_attribution(out_dir: Path, rows: list[dict], sets_info: dict) -> Path:
         lines.append(f"| {info.get('name', p)} | `{p}` | {who} | {lic}{note} | {counts[p]} |")
     others = sorted(p for p in counts if p not in used)
     if others:
-        lines += ["", "Sets used under licences without an attribution clause for this use "
-                  "(their licence files still apply): "
-                  + ", ".join(f"`{p}` ({sets_info.get(p, {}).get('licence')}, {counts[p]})" for p in others) + "."]
+        lines += [
+            "",
+            "Sets used under licences without an attribution clause for this use "
+            "(their licence files still apply): "
+            + ", ".join(f"`{p}` ({sets_info.get(p, {}).get('licence')}, {counts[p]})" for p in others)
+            + ".",
+        ]
     path = out_dir / ATTRIBUTION
     write_text(path, "\n".join(lines) + "\n")
     return path
 
 
-def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Path | None = None,
-          report: Counter | None = None, log=None, emojilib: Path | None = None,
-          set_cap: int | None = DEFAULT_SET_CAP, total_cap: int | None = DEFAULT_TOTAL_CAP,
-          workers: int = DEFAULT_WORKERS, timeout: float = TIMEOUT_S,
-          emoji_sets: Iterable[str] = EMOJI_SETS, pictogram_sets: Iterable[str] = PICTOGRAM_SETS,
-          info: dict | None = None) -> list[dict]:
+def build(
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    size: int = 224,
+    root: Path | None = None,
+    report: Counter | None = None,
+    log=None,
+    emojilib: Path | None = None,
+    set_cap: int | None = DEFAULT_SET_CAP,
+    total_cap: int | None = DEFAULT_TOTAL_CAP,
+    workers: int = DEFAULT_WORKERS,
+    timeout: float = TIMEOUT_S,
+    emoji_sets: Iterable[str] = EMOJI_SETS,
+    pictogram_sets: Iterable[str] = PICTOGRAM_SETS,
+    info: dict | None = None,
+) -> list[dict]:
     """Render the chosen Iconify sets into ``out_dir/images/iconify/<prefix>/`` and return rows.
 
     ``root``: the npm package (.tgz or unpacked folder); SourceMissing when absent.
@@ -843,8 +998,9 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
     try:
         import resvg_py
     except ImportError:
-        raise SourceMissing("resvg-py (renders the Iconify SVGs) is not installed — "
-                            "run: pip install 'mbm[train]'") from None
+        raise SourceMissing(
+            "resvg-py (renders the Iconify SVGs) is not installed — run: pip install 'mbm[train]'"
+        ) from None
     report = report if report is not None else Counter()
     pkg = IconifyPackage(root)
     lib = load_emojilib(emojilib)
@@ -858,9 +1014,19 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
         emoji_cap, set_cap = share, share if set_cap is None else min(set_cap, share)
     sets_info: dict = {}
     t0 = time.monotonic()
-    icons = select_icons(pkg, size=size, emojilib=lib, set_cap=set_cap, total_cap=cap, emoji_cap=emoji_cap,
-                         emoji_sets=emoji_sets, pictogram_sets=pictogram_sets, report=report,
-                         sets_info=sets_info, log=log)
+    icons = select_icons(
+        pkg,
+        size=size,
+        emojilib=lib,
+        set_cap=set_cap,
+        total_cap=cap,
+        emoji_cap=emoji_cap,
+        emoji_sets=emoji_sets,
+        pictogram_sets=pictogram_sets,
+        report=report,
+        sets_info=sets_info,
+        log=log,
+    )
     if cap is not None and len(icons) > cap:
         report["iconify: emoji over the overall cap (not an error)"] += len(icons) - cap
         icons = icons[:cap]
@@ -869,9 +1035,15 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
     rows = []
     for icon, png, sha in sorted(rendered, key=lambda x: (x[0].prefix, x[0].name)):
         row = {
-            "image": png.relative_to(out_dir).as_posix(), "captions": icon.captions, "label": icon.label,
-            "source": "iconify", "style": icon.prefix, "group": icon.group, "licence": icon.licence,
-            "sha256": sha, "source_sha256": icon.key,
+            "image": png.relative_to(out_dir).as_posix(),
+            "captions": icon.captions,
+            "label": icon.label,
+            "source": "iconify",
+            "style": icon.prefix,
+            "group": icon.group,
+            "licence": icon.licence,
+            "sha256": sha,
+            "source_sha256": icon.key,
             "origin": f"iconify:{icon.prefix}:{icon.name}",
         }
         if icon.colour:
@@ -881,8 +1053,13 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
     log("iconify: rows per set: " + ", ".join(f"{p} {n}" for p, n in sorted(per.items())))
     write_attribution(Path(out_dir), rows, sets_info)
     if info is not None:
-        info.update({"package": PACKAGE, "package_version": pkg.version,
-                     "resvg_py": getattr(resvg_py, "__version__", None),
-                     "resvg": getattr(resvg_py, "__resvg_version__", None),
-                     "sets": {p: d | {"rows": per.get(p, 0)} for p, d in sorted(sets_info.items())}})
+        info.update(
+            {
+                "package": PACKAGE,
+                "package_version": pkg.version,
+                "resvg_py": getattr(resvg_py, "__version__", None),
+                "resvg": getattr(resvg_py, "__resvg_version__", None),
+                "sets": {p: d | {"rows": per.get(p, 0)} for p, d in sorted(sets_info.items())},
+            }
+        )
     return rows

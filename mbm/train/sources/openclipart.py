@@ -22,8 +22,19 @@ from pathlib import Path
 
 from PIL import Image
 
-from .common import (LICENCES, SourceMissing, cached_png, cap_length, crop_to_content, is_blank,
-                     on_white, pad_square, save_png, split_words, strip_urls_emails)
+from .common import (
+    LICENCES,
+    SourceMissing,
+    cached_png,
+    cap_length,
+    crop_to_content,
+    is_blank,
+    on_white,
+    pad_square,
+    save_png,
+    split_words,
+    strip_urls_emails,
+)
 
 ROOT = Path("/usr/share/openclipart/svg")
 APT = "apt-get install -y openclipart-svg librsvg2-bin"
@@ -33,10 +44,40 @@ TIMEOUT_S = 20  # a few SVGs take over a minute in rsvg-convert; they are not wo
 SKIP_CATEGORIES = {"special"}  # gradients, patterns, test files: no objects to caption
 
 _STOP_KEYWORDS = {
-    "", "hash", "unsorted", "lemon theme icon", "theme", "icons", "icon", "clip art", "clipart",
-    "svg", "image", "images", "media", "public domain", "openclipart", "remix", "externalsource",
-    "mapsym", "musicstuff", "special", "other", "misc", "various", "untagged", "uncategorized",
-    "none", "new", "inkscape", "png", "drawing", "graphics", "clip", "art", "stuff",
+    "",
+    "hash",
+    "unsorted",
+    "lemon theme icon",
+    "theme",
+    "icons",
+    "icon",
+    "clip art",
+    "clipart",
+    "svg",
+    "image",
+    "images",
+    "media",
+    "public domain",
+    "openclipart",
+    "remix",
+    "externalsource",
+    "mapsym",
+    "musicstuff",
+    "special",
+    "other",
+    "misc",
+    "various",
+    "untagged",
+    "uncategorized",
+    "none",
+    "new",
+    "inkscape",
+    "png",
+    "drawing",
+    "graphics",
+    "clip",
+    "art",
+    "stuff",
 }
 
 _BOILERPLATE = [
@@ -139,8 +180,7 @@ def drawing_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def rasterise(svg: Path, size: int, *, timeout: float = TIMEOUT_S,
-              margin: float = MARGIN) -> Image.Image | None:
+def rasterise(svg: Path, size: int, *, timeout: float = TIMEOUT_S, margin: float = MARGIN) -> Image.Image | None:
     """Render an SVG into a white ``size`` square; None on failure or timeout.
 
     The drawing is rendered at twice the size, cropped to its non-white bounding box and
@@ -149,8 +189,7 @@ def rasterise(svg: Path, size: int, *, timeout: float = TIMEOUT_S,
     An all-white render comes back as a blank square (callers test ``is_blank``).
     """
     big = 2 * size
-    cmd = ["rsvg-convert", "--keep-aspect-ratio", "-w", str(big), "-h", str(big),
-           "-b", "white", "-f", "png", str(svg)]
+    cmd = ["rsvg-convert", "--keep-aspect-ratio", "-w", str(big), "-h", str(big), "-b", "white", "-f", "png", str(svg)]
     try:
         res = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -196,8 +235,15 @@ def _candidates(root: Path, report: Counter) -> list[tuple[str, Path, str, list[
     return out
 
 
-def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Path = ROOT,
-          report: Counter | None = None, log=None) -> list[dict]:
+def build(
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    size: int = 224,
+    root: Path = ROOT,
+    report: Counter | None = None,
+    log=None,
+) -> list[dict]:
     """Rasterise Open Clip Art into ``out_dir/images/openclipart/`` and return manifest rows.
 
     Rows carry ``group = "openclipart:<drawing key>"`` (:func:`drawing_key`, from the SVG
@@ -220,8 +266,7 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
         if limit is not None and len(rows) >= limit:
             break
         if log and i and i % 1000 == 0:
-            log(f"openclipart: {i}/{len(cands)} files looked at, {len(rows)} kept, "
-                f"{time.monotonic() - t0:.0f} s")
+            log(f"openclipart: {i}/{len(cands)} files looked at, {len(rows)} kept, {time.monotonic() - t0:.0f} s")
         category = rel.split("/", 1)[0]
         if category in SKIP_CATEGORIES:
             report["openclipart: special/ category (gradients, patterns)"] += 1
@@ -250,11 +295,18 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
             sha = save_png(img, dest)
         else:
             sha = hit[1]
-        rows.append({
-            "image": dest.relative_to(out_dir).as_posix(),
-            "captions": captions_for(title, clean_keywords(raw_keywords, title)),
-            "label": category, "source": "openclipart", "style": "openclipart",
-            "group": f"openclipart:{drawing}", "licence": LICENCES["openclipart"], "sha256": sha,
-            "source_sha256": file_sha, "origin": f"openclipart-svg:{rel}",
-        })
+        rows.append(
+            {
+                "image": dest.relative_to(out_dir).as_posix(),
+                "captions": captions_for(title, clean_keywords(raw_keywords, title)),
+                "label": category,
+                "source": "openclipart",
+                "style": "openclipart",
+                "group": f"openclipart:{drawing}",
+                "licence": LICENCES["openclipart"],
+                "sha256": sha,
+                "source_sha256": file_sha,
+                "origin": f"openclipart-svg:{rel}",
+            }
+        )
     return rows

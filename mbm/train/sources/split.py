@@ -79,9 +79,15 @@ def _pick_key(row: dict) -> tuple:
     return (len(row["image"]), row["image"])
 
 
-def assign_splits(rows: list[dict], *, val: int, test: int, seed: int,
-                  heldout_sources: tuple[str, ...] = HELDOUT_SOURCES,
-                  report: Counter | None = None) -> list[dict]:
+def assign_splits(
+    rows: list[dict],
+    *,
+    val: int,
+    test: int,
+    seed: int,
+    heldout_sources: tuple[str, ...] = HELDOUT_SOURCES,
+    report: Counter | None = None,
+) -> list[dict]:
     """Return copies of ``rows`` with ``split`` set; rows dropped to avoid leaks are left out.
 
     - A row that already has a ``split`` (Fashion-MNIST's own train/test, Tux Paint's

@@ -46,8 +46,15 @@ class SymbolaRenderer:
         return pad_square(glyph, size, margin=MARGIN)
 
 
-def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Path = FONT,
-          report: Counter | None = None, log=None) -> list[dict]:
+def build(
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    size: int = 224,
+    root: Path = FONT,
+    report: Counter | None = None,
+    log=None,
+) -> list[dict]:
     """Render the emoji concepts with Symbola into ``out_dir/images/symbola/``; return rows.
 
     ``root`` is the font file (or its folder). Captions are the emoji names plus
@@ -81,10 +88,17 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
             sha = save_png(img, dest)
         else:
             sha = hit[1]
-        rows.append({
-            "image": dest.relative_to(out_dir).as_posix(),
-            "captions": captions(text, data, style="a black and white drawing of"),
-            "label": None, "source": "symbola", "style": "symbola", "group": group_id(text),
-            "licence": LICENCES["symbola"], "sha256": sha, "origin": f"symbola:U+{cps[0]:04X}",
-        })
+        rows.append(
+            {
+                "image": dest.relative_to(out_dir).as_posix(),
+                "captions": captions(text, data, style="a black and white drawing of"),
+                "label": None,
+                "source": "symbola",
+                "style": "symbola",
+                "group": group_id(text),
+                "licence": LICENCES["symbola"],
+                "sha256": sha,
+                "origin": f"symbola:U+{cps[0]:04X}",
+            }
+        )
     return rows

@@ -14,8 +14,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from .common import (LICENCES, SourceMissing, cached_png, cap_length, crop_to_content, is_blank,
-                     on_white, pad_square, save_png)
+from .common import (
+    LICENCES,
+    SourceMissing,
+    cached_png,
+    cap_length,
+    crop_to_content,
+    is_blank,
+    on_white,
+    pad_square,
+    save_png,
+)
 from .openclipart import rasterise
 
 ROOT = Path("/usr/share/tuxpaint/stamps")
@@ -63,8 +72,15 @@ def _load(pic: Path, size: int) -> Image.Image | None:
     return None if content is None else pad_square(content, size, margin=MARGIN)
 
 
-def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Path = ROOT,
-          report: Counter | None = None, log=None) -> list[dict]:
+def build(
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    size: int = 224,
+    root: Path = ROOT,
+    report: Counter | None = None,
+    log=None,
+) -> list[dict]:
     """Render Tux Paint stamps into ``out_dir/images/tuxpaint/`` and return rows (split "heldout").
 
     The caption is the English sentence only (file names like "asl_zzz_9" would add noise
@@ -94,10 +110,18 @@ def build(out_dir: Path, *, limit: int | None = None, size: int = 224, root: Pat
             sha = save_png(img, dest)
         else:
             sha = hit[1]
-        rows.append({
-            "image": dest.relative_to(out_dir).as_posix(), "captions": [caption],
-            "label": rel.parts[0], "source": "tuxpaint", "style": "tuxpaint", "group": "tuxpaint:" + rel.with_suffix("").as_posix(),
-            "split": HELDOUT, "licence": LICENCES["tuxpaint"], "sha256": sha,
-            "origin": f"tuxpaint-stamps-default:{rel.as_posix()}",
-        })
+        rows.append(
+            {
+                "image": dest.relative_to(out_dir).as_posix(),
+                "captions": [caption],
+                "label": rel.parts[0],
+                "source": "tuxpaint",
+                "style": "tuxpaint",
+                "group": "tuxpaint:" + rel.with_suffix("").as_posix(),
+                "split": HELDOUT,
+                "licence": LICENCES["tuxpaint"],
+                "sha256": sha,
+                "origin": f"tuxpaint-stamps-default:{rel.as_posix()}",
+            }
+        )
     return rows
