@@ -352,7 +352,14 @@ def serve(
         bool,
         typer.Option(
             "--allow-image-urls",
-            help="Let /knn-service fetch `image_url` queries (the server then makes requests for clients).",
+            help="Let /knn-service fetch `image_url` queries from public hosts (the server makes requests for clients).",
+        ),
+    ] = False,
+    allow_private_image_urls: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-image-urls",
+            help="With --allow-image-urls: also fetch from loopback and private networks (only on trusted networks).",
         ),
     ] = False,
     root: Annotated[
@@ -380,7 +387,8 @@ def serve(
         host=host,
         port=port,
         api_key=api_key or None,
-        allow_image_urls=allow_image_urls,
+        allow_image_urls=allow_image_urls or allow_private_image_urls,
+        allow_private_image_urls=allow_private_image_urls,
         roots=[str(r) for r in root or []],
     )
     config.check()

@@ -4,7 +4,8 @@ so clip-retrieval's ``ClipClient(url="http://HOST:PORT/knn-service", indice_name
 An indice is a collection. Options mbm has no model for (mclip, safety, violence, aesthetic
 embeddings) are accepted and ignored, as clip back does when it was started without them;
 ``deduplicate`` drops results with the same file content; ``image_url`` is fetched only when
-the server runs with ``--allow-image-urls``.
+the server runs with ``--allow-image-urls``, and then from public addresses only unless
+``--allow-private-image-urls`` (mbm/server/fetch.py).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from mbm.retrieval.query import Query
 from mbm.server.collections import Collections, Served
 from mbm.server.config import ServerConfig
 from mbm.server.errors import ApiError
+from mbm.server.fetch import download
 from mbm.server.metrics import Metrics
 from mbm.server.schemas import KnnRequest, KnnResult
 from mbm.server.search import checked_image, image_file
-
-URL_TIMEOUT_S = 10
 
 
 def register(app: FastAPI, config: ServerConfig, collections: Collections, metrics: Metrics) -> None:
@@ -87,28 +87,20 @@ def _search(req: KnnRequest, served: Served, config: ServerConfig, wanted: int) 
             query: Any = Query.image(image_file(req.image, config.limits, stack))
         elif req.image_url:
             query = Query.image(
-                checked_image(_download(req.image_url, config.limits.max_body_bytes), config.limits, stack, "image_url")
+                checked_image(
+                    download(
+                        req.image_url, config.limits.max_body_bytes, allow_private=config.allow_private_image_urls
+                    ),
+                    config.limits,
+                    stack,
+                    "image_url",
+                )
             )
         elif req.embedding_input is not None:
             query = Query.vector(np.asarray(req.embedding_input, np.float32))
         else:
             raise ApiError(400, "must fill one of text, image, image_url and embedding_input")
         return served.engine.search(query, k=wanted)
-
-
-def _download(url: str, limit: int) -> bytes:
-    import urllib.request
-
-    if not url.startswith(("http://", "https://")):
-        raise ApiError(400, f"image_url {url[:80]!r} is not an http(s) URL")
-    try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as r:  # noqa: S310 - scheme checked above
-            data = r.read(limit + 1)
-    except OSError as e:
-        raise ApiError(400, f"image_url {url[:80]!r} could not be fetched ({e})") from None
-    if len(data) > limit:
-        raise ApiError(413, f"image_url {url[:80]!r} is over the limit of {limit} bytes")
-    return data
 
 
 def _results(hits: list[Any], req: KnnRequest, served: Served, base: str) -> list[dict[str, Any]]:

@@ -31,7 +31,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    allow_image_urls: bool = False
+    allow_image_urls: bool = False  # /knn-service may fetch image_url queries ...
+    allow_private_image_urls: bool = False  # ... from loopback and private networks too (else public hosts only)
     roots: list[str] = field(default_factory=list)  # folders thumbnails may be read from (default: per collection)
     limits: Limits = field(default_factory=Limits)
 
