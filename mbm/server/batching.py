@@ -26,7 +26,7 @@ class _Job:
 
 
 class TextBatcher:
-    """One per collection: ``await batcher.search(text, k)`` -> list of Hits."""
+    """One per collection: ``await batcher.search(text, k)`` -> (Hits, (catalog_id, generation)) they came from."""
 
     def __init__(self, name: str, engine: Any, metrics: Metrics, *, window_s: float = 0.002, max_batch: int = 32):
         self.name, self.engine, self.metrics = name, engine, metrics
@@ -34,7 +34,7 @@ class TextBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def search(self, text: str, k: int, min_score: float | None = None) -> list[Any]:
+    async def search(self, text: str, k: int, min_score: float | None = None) -> tuple[list[Any], tuple[str, int]]:
         loop = asyncio.get_running_loop()
         if self._queue is None or self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._queue = asyncio.Queue()  # one per event loop (a test client may run several)
@@ -70,15 +70,16 @@ class TextBatcher:
                 if not job.future.done():
                     job.future.set_result(hits)
 
-    def _batch(self, jobs: list[_Job]) -> list[list[Any]]:
+    def _batch(self, jobs: list[_Job]) -> list[tuple[list[Any], tuple[str, int]]]:
         t0 = time.perf_counter()
         vectors = self.engine.embed_texts([j.text for j in jobs])
         t1 = time.perf_counter()
-        found = self.engine.search_many(vectors, k=max(j.k for j in jobs))
+        found, version = self.engine.search_batch(vectors, k=max(j.k for j in jobs))
         t2 = time.perf_counter()
         self.metrics.batch.labels(self.name).observe(len(jobs))
         self.metrics.encode.labels(self.name).observe(t1 - t0)
         self.metrics.search.labels(self.name).observe(t2 - t1)
         return [
-            [h for h in hits if j.min_score is None or h.score >= j.min_score][: j.k] for j, hits in zip(jobs, found)
+            ([h for h in hits if j.min_score is None or h.score >= j.min_score][: j.k], version)
+            for j, hits in zip(jobs, found)
         ]

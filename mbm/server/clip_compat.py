@@ -64,7 +64,7 @@ def register(app: FastAPI, config: ServerConfig, collections: Collections, metri
             )
         base = str(request.base_url).rstrip("/")
         if req.text:  # clip back: text first, then image, then embedding (an empty text counts as none)
-            hits = await served.batcher.search(req.text, wanted)
+            hits, _ = await served.batcher.search(req.text, wanted)
         else:
             hits = await run_in_threadpool(_search, req, served, config, wanted)
         return await run_in_threadpool(_results, hits, req, served, base)

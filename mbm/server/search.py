@@ -156,14 +156,15 @@ def page(hits: list[Any], offset: int, k: int, reranked: bool) -> list[Any]:
 async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics: Metrics) -> SearchResponse:
     top = check_bounds(req, limits)
     engine = served.engine
-    catalog_id, generation = await run_in_threadpool(engine.generation)
     want = req.offset + req.k
     plain = req.text is not None and not top and req.under is None and not req.return_embeddings
     query_vector = None
-    if plain:
-        hits = await served.batcher.search(req.text, want, req.min_score)  # type: ignore[arg-type]
+    if plain:  # micro-batched with concurrent text queries; the generation comes with the hits
+        hits, (catalog_id, generation) = await served.batcher.search(req.text, want, req.min_score)  # type: ignore[arg-type]
     else:
-        hits, query_vector = await run_in_threadpool(_search_blocking, req, served, limits, metrics, want, top)
+        hits, query_vector, (catalog_id, generation) = await run_in_threadpool(
+            _search_blocking, req, served, limits, metrics, want, top
+        )
     rows = page(hits, req.offset, req.k, bool(top))
     out = [_hit_out(h, req.offset + i + 1) for i, h in enumerate(rows)]
     if req.return_embeddings:
@@ -183,8 +184,9 @@ async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics
 
 def _search_blocking(
     req: SearchRequest, served: Served, limits: Limits, metrics: Metrics, want: int, top: int
-) -> tuple[list[Any], list[float] | None]:
+) -> tuple[list[Any], list[float] | None, tuple[str, int]]:
     engine = served.engine
+    version = engine.generation()  # read first: a change during the search shows as a new generation next time
     with ExitStack() as stack:
         query = build_query(req, served, limits, stack)
         hits = engine.search(query, k=want, min_score=req.min_score, under=req.under, rerank=top)
@@ -196,7 +198,7 @@ def _search_blocking(
     metrics.search.labels(served.name).observe(timings.get("search", 0.0))
     if "rerank" in timings:
         metrics.rerank.labels(served.name).observe(timings["rerank"] + timings.get("rerank_query", 0.0))
-    return hits, vector
+    return hits, vector, version
 
 
 def _hit_out(h: Any, rank: int) -> HitOut:
