@@ -11,7 +11,7 @@ from PIL import Image
 
 from mbm.train import evalsets
 from mbm.train.evalsets import icons, photos
-from mbm.train.evaluate import wilson_interval
+from mbm.train.recall import wilson_interval
 from mbm.train.sources.common import load_manifest
 
 FIELDS = {"image", "captions", "label", "source", "group", "split", "licence", "sha256", "origin"}

@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import PairFusion
 
-from mbm.train.evaluate import candidate_logits, exact_grid, recall_at_k, rerank_recall, top_candidates
+from mbm.train.recall import candidate_logits, exact_grid, recall_at_k, top_candidates
+from mbm.train.rerank_metrics import rerank_recall
 
 
 def _unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

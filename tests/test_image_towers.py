@@ -108,8 +108,9 @@ def _shapes_manifest(root: Path) -> Path:
 
 def test_training_on_cached_features_saves_a_model_that_loads_without_the_wheel(tmp_path, lite0, monkeypatch):
     from mbm.models import load_model
+    from mbm.train.config import TrainConfig
     from mbm.train.features import FeatureStore, trunk_identity
-    from mbm.train.loop import TrainConfig, train
+    from mbm.train.loop import train
 
     manifest = _shapes_manifest(tmp_path)
     cfg = TrainConfig(

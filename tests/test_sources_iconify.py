@@ -23,6 +23,7 @@ from mbm.train.sources import (  # noqa: E402
     load_manifest,
     split_hashes,
 )
+from mbm.train.sources.iconify import names, package, policy, render, svg  # noqa: E402
 
 RED = '<path fill="#d22" d="M4 18h28v8H4z"/><circle cx="10" cy="28" r="4" fill="#222"/>'
 HAND = '<path fill="#fc3" d="M8 6h20v24H8z"/>'
@@ -156,7 +157,7 @@ def test_pictograms_concepts_colours_and_attribution(built):
     truck = next(r for r in rows if r["group"] == "pictogram:fire truck")
     assert truck["origin"] == "iconify:monopict:fire-truck"  # "-outline" collapsed onto the base
     assert truck["captions"] == ["fire truck", "fire truck, transport", "an icon of a fire truck"]
-    assert truck["licence"] == "CC-BY-4.0" and truck["colour"] in iconify.DARK_COLOURS
+    assert truck["licence"] == "CC-BY-4.0" and truck["colour"] in svg.DARK_COLOURS
     px = Image.open(built["out"] / truck["image"]).convert("L")
     assert px.getextrema()[0] < 80  # currentColor became a dark colour, not transparent/black-on-none
     text = (built["out"] / "ATTRIBUTION.md").read_text()
@@ -166,13 +167,13 @@ def test_pictograms_concepts_colours_and_attribution(built):
 
 
 def test_licence_table():
-    assert iconify.set_licence("x", {"license": {"spdx": "CC-BY-SA-4.0"}})[0] is None
-    assert iconify.set_licence("x", {"license": {"spdx": "GPL-3.0"}})[0] is None
-    assert iconify.set_licence("x", {"license": {"spdx": "CC-BY-NC-4.0"}})[0] is None
-    assert iconify.set_licence("x", {"license": {"spdx": "Something-Else"}})[0] is None
-    assert iconify.set_licence("x", {"license": {"spdx": "BSD-3-Clause"}})[0] == "BSD-3-Clause"
-    assert iconify.set_licence("fxemoji", {"license": {"spdx": "Apache-2.0"}})[0] == "CC-BY-4.0"
-    assert iconify.set_licence("emojione-v1", {"license": {"spdx": "MIT"}})[0] is None
+    assert policy.set_licence("x", {"license": {"spdx": "CC-BY-SA-4.0"}})[0] is None
+    assert policy.set_licence("x", {"license": {"spdx": "GPL-3.0"}})[0] is None
+    assert policy.set_licence("x", {"license": {"spdx": "CC-BY-NC-4.0"}})[0] is None
+    assert policy.set_licence("x", {"license": {"spdx": "Something-Else"}})[0] is None
+    assert policy.set_licence("x", {"license": {"spdx": "BSD-3-Clause"}})[0] == "BSD-3-Clause"
+    assert policy.set_licence("fxemoji", {"license": {"spdx": "Apache-2.0"}})[0] == "CC-BY-4.0"
+    assert policy.set_licence("emojione-v1", {"license": {"spdx": "MIT"}})[0] is None
 
 
 @pytest.mark.parametrize(
@@ -193,11 +194,11 @@ def test_licence_table():
     ],
 )
 def test_pictogram_concept(name, want):
-    assert iconify.pictogram_concept(name, ["24-regular"]) == want
+    assert names.pictogram_concept(name, ["24-regular"]) == want
 
 
 def test_emoji_index_lookup():
-    index = iconify.EmojiIndex()
+    index = names.EmojiIndex()
     assert index.lookup("whatever", "1f697") == ("\U0001f697", "codepoint")
     assert index.lookup("1f697", None)[0] == "\U0001f697"  # a name in codepoint form
     assert index.lookup("automobile", None) == ("\U0001f697", "cldr-name")
@@ -220,7 +221,7 @@ def test_render_cache_is_reused(built, tmp_path):
     tgz = tmp_path / "iconify-json-0.0.1.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
         tar.add(built["pkg"], arcname="package")
-    assert iconify.IconifyPackage(tgz).prefixes() == sorted(FAKE_SETS)
+    assert package.IconifyPackage(tgz).prefixes() == sorted(FAKE_SETS)
     rows2 = iconify.build(out, size=48, root=tgz, emojilib=built["lib"], log=logs.append, workers=1, **SETS)
     assert [r["image"] for r in rows2] == [r["image"] for r in rows]
 
@@ -233,7 +234,7 @@ def test_missing_package_says_how_to_get_it(tmp_path):
 
 
 def test_render_pool_survives_a_bad_svg():
-    pool = iconify.RenderPool(1, timeout=30)
+    pool = render.RenderPool(1, timeout=30)
     try:
         got = list(pool.run([(0, "<svg", 16, "/nonexistent/never.png")]))
     finally:
@@ -248,7 +249,7 @@ def _sleepy(svg: str, size: int, dest: str):
 
 
 def test_render_pool_kills_a_hanging_renderer():
-    pool = iconify.RenderPool(2, timeout=1.0, job_fn=_sleepy)
+    pool = render.RenderPool(2, timeout=1.0, job_fn=_sleepy)
     t0 = time.monotonic()
     try:
         got = {i: status for i, status, _ in pool.run([(0, "60", 8, ""), (1, "0", 8, ""), (2, "0", 8, "")])}

@@ -12,9 +12,10 @@ from conftest import PairFusion
 from test_train import make_manifest, tiny_config
 
 from mbm.train.data import load_rows, source_selected
-from mbm.train.evaluate import recall_at_k
 from mbm.train.loop import train
-from mbm.train.suite import _subset, cross_style, evaluate_suite, summary_table, zero_shot
+from mbm.train.recall import recall_at_k
+from mbm.train.suite import _subset, cross_style, evaluate_suite, zero_shot
+from mbm.train.suite_table import summary_table
 
 
 def test_source_filter_keeps_or_drops():
@@ -130,7 +131,7 @@ class _OracleFusion(PairFusion):
 
 
 def test_rerank_recall_fusion_alone_and_combined_with_dual_logits():
-    from mbm.train.evaluate import rerank_recall
+    from mbm.train.rerank_metrics import rerank_recall
 
     t2i = np.array([0, 0, 1, 1, 2, 2])
     candidates = np.array([[1, 0, 2], [1, 2, 0], [0, 1, 2], [1, 0, 2], [2, 1, 0], [0, 1, 2]])  # dual order: R@1 = 2/6
@@ -150,7 +151,7 @@ def test_rerank_recall_fusion_alone_and_combined_with_dual_logits():
 
 
 def test_rerank_sweep_both_directions_and_every_n():
-    from mbm.train.evaluate import rerank_sweep
+    from mbm.train.rerank_metrics import rerank_sweep
 
     rng = np.random.default_rng(0)
     t2i = np.repeat(np.arange(6), 2)  # two captions per image

@@ -20,8 +20,10 @@ from mbm.models.heads import ClassifierHead, load_heads, save_heads
 from mbm.models.losses import classification_loss, contrastive_loss, hard_negatives
 from mbm.models.tokens import hf_hidden, hf_pool, image_tokens, text_tokens
 from mbm.train.augment import flip_is_safe, has_colour_word, train_transform
-from mbm.train.evaluate import evaluate, recall_at_k, top_candidates, zero_shot_accuracy
-from mbm.train.loop import TrainConfig, train
+from mbm.train.config import TrainConfig
+from mbm.train.evaluate import evaluate, zero_shot_accuracy
+from mbm.train.loop import train
+from mbm.train.recall import recall_at_k, top_candidates
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 210, 30)}
 SHAPES = ("circle", "square", "triangle")

@@ -34,6 +34,8 @@ def _checked_address(host: str, port: int, allow_private: bool) -> tuple[Any, ..
     except socket.gaierror as e:
         raise OSError(f"host {host!r} does not resolve ({e.strerror})") from None
     for family, kind, proto, _, addr in infos:
+        if not isinstance(addr[0], str):
+            continue  # not an IP socket address
         ip = ipaddress.ip_address(addr[0].split("%")[0])
         if allow_private or ip.is_global:
             return family, kind, proto, addr

@@ -16,11 +16,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "TrainConfig": "mbm.train.loop",
+    "TrainConfig": "mbm.train.config",
     "train": "mbm.train.loop",
-    "lr_at": "mbm.train.loop",
-    "recall_at_k": "mbm.train.evaluate",
-    "rerank_recall": "mbm.train.evaluate",
+    "lr_at": "mbm.train.step",
+    "recall_at_k": "mbm.train.recall",
+    "rerank_recall": "mbm.train.rerank_metrics",
     "zero_shot_accuracy": "mbm.train.evaluate",
     "PairDataset": "mbm.train.data",
     "load_rows": "mbm.train.data",

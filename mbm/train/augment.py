@@ -78,7 +78,7 @@ class TrainTransform:
         # work near the output size: every PIL op below is then cheap
         if max(image.size) > 2 * self.image_size:
             image = image.copy()
-            image.thumbnail((2 * self.image_size, 2 * self.image_size), Image.BILINEAR)
+            image.thumbnail((2 * self.image_size, 2 * self.image_size), Image.Resampling.BILINEAR)
         background = self._background_colour(rng, s)
         image = _composite(image, background, caption)
         image = self._geometry(image, background, caption, rng, s)
@@ -118,8 +118,8 @@ class TrainTransform:
         return image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.5, 1.5))))
 
     def _to_tensor(self, image: Image.Image) -> torch.Tensor:
-        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        arr = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -166,7 +166,7 @@ def _resized_crop(image: Image.Image, size: int, rng: np.random.Generator, scale
     side = max(1, int(round(short * np.sqrt(rng.uniform(scale_min, 1.0)))))
     left = int(rng.integers(0, w - side + 1))
     top = int(rng.integers(0, h - side + 1))
-    return image.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
 
 
 def _zoom_out(
@@ -176,7 +176,7 @@ def _zoom_out(
     w, h = image.size
     target = max(8, int(size * rng.uniform(scale_min, 1.0)))
     ratio = target / max(w, h)
-    small = image.resize((max(1, int(w * ratio)), max(1, int(h * ratio))), Image.BICUBIC)
+    small = image.resize((max(1, int(w * ratio)), max(1, int(h * ratio))), Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", (size, size), background)
     canvas.paste(small, (int(rng.integers(0, size - small.width + 1)), int(rng.integers(0, size - small.height + 1))))
     return canvas

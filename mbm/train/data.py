@@ -103,7 +103,7 @@ def open_train_image(path: str, max_side: int) -> Image.Image:
         keep_alpha = img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info)
         img = img.convert("RGBA" if keep_alpha else "RGB")
     if max(img.size) > 2 * max_side:
-        img.thumbnail((2 * max_side, 2 * max_side), Image.BILINEAR)
+        img.thumbnail((2 * max_side, 2 * max_side), Image.Resampling.BILINEAR)
     return img
 
 

@@ -192,7 +192,7 @@ def build_side(enc: Any, rows: Sequence[dict], fusion_cfg: dict, cache: str | No
 
 def mine(side: Side, top: int) -> np.ndarray:
     """(captions, top) image rows the dual encoder ranks highest for each caption, positives dropped (-1 pads)."""
-    from mbm.train.evaluate import top_candidates
+    from mbm.train.recall import top_candidates
 
     cands = top_candidates(side.image_emb, side.text_emb, top + max(len(p) for p in side.positives))
     out = np.full((len(cands), top), -1, np.int64)
@@ -212,7 +212,8 @@ def validate(fusion: FusionModel, side: Side, scale: float, top: int) -> dict[st
 
     A caption counts as found at the rank of its first positive; a caption whose positives are all outside
     the top is a miss for every order."""
-    from mbm.train.evaluate import fusion_logits, top_candidates
+    from mbm.train.recall import top_candidates
+    from mbm.train.rerank_metrics import fusion_logits
 
     cands = top_candidates(side.image_emb, side.text_emb, top)
     top = cands.shape[1]  # at most the number of pictures

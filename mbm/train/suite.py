@@ -44,42 +44,38 @@ import numpy as np
 import torch
 
 from mbm.train.data import load_rows
-from mbm.train.evaluate import (
-    KS,
-    _classifier_accuracy,
-    _unpack,
-    embed_rows,
-    recall_at_k,
-    rerank_sweep,
-    wilson_interval,
-)
+from mbm.train.evaluate import classifier_accuracy, embed_rows, unpack_model
+from mbm.train.recall import KS, recall_at_k, wilson_interval
+from mbm.train.rerank_metrics import rerank_sweep
+from mbm.train.suite_table import STYLE_PAIR, summary_table
+
+__all__ = ["cross_style", "evaluate_suite", "photo_section", "style_shift_section", "summary_table", "zero_shot"]
 
 RETRIEVAL_EXCLUDE = ("-fashion-mnist",)
 DEFAULT_RERANK_TOP = 50  # what `mbm search --rerank` re-ranks by default
 RERANK_SWEEP = (10, 50, 200)  # test, held-out and photos are also re-ranked over each of these
-STYLE_PAIR = ("emoji", "symbola")
 ZERO_SHOT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
 
 
 def _subset(data: dict[str, Any], rows: Sequence[int]) -> dict[str, Any]:
     """The embeddings (and tokens) of image rows ``rows`` and of their captions only."""
-    rows = np.asarray(rows, np.int64)
+    picked = np.asarray(rows, np.int64)
     new_index = np.full(len(data["image_emb"]), -1, np.int64)
-    new_index[rows] = np.arange(len(rows))
+    new_index[picked] = np.arange(len(picked))
     keep = np.nonzero(new_index[data["text_to_image"]] >= 0)[0]
     out = {
-        "image_emb": data["image_emb"][rows],
+        "image_emb": data["image_emb"][picked],
         "text_emb": data["text_emb"][keep],
         "text_to_image": new_index[data["text_to_image"][keep]],
     }
     if "image_tokens" in data:
         out.update(
-            image_tokens=data["image_tokens"][rows],
+            image_tokens=data["image_tokens"][picked],
             text_tokens=data["text_tokens"][keep],
             text_mask=data["text_mask"][keep],
         )
     if "groups" in data:
-        out["groups"] = [data["groups"][i] for i in rows]
+        out["groups"] = [data["groups"][i] for i in picked]
     return out
 
 
@@ -205,13 +201,17 @@ def photo_section(
     return {"manifest": str(manifest), "photos": len(rows), **out}
 
 
+def _style(row: dict) -> str:
+    return row.get("style") or row["source"]  # load_rows gives every row a source
+
+
 def style_shift_section(rows: Sequence[dict], data: dict[str, Any], manifest: Path) -> dict[str, Any]:
     """Recall@K of each style's icons among that style's icons only, with chance, and the mean over styles."""
     styles: dict[str, Any] = {}
-    for style in sorted({r.get("style") or r.get("source") for r in rows}):
-        idx = [i for i, r in enumerate(rows) if (r.get("style") or r.get("source")) == style]
+    for style in sorted({_style(r) for r in rows}):
+        idx = [i for i, r in enumerate(rows) if _style(r) == style]
         sub = _subset(data, idx)
-        metrics = recall_at_k(sub["image_emb"], sub["text_emb"], sub["text_to_image"])
+        metrics: dict[str, Any] = recall_at_k(sub["image_emb"], sub["text_emb"], sub["text_to_image"])
         metrics["chance"] = {f"t2i_R@{k}": min(1.0, k / len(idx)) for k in KS}
         styles[style] = metrics
     mean = {f"t2i_R@{k}": float(np.mean([m[f"t2i_R@{k}"] for m in styles.values()])) for k in KS}
@@ -269,9 +269,9 @@ def evaluate_suite(
     ``photos`` / ``style_shift``: a photos.jsonl / icon-themes.jsonl path; None looks for
     them next to ``manifest``, in ``mbm-eval/`` beside its folder and in ./cache/mbm-eval
     (skipped with a note when absent); False leaves them out. ``manifest`` may be None to
-    run only those two. ``precision``: see ``mbm.train.evaluate._unpack`` (fp32 unless named).
+    run only those two. ``precision``: see ``mbm.train.evaluate.unpack_model`` (fp32 unless named).
     """
-    model, preprocess, tokenizer, heads, name, used = _unpack(checkpoint_or_encoder, device, precision)
+    model, preprocess, tokenizer, heads, name, used = unpack_model(checkpoint_or_encoder, device, precision)
     model.eval()
     fusion = heads.get("fusion") if rerank_top > 0 else None
     tokens = fusion is not None
@@ -312,7 +312,7 @@ def evaluate_suite(
             data = embed_rows(model, preprocess, tokenizer, zs_rows, device=device)
             section = zero_shot(model, tokenizer, zs_rows, data["image_emb"], device)
             if heads.get("classifier") is not None:
-                section.update(_classifier_accuracy(heads["classifier"], data["image_emb"], zs_rows))
+                section.update(classifier_accuracy(heads["classifier"], data["image_emb"], zs_rows))
             if section:
                 report[f"zero_shot_{zero_shot_source.replace('-', '_')}"] = section
 
@@ -320,14 +320,14 @@ def evaluate_suite(
 
     path = _resolve_extra(photos, PHOTOS_FILE, manifest, notes, "photos")
     rows = _extra_rows(path, "photos") if path is not None else []
-    if rows:
+    if path is not None and rows:
         data = embed_rows(model, preprocess, tokenizer, rows, device=device, with_tokens=tokens)
         report["photos"] = photo_section(rows, data, model, fusion, rerank_top, device, path, rerank_sweep_tops)
     elif path is not None:
         notes.append(f"photos: {path} has no rows of split 'photos'")
     path = _resolve_extra(style_shift, ICONS_FILE, manifest, notes, "style-shift")
     rows = _extra_rows(path, "style-shift") if path is not None else []
-    if rows:
+    if path is not None and rows:
         data = embed_rows(model, preprocess, tokenizer, rows, device=device)
         report["style_shift"] = style_shift_section(rows, data, path)
     elif path is not None:
@@ -335,78 +335,3 @@ def evaluate_suite(
     if notes:
         report["notes"] = notes
     return report
-
-
-def summary_table(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """(section, figures) rows for a readable table: R@1/5/10 in percent."""
-
-    def pct(v: Any) -> str:
-        return f"{100 * v:.1f}" if isinstance(v, float) else "-"
-
-    def three(sec: dict[str, Any], d: str) -> str:
-        return "/".join(pct(sec.get(f"{d}_R@{k}")) for k in KS)
-
-    lines = []
-    if "precision" in report:
-        lines.append(("model", f"{report['model']} ({report['precision']} weights on {report.get('device', 'cpu')})"))
-    for key, sec in report.items():
-        if not isinstance(sec, dict):
-            continue
-        if key == "photos" and "ci95" in sec:
-            ci = sec["ci95"]
-            text = "  ".join(
-                f"{d} R@{k} {pct(sec[f'{d}_R@{k}'])} ({pct(ci[f'{d}_R@{k}'][0])}-{pct(ci[f'{d}_R@{k}'][1])})"
-                for d, ks in (("t2i", KS), ("i2t", KS[:2]))
-                for k in ks
-            )
-            if "rerank_t2i_R@1" in sec:
-                text += f"  t2i re-ranked top {sec['rerank_top']}: {three(sec, 'rerank_t2i')}"
-            lines.append((f"photos ({sec['n_texts']} captions, {sec['n_images']} photos; 95% Wilson CI)", text))
-        elif key == "style_shift" and "styles" in sec:
-            for style, m in sec["styles"].items():
-                lines.append(
-                    (
-                        f"style-shift:{style} ({m['n_texts']} captions, {m['n_images']} icons)",
-                        f"t2i {three(m, 't2i')}  i2t {three(m, 'i2t')}  (t2i chance {three(m['chance'], 't2i')})",
-                    )
-                )
-            lines.append(
-                (
-                    f"style-shift mean over {len(sec['styles'])} styles ({sec['concepts']} concepts)",
-                    f"t2i {three(sec['mean_over_styles'], 't2i')}",
-                )
-            )
-        elif "t2i_R@1" in sec:
-            text = f"t2i {three(sec, 't2i')}  i2t {three(sec, 'i2t')}"
-            if "rerank_t2i_R@1" in sec:
-                text += f"  t2i re-ranked top {sec['rerank_top']}: {three(sec, 'rerank_t2i')}"
-            if "rerank_combined_t2i_R@1" in sec:
-                text += f" (fusion+dual {three(sec, 'rerank_combined_t2i')})"
-            if "group_t2i_R@1" in sec:
-                text += f"  any drawing of the concept: t2i {three(sec, 'group_t2i')} i2t {three(sec, 'group_i2t')}"
-            lines.append((f"{key} ({sec['n_texts']} captions, {sec['n_images']} images)", text))
-        if isinstance(sec.get("rerank"), dict):
-            for n, row in sec["rerank"].items():
-                lines.append(
-                    (
-                        f"{key} re-ranked top {n} (dual weight {sec.get('dual_weight', 1.0)})",
-                        f"t2i fusion {three(row, 'rerank_t2i')} combined {three(row, 'rerank_combined_t2i')}  "
-                        f"i2t fusion {three(row, 'rerank_i2t')} combined {three(row, 'rerank_combined_i2t')}",
-                    )
-                )
-        elif "pairs" in sec:
-            a, b = STYLE_PAIR
-            lines.append(
-                (
-                    f"{key} ({sec['pairs']} pairs)",
-                    f"{a}->{b} {three(sec, f'{a}->{b}')}  {b}->{a} {three(sec, f'{b}->{a}')}",
-                )
-            )
-        elif "top1" in sec:
-            text = f"top-1 {pct(sec['top1'])} top-5 {pct(sec.get('top5'))} (chance {pct(sec['chance'])})"
-            if "classifier_top1" in sec:
-                text += f"; classifier head top-1 {pct(sec['classifier_top1'])}"
-            lines.append((f"{key} ({sec['n']} pictures)", text))
-    for note in report.get("notes", []):
-        lines.append(("note", note))
-    return lines

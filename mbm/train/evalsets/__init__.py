@@ -28,6 +28,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -77,14 +78,17 @@ def load_photo(path: Path, max_side: int = MAX_PHOTO_SIDE) -> Image.Image:
         rgb = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "RGBA") else img.convert("RGB")
     if max(rgb.size) > max_side:
         scale = max_side / max(rgb.size)
-        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.LANCZOS)
+        rgb = rgb.resize(
+            (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.LANCZOS
+        )
     return rgb
 
 
 def build_photos(out_dir: str | Path, *, max_side: int = MAX_PHOTO_SIDE, log: Callable[[str], None] = print) -> Path:
     """Write ``out_dir/photos.jsonl`` and ``out_dir/photos/<id>.jpg``; returns the manifest path."""
     out = Path(out_dir)
-    rows, missing = [], {}
+    rows: list[dict[str, Any]] = []
+    missing: dict[str, list[str]] = {}
     for photo in _photos.PHOTOS:
         src = _photos.source_path(photo)
         if src is None:

@@ -207,6 +207,7 @@ def find_icons(theme: Theme, names: set[str] | None = None) -> dict[str, Path]:
 
 def render(path: Path, size: int) -> Image.Image:
     """An icon as a ``size`` x ``size`` RGB picture on white (aspect kept, centred)."""
+    img: Image.Image
     if path.suffix == ".svg":
         img = Image.open(io.BytesIO(_svg_to_png(path, size)))
     else:
@@ -214,7 +215,9 @@ def render(path: Path, size: int) -> Image.Image:
     img = img.convert("RGBA")
     if img.size != (size, size):
         scale = size / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS
+        )
     out = Image.new("RGB", (size, size), "white")
     out.paste(img, ((size - img.width) // 2, (size - img.height) // 2), img)
     return out

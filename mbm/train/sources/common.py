@@ -20,6 +20,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -109,7 +110,7 @@ def pad_square(img: Image.Image, size: int, *, margin: float = 0.0) -> Image.Ima
     w, h = img.size
     scale = inner / max(w, h)
     if (w, h) != (round(w * scale), round(h * scale)):
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (size, size), (255, 255, 255))
     canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
     return canvas
@@ -124,7 +125,8 @@ def crop_to_content(img: Image.Image, *, threshold: int = 250) -> Image.Image | 
 
 def is_blank(img: Image.Image, *, threshold: int = 250) -> bool:
     """True when no pixel is darker than ``threshold`` (an empty render)."""
-    lo, _ = img.convert("L").getextrema()
+    lo = img.convert("L").getextrema()[0]
+    assert isinstance(lo, (int, float))  # one band: (min, max) are numbers
     return lo >= threshold
 
 
@@ -134,7 +136,7 @@ def tiny_hash(img: Image.Image) -> str:
     For analysis only: splits must not depend on rendered pixels (another machine's renderer
     moves thumbnails across hash boundaries); groups come from source identities instead
     (``openclipart.drawing_key``)."""
-    small = img.convert("L").resize((16, 16), Image.BOX)
+    small = img.convert("L").resize((16, 16), Image.Resampling.BOX)
     return hashlib.sha1(small.tobytes()).hexdigest()[:16]
 
 
@@ -264,20 +266,20 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> list[dict]:
                 raise _bad(path, i, "line is not a JSON object", 'use {"image": ..., "caption": ...}')
             raws.append((i, rec))
     rows = []
-    for line, rec in raws:
+    for line_no, rec in raws:
         image = rec.get("image")
         if not isinstance(image, str) or not image.strip():
-            raise _bad(path, line, "row has no image", 'add "image": "<path relative to the manifest>"')
-        caps = _captions_of(rec, path, line)
+            raise _bad(path, line_no, "row has no image", 'add "image": "<path relative to the manifest>"')
+        caps = _captions_of(rec, path, line_no)
         img_path = Path(image) if os.path.isabs(image) else base / image
         if check_files and not img_path.is_file():
             raise _bad(
                 path,
-                line,
+                line_no,
                 f"image {image!r} not found at {img_path}",
                 "fix the path (relative paths start at the manifest's folder) or remove the row",
             )
-        row = {"image": str(img_path), "captions": caps}
+        row: dict[str, Any] = {"image": str(img_path), "captions": caps}
         row.update((k, v) for k, v in rec.items() if k not in ("caption", "captions", "image"))
         for key, default in (("label", None), ("source", "user"), ("group", None), ("split", None)):
             row.setdefault(key, default)

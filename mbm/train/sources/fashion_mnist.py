@@ -100,7 +100,7 @@ def build(
             dest = out_dir / "images" / "fashion-mnist" / split / f"{i:05d}.png"
             hit = cached_png(dest, size)
             if hit is None:
-                img = Image.fromarray(255 - images[i]).resize((size, size), Image.BICUBIC)
+                img = Image.fromarray(255 - images[i]).resize((size, size), Image.Resampling.BICUBIC)
                 sha = save_png(img.convert("RGB"), dest)
             else:
                 sha = hit[1]

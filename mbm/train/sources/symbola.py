@@ -31,7 +31,8 @@ class SymbolaRenderer:
         self.notdef = self._draw(UNASSIGNED)
 
     def _draw(self, ch: str) -> Image.Image | None:
-        left, top, right, bottom = self.font.getbbox(ch)
+        # typed as floats; FreeType bounding boxes are whole pixels
+        left, top, right, bottom = (int(v) for v in self.font.getbbox(ch))
         pad = 8
         canvas = Image.new("RGB", (max(1, right - left) + 2 * pad, max(1, bottom - top) + 2 * pad), (255, 255, 255))
         ImageDraw.Draw(canvas).text((pad - left, pad - top), ch, font=self.font, fill=(0, 0, 0))
