@@ -19,9 +19,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mbm import __version__
 from mbm.atomic import clean_temp
@@ -32,13 +32,20 @@ from mbm.indexer.runner import Indexer, IndexReport, Progress
 from mbm.indexer.scan import display_path, is_text_source
 from mbm.models.factory import Encoder, legacy_fingerprint_of, load_model, no_fusion_head, normalize_spec
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
+from mbm.retrieval import hybrid
 from mbm.retrieval.rerank import DEFAULT_RERANK_TOP, FusionReranker, rerank_term
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
+from mbm.scale import backend as scale_backend
+from mbm.store.ann import settings_meta
 from mbm.store.catalog import Catalog, CatalogState
 from mbm.store.check import CheckReport
+from mbm.store.filters import ItemFilter
 from mbm.store.lock import CollectionLock
 from mbm.store.tokens import FUSION_KEY, token_stats
-from mbm.store.vectors import VectorIndex, open_vectors, read_stamp
+from mbm.store.vectors import describe, read_stamp
+
+if TYPE_CHECKING:
+    from mbm.indexer.importer import ImportReport
 
 CATALOG_FILE = "catalog.sqlite"
 Notify = Callable[[str], None]
@@ -93,6 +100,7 @@ class CollectionInfo:
     token_bytes_per_item: int = 0  # fusion tokens stored for re-ranking
     token_bytes: int = 0
     items_without_tokens: int = 0
+    index: dict[str, Any] = field(default_factory=dict)  # type, settings, recall@10, memory (store.vectors.describe)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,7 +129,7 @@ class Engine:
         self._catalog: Catalog | None = None
         self._catalog_inode: tuple[int, int] | None = None
         self._lock = CollectionLock(self.folder, collection)
-        self._vectors: VectorIndex | None = None
+        self._vectors: Any = None  # a VectorIndex, or a MilvusIndex (mbm.scale.milvus: the same search interface)
         self._searcher: Searcher | None = None
         self._fast: Any = None  # the torch-free text encoder, once loaded
         self._refresh = threading.RLock()
@@ -234,14 +242,25 @@ class Engine:
         wait: bool = True,
         notify: Notify | None = None,
         rerank_tokens: bool = False,
+        index_type: str | None = None,
+        max_memory: str | int | None = None,
+        engine: str = "local",
+        ray_address: str | None = None,
+        ray_workers: int | None = None,
+        backend: str | None = None,
+        uri: str | None = None,
     ) -> IndexReport:
         """Add new and changed files under ``paths``, reuse moved ones, drop deleted ones.
 
         With a model that has a fusion head, items under ``paths`` that lack re-ranking tokens get them;
         ``rerank_tokens=True`` insists (an error for a model without one).
         One index run per collection at a time: another one waits for this (telling ``notify``),
-        or raises ``CollectionBusy`` with ``wait=False``."""
+        or raises ``CollectionBusy`` with ``wait=False``. ``index_type`` (a FAISS factory string, or "auto")
+        and ``max_memory`` ("2GB") are recorded for the collection and choose its vector index (``mbm.store.ann``).
+        ``engine="ray"`` embeds on Ray Data (``ray_address``, ``ray_workers``: ``mbm.scale.ray_index``);
+        ``backend="milvus"`` with ``uri`` makes the collection search Milvus (``mbm.scale.milvus``), kept for it."""
         check_index_args(paths, batch_size)
+        settings_meta(None, max_memory, 0)  # a bad size fails before any model loads
         kind = collection_kind(paths, texts)
         try:  # fail fast before waiting; the checks that count are made again under the lock
             early = self._meta()
@@ -251,6 +270,7 @@ class Engine:
         self._check_model_spec(early)
         if rerank_tokens and early.get(FUSION_KEY) == "0":
             raise no_fusion_head(early.get("model", "?"))
+        scale_backend.check_run(engine, backend, uri, kind, early)
         ensure_store(self.store)
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._lock.hold(wait=wait, on_wait=notify):
@@ -261,6 +281,8 @@ class Engine:
             self._check_model_spec(meta)
             if not meta.get("model"):
                 self._init_collection(catalog, kind, dtype, notify)
+            self._record_index_settings(catalog, index_type, max_memory)
+            scale_backend.record_backend(catalog, self.name, backend, uri)
             indexer = Indexer(
                 self.encoder,
                 catalog,
@@ -270,9 +292,70 @@ class Engine:
                 max_pixels=max_pixels,
                 progress=progress,
             )
-            report = indexer.index(paths, texts=kind == "text", rerank_tokens=rerank_tokens)
+            if engine == "ray":
+                from mbm.scale.ray_index import RayOptions, index_with_ray
+
+                precision = None if self.precision in (None, "auto") else self.precision  # None: the collection's
+                options = RayOptions(
+                    ray_address, ray_workers, batch_size, device=self.device or "auto", precision=precision
+                )
+                report = index_with_ray(indexer, paths, options, rerank_tokens=rerank_tokens)
+            else:
+                report = indexer.index(paths, texts=kind == "text", rerank_tokens=rerank_tokens)
+            scale_backend.sync_backend(catalog)
             self._export_query_encoder()
         return report
+
+    def import_embeddings(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        texts: bool = False,
+        index_type: str | None = None,
+        max_memory: str | int | None = None,
+        progress: Progress | None = None,
+        wait: bool = True,
+        notify: Notify | None = None,
+    ) -> ImportReport:
+        """Add embeddings computed elsewhere: clip-retrieval's output folder, or ``.npy`` files with a
+        ``.parquet`` / ``.jsonl`` of rows beside them (``mbm.indexer.importer``). A new collection needs
+        the model that computed them (``Engine(model=...)``); shards imported before are skipped."""
+        from mbm.indexer.importer import find_shards, import_shards
+        from mbm.store.vectors import ensure_saved
+
+        shards = find_shards(source, texts=texts)
+        kind = "text" if texts else "image"
+        settings_meta(None, max_memory, 0)
+        early = self._meta() if self.exists else {}
+        self._check_kind(early, kind, [source])
+        self._check_model_spec(early)
+        if not early.get("model") and self.model_spec is None and self._encoder is None:
+            raise UsageError(
+                f"collection {self.name!r} is new: name the model that computed the embeddings with --model SPEC"
+            )
+        ensure_store(self.store)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock.hold(wait=wait, on_wait=notify):
+            clean_temp(self.folder, min_age_s=0)
+            catalog = self.catalog(create=True, write=True)
+            meta = catalog.meta()
+            self._check_kind(meta, kind, [source])
+            self._check_model_spec(meta)
+            if not meta.get("model"):
+                self._init_collection(catalog, kind, "float16", notify)
+            self._record_index_settings(catalog, index_type, max_memory)
+            t0 = time.perf_counter()
+            report = import_shards(catalog, shards, progress=progress)
+            t1 = time.perf_counter()
+            ensure_saved(catalog, self.folder)
+            report.seconds.update(rows=t1 - t0, vectors=time.perf_counter() - t1, total=time.perf_counter() - t0)
+        return report
+
+    def _record_index_settings(self, catalog: Catalog, index_type: str | None, max_memory: str | int | None) -> None:
+        """Keep ``--index-type`` / ``--max-memory`` in the catalog; the vector index follows them."""
+        values = settings_meta(index_type, max_memory, int(catalog.meta().get("dim", 0)))
+        if values:
+            catalog.set_meta(**values)
 
     def _check_kind(self, meta: dict[str, str], kind: str, paths: Sequence[Any]) -> None:
         if meta.get("kind") and meta["kind"] != kind:
@@ -353,7 +436,7 @@ class Engine:
             self._check_model_spec()
             if catalog.count() == 0:
                 raise CollectionError(f"collection {self.name!r} is empty — run `mbm index PATH` to add files")
-            self._vectors = open_vectors(catalog, self.folder, self._lock, self._vectors)
+            self._vectors = scale_backend.open_index(catalog, self.folder, self._lock, self._vectors)  # FAISS or Milvus
             if self._searcher is None:
                 self._searcher = Searcher(
                     catalog, self._vectors, self.embed_texts, lambda paths: image_paths_encoder(self.encoder())(paths)
@@ -371,20 +454,50 @@ class Engine:
         query: Any,
         *,
         k: int = 10,
-        min_score: float | None = None,
-        under: str | None = None,
+        min_score: float | str | None = None,
+        under: str | Sequence[str] | None = None,
         rerank: int | bool = 0,
+        tag: str | None = None,
+        mode: str = "vector",
+        after: str | None = None,
+        before: str | None = None,
+        camera: str | None = None,
+        sort: str = "score",
+        offset: int = 0,
+        nprobe: int | None = None,
+        ef: int | None = None,
     ) -> list[Hit]:
         """Search with text, an image path (``Path``), a raw vector, or a structured ``Query``.
 
+        ``mode``: "vector" (default), "keyword" (BM25 over the items' own text, no model) or "hybrid"
+        (reciprocal rank fusion of both; see ``mbm.retrieval.hybrid``); ``tag`` keeps items carrying that tag.
+        Hits carry their tags (``TaggedHit.tags``).
+
         ``rerank=N`` (``True``: DEFAULT_RERANK_TOP) re-orders the top N (at least k) with the model's fusion
         head over the tokens stored at index time (no file is opened) and sets ``Hit.match``;
-        ``timings["rerank"]`` is that step, ``timings["rerank_query"]`` the query's tokens."""
+        ``timings["rerank"]`` is that step, ``timings["rerank_query"]`` the query's tokens.
+
+        Filters, applied inside the vector search (``k`` hits whenever ``k`` match): ``under`` (folders or
+        files, any of them), ``after`` / ``before`` (capture date, else file time: ``2024``, ``2024-06``,
+        ``2024-06-15``; ``after`` inclusive, ``before`` exclusive), ``camera`` (part of its name).
+        ``min_score="auto"``: the calibrated cutoff (``Searcher.auto_cutoff``). ``sort="date"|"path"`` orders
+        every hit above the cutoff (``auto`` unless given) by that key; ``offset`` skips that many hits of
+        the order, which stays the same page after page while the collection does not change.
+        ``nprobe`` / ``ef``: search an IVF / HNSW index more (or less) thoroughly than its tuned settings."""
         if k <= 0:
             raise UsageError(f"-k/--top must be at least 1, not {k}")
+        if offset < 0:
+            raise UsageError(f"--offset must be 0 or more, not {offset}")
+        where = hybrid.tag_filter(ItemFilter.of(under, after, before, camera), tag)
         top = DEFAULT_RERANK_TOP if rerank is True else int(rerank)
         if top < 0:
             raise UsageError(f"rerank must be 0 (off) or the number of candidates to re-rank, not {rerank}")
+        if hybrid.check_mode(mode) == "keyword" and top:
+            raise UsageError("--rerank re-orders by cosine and keyword search has none — use --mode hybrid with it")
+        if mode != "vector" and sort != "score":
+            raise UsageError(f"--sort {sort} works with --mode vector — leave out --mode {mode}, or sort by score")
+        if top and sort != "score":
+            raise UsageError(f"--rerank orders by relevance and --sort {sort} by another key — give one of them")
         for key in ("rerank", "rerank_query"):
             self.timings.pop(key, None)
         reranker = None
@@ -395,18 +508,28 @@ class Engine:
         t0 = time.perf_counter()
         searcher = self.searcher()
         t1 = time.perf_counter()
-        vector = searcher.query_vector(query)
+        vector = searcher.query_vector(query) if mode != "keyword" else None
         t2 = time.perf_counter()
         with self._refresh:  # threads share the index: no search runs while another thread catches it up
             searcher = self.searcher()
-            hits = searcher.search(vector, k=max(k, top), min_score=min_score, under=under)
+            if mode == "vector" and vector is not None:
+                hits = searcher.search(
+                    vector, k=max(offset + k, top), min_score=min_score, where=where, sort=sort, nprobe=nprobe, ef=ef
+                )
+            else:
+                hits = hybrid.search(
+                    searcher, query, vector, k=max(offset + k, top), mode=mode, min_score=min_score, where=where
+                )
         if reranker is not None:
             t3 = time.perf_counter()
             tokens = reranker.query_tokens(term)
             t4 = time.perf_counter()
             with self._refresh:
-                hits = reranker.rerank(tokens, hits, searcher.catalog)[:k]
+                hits = reranker.rerank(tokens, hits, searcher.catalog)
             self.timings.update(rerank_query=t4 - t3, rerank=time.perf_counter() - t4)
+        hits = hits[offset : offset + k]
+        with self._refresh:
+            hits = hybrid.with_tags(hits, searcher.catalog)
         loading, self._unaccounted_load = self._unaccounted_load, 0.0
         self.timings.update(open=t1 - t0, encode=max(0.0, t2 - t1 - loading), search=time.perf_counter() - t2)
         self._export_query_encoder()  # the next cold search skips torch
@@ -487,6 +610,7 @@ class Engine:
             tokens.bytes_per_item,
             tokens.total_bytes,
             tokens.items_without,
+            describe(self.folder, catalog.catalog_id) | scale_backend.describe_backend(meta),
         )
 
     def check(self, *, fix: bool = False) -> CheckReport:

@@ -7,6 +7,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-color-emoji fonts-symbola chromium chromium-driver >/dev/null) \
     || echo "warning: apt-get failed; data-builder tests that need Debian packages and the browser test will be skipped" >&2
 fi
+bash scripts/lint.sh
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
 rc=$?

@@ -77,6 +77,10 @@ COMMANDS = [
     "eval",
     "serve",
     "data build",
+    "import",
+    "duplicates",
+    "tags",
+    "watch",
 ]
 
 

@@ -30,6 +30,7 @@ def test_migrations_are_recorded_and_newer_catalogs_refused(tmp_path):
         "001_initial",
         "002_identity_and_changes",
         "003_item_tokens",
+        "004_tags_and_item_text",
     ]
     cat.conn.execute("INSERT INTO _migrations VALUES ('999_future', 'x')")
     cat.close()

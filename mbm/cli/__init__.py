@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import typer
 
-from mbm.cli import commands, output, train_commands
+from mbm.cli import commands, library_commands, output, scale_commands, train_commands
 from mbm.errors import MbmError
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 commands.register(app)
 train_commands.register(app)
+scale_commands.register(app)
+library_commands.register(app)
 
 
 def _click_exception() -> type[Exception]:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mbm.cli import output
+from mbm.cli.scale_commands import EfOpt, IndexTypeOpt, MaxMemoryOpt, NprobeOpt
 from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION
 from mbm.errors import UsageError
 from mbm.retrieval.rerank import DEFAULT_RERANK_TOP
@@ -96,6 +97,47 @@ def index(
             help="Make sure every item under PATHS has its fusion re-ranking tokens (an error if the model has no fusion head). Without it they are still stored and back-filled whenever the model has one.",
         ),
     ] = False,
+    index_type: IndexTypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local (this process), or ray: decode and embed on a Ray cluster, one model per worker (needs mbm[scale]; the files must be at the same paths on the workers).",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --engine ray: the cluster, ray://HEAD:10001 (Ray Client) or auto (this node's cluster); default $RAY_ADDRESS, else a Ray instance on this machine.",
+            show_default=False,
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-workers",
+            help="With --engine ray: model replicas (default: one per GPU in the cluster, else one per CPU).",
+            show_default=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="Vector backend searched: faiss (a file beside the catalog) or milvus (with --uri; needs mbm[scale]). Kept for the collection.",
+            show_default=False,
+        ),
+    ] = None,
+    uri: Annotated[
+        str | None,
+        typer.Option(
+            "--uri",
+            help="With --backend milvus: a milvus-lite file (./milvus.db, one process at a time) or a Milvus server, http://HOST:19530 (token in $MILVUS_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Embed every image (or text) under PATHS into a collection; re-runs only do what changed.
 
@@ -116,6 +158,13 @@ def index(
                 wait=not no_wait,
                 notify=output.err,
                 rerank_tokens=rerank_tokens,
+                index_type=index_type,
+                max_memory=max_memory,
+                engine=engine,
+                ray_address=address,
+                ray_workers=ray_workers,
+                backend=backend,
+                uri=uri,
             )
     if not quiet:
         for path, reason in report.skipped:
@@ -149,12 +198,49 @@ def search(
     ] = None,
     top: Annotated[int, typer.Option("--top", "-k", help="Number of results.")] = 10,
     min_score: Annotated[
-        float | None,
-        typer.Option("--min-score", help="Drop results scoring below this cosine similarity.", show_default=False),
+        str | None,
+        typer.Option(
+            "--min-score",
+            help="Drop results scoring below this cosine similarity, or 'auto': below the query's background (median + 2.5 robust std of its scores against 2,000 random items).",
+            show_default=False,
+        ),
     ] = None,
     under: Annotated[
-        Path | None, typer.Option("--in", help="Only results under this folder.", show_default=False)
+        list[Path] | None,
+        typer.Option(
+            "--in", help="Only results in this folder (or file); repeat for any of several.", show_default=False
+        ),
     ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Only photos taken on or after this date (EXIF capture time, else file time): 2024, 2024-06, 2024-06-15.",
+            show_default=False,
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before",
+            help="Only photos taken before this date (same forms; --after 2024-06 --before 2024-07 is June 2024).",
+            show_default=False,
+        ),
+    ] = None,
+    camera: Annotated[
+        str | None,
+        typer.Option("--camera", help="Only photos whose camera name contains this (any case).", show_default=False),
+    ] = None,
+    sort: Annotated[
+        str,
+        typer.Option(
+            "--sort",
+            help="score (default), date (oldest first) or path; date and path order every result above --min-score (auto unless given).",
+        ),
+    ] = "score",
+    offset: Annotated[
+        int, typer.Option("--offset", help="Skip this many results of the order (paging: --offset 10 -k 10 is page 2).")
+    ] = 0,
     collection: CollectionOpt = DEFAULT_COLLECTION,
     store: StoreOpt = None,
     model: ModelOpt = None,
@@ -191,6 +277,28 @@ def search(
             show_default=False,
         ),
     ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            "--tag", help="Only items carrying this tag (any case; `mbm tags` lists them).", show_default=False
+        ),
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="vector (the model), keyword (BM25 over file/folder names, captions, XMP/IPTC keywords) or hybrid (both, by reciprocal rank fusion).",
+        ),
+    ] = "vector",
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Show thumbnails in terminals that can (kitty, iTerm2, WezTerm, sixel terminals); nothing elsewhere or when piped.",
+        ),
+    ] = False,
+    nprobe: NprobeOpt = None,
+    ef: EfOpt = None,
 ) -> None:
     """Search a collection with text, an image, or both.
 
@@ -209,20 +317,63 @@ def search(
     q = Query.parse(query, images=image or ())
     started = time.perf_counter()
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
-        hits = eng.search(q, k=top, min_score=min_score, under=str(under) if under else None, rerank=candidates)
+        hits = eng.search(
+            q,
+            k=top,
+            min_score=_min_score(min_score),
+            under=[str(u) for u in under or []],
+            rerank=candidates,
+            after=after,
+            before=before,
+            camera=camera,
+            sort=sort,
+            offset=offset,
+            tag=tag,
+            mode=mode,
+            nprobe=nprobe,
+            ef=ef,
+        )
         timings = {**eng.timings, "total": time.perf_counter() - started}
     if as_json:
         typer.echo(output.search_json(q, collection, hits, timings))
     elif paths_only or print0:
         output.write_paths([h.path if h.text is None else h.text for h in hits], print0=print0)
+    elif preview:
+        from mbm.cli.preview import show_hits
+
+        show_hits(hits, output.hits_table, warn=output.err)
     else:
         typer.echo(output.hits_table(hits))
     if verbose:
         output.err("time: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
     if not hits and not as_json:
+        narrowed = [
+            f"--{name}"
+            for name, v in (
+                ("min-score", min_score),
+                ("in", under),
+                ("after", after),
+                ("before", before),
+                ("camera", camera),
+                ("tag", tag),
+            )
+            if v
+        ]
+        auto = min_score is None and sort != "score"
         output.err(
-            "no results" + (" above --min-score" if min_score is not None else "") + (" under --in" if under else "")
+            "no results"
+            + (f" with {', '.join(narrowed)}" if narrowed else "")
+            + (f" above the automatic cutoff that --sort {sort} applies (--min-score -1 keeps all)" if auto else "")
         )
+
+
+def _min_score(text: str | None) -> float | str | None:
+    if text is None or text.strip().lower() == "auto":
+        return text and "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--min-score {text!r} is not a number or 'auto' — e.g. --min-score 0.25") from None
 
 
 def info(store: StoreOpt = None, as_json: JsonOpt = False) -> None:

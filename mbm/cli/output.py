@@ -141,7 +141,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def index_summary(report, verbose: bool = False) -> str:  # type: ignore[no-untyped-def]
+def index_summary(report, verbose: bool = False) -> str:
     parts = [
         f"indexed {report.indexed}",
         f"reused {report.reused} (moved {report.moved})",
@@ -173,7 +173,7 @@ def index_summary(report, verbose: bool = False) -> str:  # type: ignore[no-unty
     return "\n".join(lines)
 
 
-def hits_table(hits: Sequence) -> str:  # type: ignore[type-arg]
+def hits_table(hits: Sequence) -> str:
     rows = []
     for h in hits:
         what = safe(h.text) if h.text is not None else shown(h.path)
@@ -182,7 +182,7 @@ def hits_table(hits: Sequence) -> str:  # type: ignore[type-arg]
     return "\n".join(rows)
 
 
-def collections_table(infos: Sequence) -> str:  # type: ignore[type-arg]
+def collections_table(infos: Sequence) -> str:
     lines = [f"{'name':<16} {'kind':<6} {'items':>8} {'index':<8} {'catalog':>9} {'vectors':>9}  model / location"]
     for c in infos:
         lines.append(
@@ -190,7 +190,28 @@ def collections_table(infos: Sequence) -> str:  # type: ignore[type-arg]
             f"{_size(c.vectors_bytes):>9}  {safe(c.model)}\n{'':<60}{shown(c.folder)}"
         )
         lines.append(f"{'':<60}{_tokens_line(c)}")
+        if getattr(c, "index", None):
+            lines.append(f"{'':<60}{index_line(c.index)}")
     return "\n".join(lines)
+
+
+def index_line(index: dict[str, Any]) -> str:
+    """One line on the vector index for people: type, settings, recall, memory."""
+    if not index or index.get("type") == "not built":
+        return "index: not built (the next search or index run builds it)"
+    params = ", ".join(f"{k}={v}" for k, v in index.get("params", {}).items())
+    recall = index.get("recall_at_10")
+    parts = [f"index: {index['type']}" + (f" ({params})" if params else "")]
+    if recall is not None:
+        parts.append(f"recall@10 {recall:.3f} on {index.get('recall_queries', 0)} of its own vectors")
+    elif index["type"] == "Flat":
+        parts.append("exact")
+    parts.append(f"{_size(index.get('memory_bytes', 0))} in memory")
+    if index.get("rows_bytes"):
+        parts.append(f"{_size(index['rows_bytes'])} float16 rows (memory-mapped)")
+    if index.get("tombstones"):
+        parts.append(f"{index['tombstones']} tombstones")
+    return safe(", ".join(parts))
 
 
 def _tokens_line(c: Any) -> str:
@@ -202,7 +223,7 @@ def _tokens_line(c: Any) -> str:
     return line
 
 
-def models_table(rows: Sequence) -> str:  # type: ignore[type-arg]
+def models_table(rows: Sequence) -> str:
     lines = [f"{'model':<48} {'kind':<22} weights"]
     for m in rows:
         present = "present" if m.weights_present else "not downloaded"
@@ -218,7 +239,7 @@ def _size(n: float) -> str:
     return str(n)
 
 
-def check_report(reports: Sequence) -> str:  # type: ignore[type-arg]
+def check_report(reports: Sequence) -> str:
     lines = []
     for r in reports:
         lines.append(

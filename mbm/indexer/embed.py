@@ -10,11 +10,13 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from mbm.indexer.decode import IMAGE_LIMIT, DecodeError, ImageFacts, PixelBudget, decode, read_file
 from mbm.indexer.scan import FileEntry
@@ -24,7 +26,7 @@ from mbm.indexer.scan import FileEntry
 class Decoded:
     entry: FileEntry
     hash: str
-    pixels: Any  # preprocessed (3, H, W) tensor
+    pixels: Any  # preprocessed (3, H, W): a float32 numpy array (``Encoder.pixels``) or a torch tensor
     facts: ImageFacts
 
 
@@ -102,6 +104,15 @@ def make_preparer(
     return prepare
 
 
+def stack_pixels(pixels: Sequence[Any]) -> Any:
+    """One ``(N, 3, H, W)`` batch of preprocessed images: numpy when they all are (no torch import), else torch."""
+    if all(isinstance(p, np.ndarray) for p in pixels):
+        return np.stack(pixels)
+    import torch
+
+    return torch.stack([torch.as_tensor(p) for p in pixels])
+
+
 def prepared_batches(
     entries: Iterable[FileEntry],
     prepare: Callable[[FileEntry], Prepared],
@@ -130,7 +141,9 @@ def prepared_batches(
                 fut.cancel()
 
 
-def _drain_one(pending: collections.deque, batch: list, decoded: int, batch_size: int):  # type: ignore[no-untyped-def]
+def _drain_one(
+    pending: collections.deque[Future[Prepared]], batch: list[Prepared], decoded: int, batch_size: int
+) -> Generator[list[Prepared], None, tuple[list[Prepared], int]]:
     result = pending.popleft().result()
     batch.append(result)
     if isinstance(result, Decoded):

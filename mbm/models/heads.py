@@ -19,10 +19,11 @@ from torch import nn
 
 from mbm.atomic import write_bytes, write_text
 from mbm.errors import ModelError
+from mbm.models.checkpoints import HEADS_CONFIG, HEADS_WEIGHTS
 from mbm.models.fusion import FusionConfig, FusionModel
 
-HEADS_WEIGHTS = "mbm_heads.safetensors"
-HEADS_CONFIG = "mbm_heads.json"
+__all__ = ["HEADS_CONFIG", "HEADS_FORMAT", "HEADS_WEIGHTS", "ClassifierHead", "load_heads", "save_heads"]
+
 HEADS_FORMAT = 1
 
 

@@ -1,33 +1,54 @@
-"""Convolutional image trunks (timm towers such as EfficientNet-Lite0) in ONNX Runtime for indexing on CPUs.
+"""Convolutional image towers (timm towers such as EfficientNet-Lite0) in ONNX Runtime for indexing on CPUs.
 
-On a CPU without fast bf16 (no AMX or AVX512-BF16) torch runs EfficientNet's depthwise
-convolutions slowly: Lite0 at 224 px measured 27-30 images/s in fp32 with channels_last on
-a 2-core AVX2 machine, ONNX Runtime 1.32 about 70 images/s on the same machine, for the
-same values (max abs difference ~1e-5). So when an fp32 CPU encoder has a timm trunk, its
-``forward_features`` is exported to ONNX once per model fingerprint (a few seconds, cached
-in ``$XDG_CACHE_HOME/mbm/image-onnx/``), checked against torch on the first real batch,
-and run in ONNX Runtime; pooling and the image head stay in torch. Any failure (no
-onnxruntime, an export error, a disagreement) keeps torch, with one log line.
+On a CPU without AMX torch runs EfficientNet's depthwise convolutions slowly: Lite0 at 224 px
+measured 27-30 images/s in fp32 with channels_last on a 2-core AVX2 machine, ONNX Runtime 1.32
+about 70 images/s on the same machine, for the same values (max abs difference ~1e-5).
+
+- ``ImageSideExport``: an fp32 CPU encoder with a timm trunk exports its whole image side
+  (trunk, pooling, image head, and the fusion head's image projection when it has one) once
+  per model fingerprint (a few seconds, cached in ``$XDG_CACHE_HOME/mbm/image-onnx/``), checks
+  it against torch on the first real batch and runs the rest in ONNX Runtime
+  (``mbm.models.image_engines.OnnxImage``). A checked export is recorded beside it, so a later
+  process starts with it directly, without torch (``mbm.models.light``).
+- ``OnnxTrunk``: only the trunk's ``forward_features`` (the training feature cache uses it).
+
+Any failure (no onnxruntime, an export error, a disagreement) keeps torch, with one log line.
 ``MBM_IMAGE_ONNX=0`` turns it off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import logging
+import math
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from mbm.atomic import atomic_path
+from mbm.atomic import atomic_path, write_text
 from mbm.models.fingerprint import cache_path
+from mbm.models.image_engines import (
+    EMBEDDING_OUTPUT,
+    IMAGE_INPUT,
+    ONNX_SWITCH,
+    TOKENS_OUTPUT,
+    OnnxImage,
+    checked_export,
+    image_side_path,
+    ort_version,
+)
 
 log = logging.getLogger(__name__)
 
-ENV_SWITCH = "MBM_IMAGE_ONNX"
+ENV_SWITCH = ONNX_SWITCH
 MIN_COSINE = 0.9999
 
 
@@ -35,8 +56,8 @@ def wanted(model: Any, device: str, precision: str) -> bool:
     """Whether an encoder should try ONNX Runtime for its image trunk."""
     if os.environ.get(ENV_SWITCH, "1") == "0" or device != "cpu" or precision != "fp32":
         return False
-    visual = getattr(model, "visual", None)
-    if not hasattr(visual, "trunk") or not hasattr(visual.trunk, "forward_features"):
+    trunk = getattr(getattr(model, "visual", None), "trunk", None)
+    if trunk is None or not hasattr(trunk, "forward_features"):
         return False
     try:
         import onnxruntime  # noqa: F401
@@ -136,3 +157,128 @@ def encode_with_features(
     with torch.inference_mode():
         visual = model.visual
         return visual.head(visual.trunk.forward_head(features)), features
+
+
+# -- the whole image side ------------------------------------------------------------------------
+
+
+def _pool_matrix(side: int, grid: int) -> torch.Tensor:
+    """``(grid*grid, side*side)`` weights with ``W @ tokens == adaptive_avg_pool2d`` of the square map:
+    the TorchScript exporter refuses adaptive pooling to a size that does not divide the input."""
+    bins = [(math.floor(i * side / grid), math.ceil((i + 1) * side / grid)) for i in range(grid)]
+    weights = torch.zeros(grid * grid, side * side)
+    for gy, (y0, y1) in enumerate(bins):
+        for gx, (x0, x1) in enumerate(bins):
+            cells = [y * side + x for y in range(y0, y1) for x in range(x0, x1)]
+            weights[gy * grid + gx, cells] = 1.0 / len(cells)
+    return weights
+
+
+class _ImageSide(torch.nn.Module):
+    """``pixels -> (pooled, fusion image tokens)`` as ``Encoder.encode_image_batch`` computes them."""
+
+    pool: torch.Tensor | None
+
+    def __init__(self, visual: Any, fusion: Any, cells: int):
+        super().__init__()
+        self.visual, self.fusion = visual, fusion
+        grid = int(getattr(getattr(fusion, "cfg", None), "image_grid", 0) or 0)
+        side = math.isqrt(cells)
+        pool = grid > 0 and side * side == cells and side != grid
+        self.register_buffer("pool", _pool_matrix(side, grid) if pool else None, persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> Any:
+        features = self.visual.trunk.forward_features(pixels)
+        pooled = self.visual.head(self.visual.trunk.forward_head(features))
+        if self.fusion is None:
+            return pooled
+        cells = features.flatten(2).transpose(1, 2).float()
+        if self.pool is not None:  # pooled here: project_image then finds the map at its grid already
+            cells = torch.matmul(self.pool, cells)
+        return pooled, self.fusion.project_image(cells, torch.nn.functional.normalize(pooled.float(), dim=-1))
+
+
+def export_image_side(model: Any, fusion: Any, size: int, path: Path) -> None:
+    """Write ``model``'s image side (and ``fusion``'s image projection) to ``path`` (TorchScript exporter)."""
+    visual = model.visual
+    with torch.no_grad():
+        cells = visual.trunk.forward_features(torch.zeros(1, 3, size, size)).flatten(2).shape[-1]
+    outputs = [EMBEDDING_OUTPUT] + ([TOKENS_OUTPUT] if fusion is not None else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the exporter prints whole graphs when it fails: kept out of the user's terminal
+    with (
+        atomic_path(path) as tmp,
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _ImageSide(visual, fusion, cells).eval(),
+            (torch.zeros(2, 3, size, size),),
+            str(tmp),
+            input_names=[IMAGE_INPUT],
+            output_names=outputs,
+            dynamic_axes={IMAGE_INPUT: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+            dynamo=False,
+        )
+
+
+Reference = Callable[[torch.Tensor, bool], tuple[np.ndarray, np.ndarray | None]]
+
+
+def _agrees(got: tuple[np.ndarray, np.ndarray | None], want: tuple[np.ndarray, np.ndarray | None]) -> float:
+    """The lowest per-image cosine between two ``(embeddings, tokens)`` results."""
+    cosines = [np.sum(got[0] * want[0], axis=1)]
+    if want[1] is not None:
+        if got[1] is None:
+            return 0.0
+        a, b = (x.reshape(len(x), -1).astype(np.float32) for x in (got[1], want[1]))
+        cosines.append(np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12))
+    return float(min(c.min() for c in cosines))
+
+
+class ImageSideExport:
+    """The image side of one fp32 CPU encoder in ONNX Runtime, exported and checked on the first batch."""
+
+    def __init__(self, model: Any, fusion: Any, fingerprint: str, image_size: int, on_checked: Callable[[Path], None]):
+        self.model, self.fusion, self.image_size = model, fusion, image_size
+        self.path = image_side_path(fingerprint, image_size)
+        self.engine: OnnxImage | None = None
+        self.failed = False
+        self._on_checked = on_checked
+        self._lock = threading.Lock()
+
+    def encode(
+        self, pixels: torch.Tensor, tokens: bool, reference: Reference
+    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The batch's ``(embeddings, tokens)`` from ONNX Runtime, or None when torch must do it."""
+        if self.failed:
+            return None
+        with self._lock:
+            if self.engine is None:
+                try:
+                    return self._prepare_and_check(pixels, tokens, reference)
+                except Exception as e:  # noqa: BLE001 - any failure keeps torch, which computes the same thing
+                    log.info("image tower stays in torch: %s", e)
+                    self.failed, self.engine = True, None
+                    self.path.unlink(missing_ok=True)
+                    self.path.with_suffix(".json").unlink(missing_ok=True)
+                    return None
+        return self.engine.encode(pixels, tokens)
+
+    def _prepare_and_check(
+        self, pixels: torch.Tensor, tokens: bool, reference: Reference
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if not checked_export(self.path):
+            export_image_side(self.model, self.fusion, self.image_size, self.path)
+        engine = OnnxImage(self.path, max(1, torch.get_num_threads()))
+        got = engine.encode(pixels, tokens=True)
+        want = reference(pixels, self.fusion is not None)
+        cosine = _agrees(got, want)
+        if cosine < MIN_COSINE:
+            raise RuntimeError(f"ONNX Runtime disagrees with torch (cosine {cosine:.6f})")
+        write_text(self.path.with_suffix(".json"), json.dumps({"onnxruntime": ort_version(), "cosine": cosine}))
+        self.engine = engine
+        self._on_checked(self.path)
+        return got if tokens else (got[0], None)

@@ -64,13 +64,16 @@ def image_package_checkpoint(ref: str) -> Path:
             f"{', '.join(PKG_PREFIX + m for m in IMAGE_PACKAGES)}"
         )
     try:
-        root = Path(importlib.import_module(module).__file__).parent
+        found = importlib.import_module(module).__file__
     except ImportError as e:
         pip_name = module.replace("_", "-")
         raise ModelError(
             f"creating this model needs the Python package {pip_name!r}, which is not installed — "
             f"run: pip install {pip_name}  (or pip install 'mbm[train]')"
         ) from e
+    if found is None:
+        raise ModelError(f"package {module!r} is not a regular package (no __file__) — reinstall it")
+    root = Path(found).parent
     files = sorted(root.glob("models/*.pth"))
     if len(files) != 1:
         raise ModelError(f"package {module!r} should hold one models/*.pth checkpoint, found {len(files)} in {root}")
@@ -138,6 +141,9 @@ class ClassBridgeHead(nn.Module):
     the normalized text embeddings of the class prompts in the shared space; it is filled by
     ``set_class_embeddings`` when a model is created and read back from a checkpoint after.
     """
+
+    class_emb: torch.Tensor  # buffers and the weight, typed for the checker
+    bridge_weight: torch.Tensor
 
     def __init__(
         self,

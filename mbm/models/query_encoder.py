@@ -3,16 +3,26 @@
 A cold ``mbm search "red car"`` then never imports torch or open_clip (seconds on a
 small machine); image queries, models whose text tower cannot be exported and installs
 without onnxruntime/onnx/onnxscript use the full encoder as before.
+
+The export itself takes seconds (torch.export of the whole text tower: 8 s for MiniLM on a
+2-core machine), so it is made once per model fingerprint into
+``$XDG_CACHE_HOME/mbm/query-encoder/<fingerprint>/`` and every collection of that model gets a
+copy of it (hard links where the file system allows): only the first index run of a model on a
+machine pays for the export. A cache that cannot be written costs an export per collection,
+as before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from mbm.atomic import atomic_dir
+from mbm.models.fingerprint import cache_path
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +40,11 @@ def _source(folder: Path) -> dict:
     return source if isinstance(source, dict) and source.get("format") == FORMAT else {}
 
 
+def cached_export_dir(fingerprint: str) -> Path:
+    """Where the text tower of the weights with this fingerprint is exported once for all collections."""
+    return cache_path().parent / "query-encoder" / fingerprint.replace(":", "-")
+
+
 def load_query_encoder(folder: Path, fingerprint: str) -> Any:
     """The exported encoder when it was made from weights with this fingerprint, else None."""
     source = _source(folder)
@@ -40,19 +55,71 @@ def load_query_encoder(folder: Path, fingerprint: str) -> Any:
     return OnnxTextEncoder.load(folder)
 
 
+def cached_query_encoder(fingerprint: str) -> Any:
+    """The cached export for these weights (``cached_export_dir``) when there is one, else None. No torch."""
+    return load_query_encoder(cached_export_dir(fingerprint), fingerprint)
+
+
+def _export_into(encoder: Any, folder: Path, fingerprint: str) -> bool:
+    """Export ``encoder``'s text tower into ``folder`` (atomically), recording ``fingerprint``; True when supported."""
+    from mbm.models.text_onnx import UnsupportedTextTower, export_text_onnx
+
+    supported = True
+    with atomic_dir(folder) as tmp:  # readers see the old folder or the new one, never half of one
+        try:
+            export_text_onnx(encoder, tmp)
+        except UnsupportedTextTower as e:
+            log.info("text queries will use the full model: %s", e)
+            supported = False
+            for p in tmp.iterdir():  # keep only the record, not a half-usable export
+                p.unlink()
+        source = {"fingerprint": fingerprint, "spec": encoder.spec, "supported": supported, "format": FORMAT}
+        (tmp / _SOURCE).write_text(json.dumps(source))
+    return supported
+
+
+def _usable(cached: Path, fingerprint: str) -> bool:
+    """Whether the cache holds this fingerprint's export (or its "unsupported" record) in this mbm's format."""
+    source = _source(cached)
+    if source.get("fingerprint") != fingerprint:
+        return False
+    if not source.get("supported"):
+        return True
+    from mbm.models.text_onnx import CONFIG_FILE, VERSION
+    from mbm.models.text_onnx import FORMAT as TOWER_FORMAT
+
+    try:
+        tower = json.loads((cached / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (tower.get("format"), tower.get("version")) == (TOWER_FORMAT, VERSION)
+
+
+def _copy_export(cached: Path, folder: Path, fingerprint: str) -> bool:
+    """Copy a cached export into a collection's ``folder`` under the collection's ``fingerprint``."""
+    source = _source(cached)
+    with atomic_dir(folder) as tmp:
+        for path in cached.iterdir():
+            if path.name == _SOURCE or not path.is_file():
+                continue
+            try:
+                os.link(path, tmp / path.name)  # the cache's files are only ever replaced whole, never edited
+            except OSError:
+                shutil.copy2(path, tmp / path.name)
+        (tmp / _SOURCE).write_text(json.dumps({**source, "fingerprint": fingerprint}))
+    return bool(source.get("supported"))
+
+
 def export_query_encoder(encoder: Any, folder: Path, fingerprint: str | None = None) -> bool:
-    """Export ``encoder``'s text tower (once per fingerprint); False when it cannot be exported.
+    """Give the collection at ``folder`` ``encoder``'s text tower (once per fingerprint); False when it cannot be
+    exported. Copies the machine's cached export when there is one (no torch needed); else exports it there first.
 
     ``fingerprint`` is the one the collection recorded for these weights, when it differs
     from ``encoder.fingerprint`` (a collection fingerprinted by an earlier mbm)."""
     fingerprint = fingerprint or encoder.fingerprint
     if _source(folder).get("fingerprint") == fingerprint:
         return False  # already tried for these weights (exported, or known unsupported)
-    from mbm.models.text_onnx import (
-        UnsupportedTextTower,
-        export_text_onnx,
-        missing_export_modules,
-    )
+    from mbm.models.text_onnx import missing_export_modules
 
     missing = missing_export_modules()
     if missing:  # nothing recorded: an install that adds them exports on the next index or search
@@ -61,19 +128,19 @@ def export_query_encoder(encoder: Any, folder: Path, fingerprint: str | None = N
             " and ".join(missing),
         )
         return False
-    supported = True
+    cached = cached_export_dir(encoder.fingerprint)
     try:
-        with atomic_dir(folder) as tmp:  # readers see the old folder or the new one, never half of one
-            try:
-                export_text_onnx(encoder, tmp)
-            except UnsupportedTextTower as e:
-                log.info("text queries will use the full model: %s", e)
-                supported = False
-                for p in tmp.iterdir():  # keep only the record, not a half-usable export
-                    p.unlink()
-            source = {"fingerprint": fingerprint, "spec": encoder.spec, "supported": supported, "format": FORMAT}
-            (tmp / _SOURCE).write_text(json.dumps(source))
+        if _usable(cached, encoder.fingerprint):
+            return _copy_export(cached, folder, fingerprint)
+    except OSError as e:  # a cache that cannot be read: export as if there were none
+        log.debug("cached query encoder %s not used: %s", cached, e)
+    try:
+        _export_into(encoder, cached, encoder.fingerprint)
+        return _copy_export(cached, folder, fingerprint)
+    except OSError as e:
+        log.debug("query encoder not cached in %s (%s): exporting into the collection", cached, e)
+    try:
+        return _export_into(encoder, folder, fingerprint)
     except OSError as e:
         log.warning("could not export the query encoder to %s (%s)", folder, e)
         return False
-    return supported

@@ -154,6 +154,8 @@ def export_text_onnx(encoder: Any, folder: str | Path) -> None:
                 dynamo=True,
                 verbose=False,
             )
+            if program is None:  # only when an output file is given, which this call does not
+                raise UnsupportedTextTower("torch.onnx.export returned no program")
             program.save(str(folder / MODEL_FILE), external_data=True)  # weights -> model.onnx.data, mapped on load
     except Exception as e:
         raise UnsupportedTextTower(
@@ -190,7 +192,8 @@ def _tower(encoder: Any, folder: Path) -> tuple[Any, dict, Any]:
 
     model, tokenizer = encoder.model, encoder.tokenizer
     length = int(getattr(tokenizer, "context_length", 0) or 77)
-    text = getattr(model, "text", None)
+    text: Any = getattr(model, "text", None)
+    config: dict[str, Any]
     if type(text).__name__ == "HFTextEncoder":
         backend = getattr(getattr(tokenizer, "tokenizer", None), "backend_tokenizer", None)
         if backend is None or getattr(text, "output_tokens", False):
@@ -217,7 +220,7 @@ def _tower(encoder: Any, folder: Path) -> tuple[Any, dict, Any]:
             "num_positions": int(model.positional_embedding.shape[0]),
             "output_dim": int(encoder.dim),
         }
-    if not 2 <= length <= config["num_positions"]:
+    if not 2 <= length <= int(config["num_positions"]):
         raise UnsupportedTextTower(
             f"tokenizer context_length {length} does not fit the model's {config['num_positions']} positions"
         )
@@ -254,6 +257,8 @@ def _clip_text(model: Any) -> Any:
 
     class ClipText(torch.nn.Module):
         """open_clip ``CLIP.encode_text`` over any length up to the context (causal: later positions change nothing)."""
+
+        attn_mask: torch.Tensor
 
         def __init__(self, clip: Any):
             super().__init__()

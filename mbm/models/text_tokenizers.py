@@ -75,7 +75,7 @@ def _load_vocab(path: str) -> tuple[dict[int, str], dict[str, int], dict[tuple[s
     order = keep + [b for b in range(256) if b not in keep]
     chars = [chr(b) for b in keep] + [chr(256 + i) for i in range(256 - len(keep))]
     lines = gzip.decompress(Path(path).read_bytes()).decode("utf-8").split("\n")[1 : _N_MERGES + 1]
-    merges = [tuple(line.split()) for line in lines]
+    merges = [(a, b) for a, b in (line.split() for line in lines)]  # each merge line is one pair
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + list(_SPECIALS)
     return dict(zip(order, chars)), {t: i for i, t in enumerate(vocab)}, {m: i for i, m in enumerate(merges)}
 

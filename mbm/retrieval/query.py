@@ -92,7 +92,7 @@ class Term:
         return f"Term({self.weight!r}, {self.kind!r}, {value})"
 
 
-class Query(tuple):  # type: ignore[type-arg]
+class Query(tuple):
     """An immutable, non-empty tuple of terms with at least one positive weight."""
 
     def __new__(cls, terms: Iterable[Term] = ()) -> Query:

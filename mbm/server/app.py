@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mbm.errors import MbmError
@@ -160,23 +161,36 @@ def _routes(app: FastAPI, config: ServerConfig, collections: Collections, metric
         file: UploadFile = File(...),
         k: int = Form(10),
         offset: int = Form(0),
-        min_score: float | None = Form(None),
+        min_score: str | None = Form(None, description='a cosine, or "auto"'),
         under: str | None = Form(None),
+        after: str | None = Form(None),
+        before: str | None = Form(None),
+        camera: str | None = Form(None),
+        sort: str = Form("score"),
         rerank: int = Form(0),
         collection: str | None = Form(None),
     ) -> SearchResponse:
         import base64
 
         data = await file.read(limits.max_body_bytes + 1)
-        req = SearchRequest(
-            image=base64.b64encode(data).decode(),
-            k=k,
-            offset=offset,
-            min_score=min_score,
-            under=under,
-            rerank=rerank,
-            collection=collection,
-        )
+        try:
+            req = SearchRequest(
+                image=base64.b64encode(data).decode(),
+                k=k,
+                offset=offset,
+                min_score=min_score,
+                under=under,
+                after=after,
+                before=before,
+                camera=camera,
+                sort=sort,
+                rerank=rerank,
+                collection=collection,
+            )
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err.get("loc", ())) or "form"
+            raise ApiError(400, f"bad search form — {where}: {err.get('msg')}") from None
         return await run_search(req, collections.get(collection), limits, metrics)
 
     @app.get("/items/{item_id}", response_model=ItemOut, summary="One item's metadata")

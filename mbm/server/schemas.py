@@ -28,11 +28,28 @@ class SearchRequest(BaseModel):
     terms: list[TermIn] | None = Field(None, description="a weighted sum; negative weights subtract")
     k: int = 10
     offset: int = 0
-    min_score: float | None = None
-    under: str | None = Field(None, description="only items whose path starts with this folder")
+    min_score: float | Literal["auto"] | None = Field(
+        None, description='drop hits below this cosine; "auto": below the query\'s background (see README)'
+    )
+    under: str | list[str] | None = Field(None, description="only items in this folder or file (a list: any of them)")
+    after: str | None = Field(None, description="only items dated at or after this: 2024, 2024-06, 2024-06-15")
+    before: str | None = Field(None, description="only items dated before this (same forms)")
+    camera: str | None = Field(None, description="only items whose camera name contains this (any case)")
+    sort: Literal["score", "date", "path"] = Field(
+        "score", description='"date" / "path": every hit above min_score ("auto" unless given) in that order'
+    )
     rerank: bool | int = Field(False, description="true: re-rank the top 50 with the fusion head; N: the top N")
     collection: str | None = None
     return_embeddings: bool = False
+    tag: str | None = Field(None, description="only items carrying this tag (any case; `mbm tags` lists them)")
+    mode: Literal["vector", "keyword", "hybrid"] = Field(
+        "vector", description="vector (the model), keyword (BM25 over the items' own text) or hybrid (both, fused)"
+    )
+
+
+class TagOut(BaseModel):
+    tag: str
+    score: float
 
 
 class HitOut(BaseModel):
@@ -47,6 +64,7 @@ class HitOut(BaseModel):
     height: int | None = None
     taken_at: str | None = None
     embedding: list[float] | None = None
+    tags: list[TagOut] | None = Field(None, description="the item's tags; null on the micro-batched plain text path")
 
 
 class SearchResponse(BaseModel):

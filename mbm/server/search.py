@@ -21,7 +21,7 @@ from mbm.server.collections import Served
 from mbm.server.config import Limits
 from mbm.server.errors import ApiError
 from mbm.server.metrics import Metrics
-from mbm.server.schemas import HitOut, SearchRequest, SearchResponse, TermIn
+from mbm.server.schemas import HitOut, SearchRequest, SearchResponse, TagOut, TermIn
 
 _EXTENSIONS = {
     "JPEG": ".jpg",
@@ -147,9 +147,11 @@ def like_vector(served: Served, item_id: int) -> np.ndarray:
     return vector
 
 
-def page(hits: list[Any], offset: int, k: int, reranked: bool) -> list[Any]:
-    """A stable order (score, then id; re-ranked: the re-ranker's order), then one page of it."""
-    ordered = hits if reranked else sorted(hits, key=lambda h: (-h.score, h.id))
+def page(hits: list[Any], offset: int, k: int, resort: bool) -> list[Any]:
+    """One page of a stable order: ``resort`` puts hits in score-then-id order first (the micro-batched
+    path); the Engine's own answers are in their final order already (by score then id, by the sort
+    key, the re-ranker's or the hybrid ranking's)."""
+    ordered = sorted(hits, key=lambda h: (-h.score, h.id)) if resort else hits
     return ordered[offset : offset + k]
 
 
@@ -157,7 +159,9 @@ async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics
     top = check_bounds(req, limits)
     engine = served.engine
     want = req.offset + req.k
-    plain = req.text is not None and not top and req.under is None and not req.return_embeddings
+    filtered = req.under or req.after or req.before or req.camera or req.sort != "score" or req.min_score == "auto"
+    filtered = filtered or req.tag is not None or req.mode != "vector"
+    plain = req.text is not None and not top and not filtered and not req.return_embeddings
     query_vector = None
     if plain:  # micro-batched with concurrent text queries; the generation comes with the hits
         hits, (catalog_id, generation) = await served.batcher.search(req.text, want, req.min_score)  # type: ignore[arg-type]
@@ -165,7 +169,7 @@ async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics
         hits, query_vector, (catalog_id, generation) = await run_in_threadpool(
             _search_blocking, req, served, limits, metrics, want, top
         )
-    rows = page(hits, req.offset, req.k, bool(top))
+    rows = page(hits, req.offset, req.k, resort=plain)
     out = [_hit_out(h, req.offset + i + 1) for i, h in enumerate(rows)]
     if req.return_embeddings:
         for h in out:
@@ -189,7 +193,19 @@ def _search_blocking(
     version = engine.generation()  # read first: a change during the search shows as a new generation next time
     with ExitStack() as stack:
         query = build_query(req, served, limits, stack)
-        hits = engine.search(query, k=want, min_score=req.min_score, under=req.under, rerank=top)
+        hits = engine.search(
+            query,
+            k=want,
+            min_score=req.min_score,
+            under=req.under,
+            rerank=top,
+            after=req.after,
+            before=req.before,
+            camera=req.camera,
+            sort=req.sort,
+            tag=req.tag,
+            mode=req.mode,
+        )
         timings = dict(engine.timings)
         vector = None
         if req.return_embeddings:
@@ -215,6 +231,7 @@ def _hit_out(h: Any, rank: int) -> HitOut:
         width=h.width,
         height=h.height,
         taken_at=h.taken_at,
+        tags=None if getattr(h, "tags", None) is None else [TagOut(tag=t, score=s) for t, s in h.tags],
     )
 
 

@@ -46,8 +46,8 @@ ITEM_COLUMNS = (
 
 
 def _m001_initial(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["items"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("items").create(
         {
             "id": int,
             "path": str,
@@ -67,8 +67,8 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         not_null={"path", "part", "hash", "embedding"},
         defaults={"part": 0},
     )
-    db["items"].create_index(["path", "part"], unique=True)
-    db["items"].create_index(["hash"])
+    db.table("items").create_index(["path", "part"], unique=True)
+    db.table("items").create_index(["hash"])
 
 
 def _m002_identity_and_changes(db: sqlite_utils.Database) -> None:
@@ -79,16 +79,42 @@ def _m002_identity_and_changes(db: sqlite_utils.Database) -> None:
     db.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('changes_from', ?)", [generation[0] if generation else "0"]
     )
-    db["changes"].create({"generation": int, "item_id": int})
-    db["changes"].create_index(["generation"])
-    db["empty_files"].create({"path": str, "size": int, "mtime_ns": int}, pk="path")
+    db.table("changes").create({"generation": int, "item_id": int})
+    db.table("changes").create_index(["generation"])
+    db.table("empty_files").create({"path": str, "size": int, "mtime_ns": int}, pk="path")
 
 
 def _m003_item_tokens(db: sqlite_utils.Database) -> None:
     """The fusion head's tokens per item (see ``mbm.store.tokens``); NULL until computed. The partial index
     keeps "which items lack tokens?" cheap however large the collection is."""
-    db["items"].add_column("tokens", bytes)
+    db.table("items").add_column("tokens", bytes)
     db.execute("CREATE INDEX items_without_tokens ON items(id) WHERE tokens IS NULL")
+
+
+def _m004_tags_and_item_text(db: sqlite_utils.Database) -> None:
+    """Tags with confidences per item (``mbm.store.tags``) and each item's own words in an FTS5 index
+    (``mbm.store.keywords``). Triggers drop both when an item is deleted or its content changes, in the
+    writer's own transaction, so neither can outlive or mislabel the item it describes."""
+    db.execute(
+        "CREATE TABLE item_tags (item_id INTEGER NOT NULL, tag TEXT NOT NULL COLLATE NOCASE, score REAL NOT NULL, "
+        "PRIMARY KEY (item_id, tag)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX item_tags_by_tag ON item_tags(tag, item_id)")
+    db.execute("CREATE TABLE tagged (item_id INTEGER PRIMARY KEY, vocabulary TEXT NOT NULL)")
+    db.execute(
+        "CREATE VIRTUAL TABLE item_text USING fts5(names, caption, keywords, "
+        "tokenize = 'porter unicode61 remove_diacritics 2')"
+    )
+    db.execute("CREATE TABLE item_text_state (item_id INTEGER PRIMARY KEY, signature TEXT NOT NULL)")
+    forget = (
+        "DELETE FROM item_tags WHERE item_id = old.id; DELETE FROM tagged WHERE item_id = old.id; "
+        "DELETE FROM item_text WHERE rowid = old.id; DELETE FROM item_text_state WHERE item_id = old.id;"
+    )
+    db.execute(f"CREATE TRIGGER items_deleted_extras AFTER DELETE ON items BEGIN {forget} END")
+    db.execute(
+        f"CREATE TRIGGER items_changed_extras AFTER UPDATE OF hash ON items WHEN old.hash IS NOT new.hash "
+        f"BEGIN {forget} END"
+    )
 
 
 # Append-only: a released migration never changes; a schema change is a new entry.
@@ -96,6 +122,7 @@ MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
     ("002_identity_and_changes", _m002_identity_and_changes),
     ("003_item_tokens", _m003_item_tokens),
+    ("004_tags_and_item_text", _m004_tags_and_item_text),
 ]
 
 
@@ -125,7 +152,7 @@ class CatalogState(NamedTuple):
 
     catalog_id: str
     generation: int
-    count: int
+    count: int  # type: ignore[assignment]  # the field shadows tuple.count, as its callers expect
 
 
 def _now() -> str:

@@ -153,6 +153,7 @@ def bad_tokens(catalog: Catalog) -> list[int]:
     if fmt is None or not catalog.has_tokens:
         return []
     row = fmt.row_bytes
+    args: tuple[int, ...]
     if fmt.kind == "image":
         sql, args = "SELECT id FROM items WHERE tokens IS NOT NULL AND length(tokens) != ?", (fmt.per_item * row,)
     else:  # a text keeps 1..per_item whole rows (any number when per_item is 0)

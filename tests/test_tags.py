@@ -1,0 +1,213 @@
+"""Tags at index time: stored, searchable, incremental, re-tagged when the vocabulary changes."""
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_images, pattern_image
+from typer.testing import CliRunner
+
+from mbm import Engine
+from mbm.indexer.tagging import MAX_TAGS, MIN_CONFIDENCE, read_labels, retag, tag_items
+from mbm.models.heads import ClassifierHead
+from mbm.store.tags import tag_counts, tagging_progress, tags_of
+from mbm.store.tags import untagged as untagged_ids
+
+LABELS = ["alpha", "beta", "gamma"]
+
+
+@pytest.fixture
+def tagging_encoder(tiny_encoder):
+    """The tiny model with a classifier head whose classes are the pictures of seeds 1, 2 and 3: a sharp scale,
+    so each of those pictures gets its own label with a confidence near 1."""
+    head = ClassifierHead(tiny_encoder.dim, LABELS)
+    refs = tiny_encoder.encode_images([pattern_image(s) for s in (1, 2, 3)])
+    head.init_from_text(torch.from_numpy(refs))
+    with torch.no_grad():
+        head.logit_scale.fill_(math.log(3000.0))
+    return dataclasses.replace(tiny_encoder, heads={"classifier": head.eval()})
+
+
+@pytest.fixture
+def eng(tmp_path, tagging_encoder):
+    with Engine.open(tmp_path / "store", "default", model="mbm-tiny", encoder=tagging_encoder) as e:
+        yield e
+
+
+def _item_tags(eng):
+    catalog = eng.catalog()
+    rows = catalog.rows([i for _, ids in catalog.paths() for i in ids])
+    found = tags_of(catalog, list(rows))
+    return {os.path.basename(rows[i]["path"]): found.get(i, []) for i in rows}
+
+
+def test_index_stores_classifier_tags_with_confidences(tmp_path, eng):
+    make_images(tmp_path / "photos", 6)
+    eng.index([tmp_path / "photos"])
+    tags = _item_tags(eng)
+    for seed, label in zip((1, 2, 3), LABELS):
+        top, score = tags[f"img{seed:04d}.png"][0]
+        assert top == label and score > 0.9
+    for found in tags.values():
+        assert len(found) <= MAX_TAGS and all(MIN_CONFIDENCE <= s <= 1.0 for _, s in found)
+    catalog = eng.catalog()
+    assert tagging_progress(catalog, catalog.meta()["tags_vocabulary"]) == (6, 6)
+    assert catalog.meta()["tags_source"] == "classifier"
+    counts = {c.tag: c.items for c in tag_counts(catalog)}
+    assert counts["alpha"] >= 1 and set(counts) <= set(LABELS)
+
+
+def test_search_by_tag_and_tags_on_hits(tmp_path, eng):
+    make_images(tmp_path / "photos", 6)
+    eng.index([tmp_path / "photos"])
+    tagged_beta = {n for n, t in _item_tags(eng).items() if any(tag == "beta" for tag, _ in t)}
+    hits = eng.search("anything", k=10, tag="BETA")  # tags compare in any case
+    assert {os.path.basename(h.path) for h in hits} == tagged_beta and "img0002.png" in tagged_beta
+    assert all(any(t == "beta" for t, _ in h.tags) for h in hits)
+    plain = eng.search("anything", k=3)
+    assert all(h.tags is not None for h in plain)
+    doc = plain[0].as_dict()
+    assert isinstance(doc["tags"], list) and {"tag", "score"} <= set(doc["tags"][0]) if doc["tags"] else True
+    assert eng.search("anything", k=5, tag="no-such-tag") == []
+    # hybrid and keyword modes honour the tag too
+    assert {h.path for h in eng.search("img0002", k=10, tag="beta", mode="keyword")} <= {h.path for h in hits}
+
+
+def test_only_new_items_are_tagged_and_content_changes_retag(tmp_path, eng):
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 4)
+    eng.index([photos])
+    catalog = eng.catalog(write=True)
+    # a mark on every stored tag: a run that re-tagged an item would overwrite it
+    with catalog.transaction() as conn:
+        conn.execute("UPDATE item_tags SET score = 0.5")
+    make_images(photos, 1, start=10)
+    eng.index([photos])
+    tags = _item_tags(eng)
+    assert all(s == 0.5 for n, t in tags.items() if n != "img0010.png" for _, s in t)
+    assert tags["img0010.png"] and all(s != 0.5 for _, s in tags["img0010.png"])
+    # nothing left to tag: the model is not even asked
+    assert tag_items(eng.catalog(write=True), lambda: pytest.fail("the model was loaded")) == 0
+    # changed content: its old tags go with it (a trigger), the next run tags it again
+    pattern_image(3).save(paths[0])
+    os.utime(paths[0], ns=(1, 10**18))
+    eng.index([photos])
+    assert _item_tags(eng)["img0000.png"][0][0] == "gamma"
+    # a deleted file leaves no tags behind
+    paths[1].unlink()
+    eng.index([photos])
+    conn = eng.catalog().conn
+    assert conn.execute("SELECT COUNT(*) FROM item_tags WHERE item_id NOT IN (SELECT id FROM items)").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM tagged WHERE item_id NOT IN (SELECT id FROM items)").fetchone()[0] == 0
+
+
+def test_a_vocabulary_file_retags_everything_and_later_runs_keep_it(tmp_path, eng):
+    photos = tmp_path / "photos"
+    make_images(photos, 3)
+    eng.index([photos])
+    vocab = tmp_path / "tags.txt"
+    vocab.write_text("# my tags\nsunny day\n\nrainy day  # comment\nsunny day\n")
+    labels = read_labels(vocab)
+    assert labels == ["sunny day", "rainy day"]
+    assert retag(eng, labels) == 3
+    tags = _item_tags(eng)
+    assert all(t and {x for x, _ in t} <= set(labels) for t in tags.values())  # two labels: one is >= 0.5
+    make_images(photos, 1, start=7)
+    eng.index([photos])
+    assert {x for x, _ in _item_tags(eng)["img0007.png"]} <= set(labels)
+    assert eng.catalog().meta()["tags_source"] == "labels"
+    assert retag(eng, None, reset=True) == 4
+    assert {x for t in _item_tags(eng).values() for x, _ in t} <= set(LABELS)
+
+
+def test_bad_vocabulary_files_are_refused(tmp_path):
+    from mbm.errors import UsageError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(UsageError, match="holds no tags"):
+        read_labels(empty)
+    with pytest.raises(UsageError, match="cannot be read"):
+        read_labels(tmp_path / "missing.txt")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UsageError, match="not UTF-8"):
+        read_labels(latin)
+
+
+def test_models_without_labels_tag_zero_shot_over_everyday_words(tmp_path, engine_factory):
+    from mbm.indexer.tagging import EVERYDAY_TAGS
+
+    make_images(tmp_path / "photos", 3)
+    eng = engine_factory()
+    eng.index([tmp_path / "photos"])
+    catalog = eng.catalog()
+    assert catalog.meta()["tags_source"] == "everyday"
+    assert untagged_ids(catalog, catalog.meta()["tags_vocabulary"]) == []
+    assert {t for ts in tags_of(catalog, [1, 2, 3]).values() for t, _ in ts} <= set(EVERYDAY_TAGS)
+
+
+def test_cli_tags_counts_and_search_json(tmp_path, eng, monkeypatch, tagging_encoder):
+    from mbm.cli import app
+
+    make_images(tmp_path / "photos", 6)
+    eng.index([tmp_path / "photos"])
+    monkeypatch.setenv("MBM_HOME", str(tmp_path / "store"))
+    result = CliRunner().invoke(app, ["tags", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["tagged"] == doc["items"] == 6 and doc["source"] == "classifier"
+    assert sum(t["items"] for t in doc["tags"]) >= 6 and {t["tag"] for t in doc["tags"]} <= set(LABELS)
+    found = np.array([t["mean_score"] for t in doc["tags"]])
+    assert ((found > 0) & (found <= 1)).all()
+
+
+def test_concat_classifier_learns_from_the_text_half(tmp_path):
+    from mbm.train.concat_classifier import ConcatClassifier, fit
+
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 4
+    image = rng.normal(size=(200, 16))  # says nothing about the class
+    text = rng.normal(scale=0.3, size=(200, 16)) + np.eye(16)[y] * 2  # says it plainly
+    train, test = np.arange(150), np.arange(150, 200)
+    labels = ["a", "b", "c", "d"]
+    both = fit(image[train], text[train], y[train].tolist(), labels)
+    alone = fit(image[train], None, y[train].tolist(), labels)
+    acc_both = (both.logits(image[test], text[test]).argmax(1) == y[test]).mean()
+    acc_alone = (alone.logits(image[test]).argmax(1) == y[test]).mean()
+    assert acc_both >= 0.9 and acc_alone <= 0.5
+    both.save(tmp_path)
+    again = ConcatClassifier.load(tmp_path)
+    assert again.labels == tuple(labels) and np.allclose(
+        again.probabilities(image, text), both.probabilities(image, text)
+    )
+
+
+def test_trained_concat_classifier_tags_the_collection(tmp_path, engine_factory):
+    from mbm.indexer.tagging import train_concat
+
+    labelled = tmp_path / "labelled"
+    for name, seeds in (("red", (1, 2, 3)), ("blue", (4, 5, 6))):
+        folder = labelled / name
+        folder.mkdir(parents=True)
+        for s in seeds:
+            pattern_image(s).save(folder / f"{name}_thing_{s}.png")
+            (folder / f"{name}_thing_{s}.txt").write_text(f"a {name} thing\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    pattern_image(20).save(photos / "red_thing_new.png")
+    pattern_image(21).save(photos / "blue_thing_new.png")
+    eng = engine_factory()
+    eng.index([photos])
+    assert train_concat(eng, labelled) == 2
+    catalog = eng.catalog()
+    assert catalog.meta()["tags_source"] == "concat-classifier"
+    tags = _item_tags(eng)
+    assert tags["red_thing_new.png"][0][0] == "red" and tags["blue_thing_new.png"][0][0] == "blue"
+    pattern_image(22).save(photos / "blue_thing_later.png")
+    eng.index([photos])  # later index runs tag with it too
+    assert _item_tags(eng)["blue_thing_later.png"][0][0] == "blue"
