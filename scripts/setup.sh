@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install mbm with its test, training and server extras. Idempotent: a second run is quick.
+# Create .venv and install mbm with its test, training and server extras (EXTRAS=a,b to choose). Idempotent: a second run is quick.
 # torch/torchvision are pinned to a pair that installs and imports together on Linux x86-64
 # (override with TORCH_PACKAGES="torch==X torchvision==Y", e.g. for a CPU-only or aarch64 build).
 set -euo pipefail
@@ -12,5 +12,5 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q --disable-pip-version-check $TORCH_PACKAGES
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,train,server]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${EXTRAS:-test,train,server}]"
 echo "mbm installed in $(pwd)/.venv — run .venv/bin/mbm --help" >&2
