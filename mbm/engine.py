@@ -543,9 +543,12 @@ class Engine:
     def search_batch(
         self, vectors: Any, *, k: int = 10, min_score: float | None = None
     ) -> tuple[list[list[Hit]], tuple[str, int]]:
-        """``search_many`` plus the ``(catalog_id, generation)`` the hits come from, read together."""
+        """``search_many`` plus the ``(catalog_id, generation)`` the hits come from, read together; hits carry
+        their tags, as :meth:`search`'s do."""
         with self._refresh:
-            return self.searcher().search_many(vectors, k=k, min_score=min_score), self.catalog().version()
+            searcher = self.searcher()
+            found = searcher.search_many(vectors, k=k, min_score=min_score)
+            return [hybrid.with_tags(hits, searcher.catalog) for hits in found], self.catalog().version()
 
     def generation(self) -> tuple[str, int]:
         """``(catalog_id, generation)`` of the catalog now: results are stable while it does not change."""

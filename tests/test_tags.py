@@ -211,3 +211,22 @@ def test_trained_concat_classifier_tags_the_collection(tmp_path, engine_factory)
     pattern_image(22).save(photos / "blue_thing_later.png")
     eng.index([photos])  # later index runs tag with it too
     assert _item_tags(eng)["blue_thing_later.png"][0][0] == "blue"
+
+
+def test_batched_vectors_and_http_text_queries_carry_tags(tmp_path, eng, tagging_encoder):
+    pytest.importorskip("fastapi", reason="the server extra is not installed (pip install 'mbm[server]')")
+    from fastapi.testclient import TestClient
+
+    from mbm.server import ServerConfig, create_app
+
+    make_images(tmp_path / "photos", 6)
+    eng.index([tmp_path / "photos"])
+    found, _ = eng.search_batch(eng.embed_texts(["anything", "else"]), k=3)
+    assert all(h.tags is not None for hits in found for h in hits)
+    served = {"default": Engine.open(tmp_path / "store", "default", encoder=tagging_encoder)}
+    app = create_app(ServerConfig(store=tmp_path / "store"), served)
+    with TestClient(app) as client:
+        app.state.collections.wait_ready(60)
+        hits = client.post("/search", json={"text": "anything", "k": 6}).json()["hits"]  # the micro-batched path
+    by_name = {os.path.basename(h["path"]): h["tags"] for h in hits}
+    assert by_name["img0002.png"] and by_name["img0002.png"][0]["tag"] == "beta"

@@ -111,8 +111,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def zero_shot(encoder: Any, labels: Sequence[str], source: str) -> Vocabulary:
     text = np.asarray(encoder.encode_texts([PROMPT.format(x) for x in labels]), np.float32)
-    scale = getattr(encoder.model, "logit_scale", None)
-    logit_scale = float(scale.detach().float().exp().clamp(max=100)) if scale is not None else 100.0
+    scale = getattr(encoder, "logit_scale", None)  # recorded with a fast-started model: reading loads nothing
+    logit_scale = min(float(scale), 100.0) if scale is not None else 100.0
     return Vocabulary(source, tuple(labels), lambda emb, ids: softmax(logit_scale * (emb @ text.T)))
 
 
