@@ -10,6 +10,7 @@ from mbm.errors import UsageError
 
 DEFAULT_COLLECTION = "default"
 DEFAULT_BATCH_SIZE = 32
+CATALOG_FILE = "catalog.sqlite"  # in each collection's folder
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

@@ -14,96 +14,48 @@ collection's lock, and only the lock holder rewrites derived caches.
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mbm import __version__
 from mbm.atomic import clean_temp
-from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION, collection_dir, ensure_store, resolve_store
+from mbm.collection.checks import check_index_args, check_kind, check_model_spec, collection_kind, search_settings
+from mbm.collection.info import CollectionInfo, collection_info
+from mbm.collection.model import check_fingerprint, record_model
+from mbm.config import (
+    CATALOG_FILE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COLLECTION,
+    collection_dir,
+    ensure_store,
+    resolve_store,
+)
 from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import Indexer, IndexReport, Progress
-from mbm.indexer.scan import display_path, is_text_source
-from mbm.models.factory import Encoder, legacy_fingerprint_of, load_model, no_fusion_head, normalize_spec
+from mbm.models.factory import Encoder, load_model, no_fusion_head, normalize_spec
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
 from mbm.retrieval import hybrid
-from mbm.retrieval.rerank import DEFAULT_RERANK_TOP, FusionReranker, rerank_term
+from mbm.retrieval.rerank import FusionReranker, rerank_term
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
 from mbm.scale import backend as scale_backend
 from mbm.store.ann import settings_meta
 from mbm.store.catalog import Catalog, CatalogState
 from mbm.store.check import CheckReport
-from mbm.store.filters import ItemFilter
 from mbm.store.lock import CollectionLock
-from mbm.store.tokens import FUSION_KEY, token_stats
-from mbm.store.vectors import describe, read_stamp
+from mbm.store.tokens import FUSION_KEY
 
 if TYPE_CHECKING:
     from mbm.indexer.importer import ImportReport
 
-CATALOG_FILE = "catalog.sqlite"
+# moved to mbm.collection; importable from here as before
+__all__ = ["CATALOG_FILE", "CollectionInfo", "Engine", "Notify", "check_index_args", "collection_kind"]
+
 Notify = Callable[[str], None]
-
-
-def check_index_args(paths: Sequence[str | os.PathLike[str]], batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-    """Fail fast, before any model loads, on arguments that cannot work."""
-    if not paths:
-        raise UsageError("no paths given — name at least one folder or file to index")
-    if batch_size <= 0:
-        raise UsageError(f"batch size must be at least 1, not {batch_size}")
-    for p in paths:
-        if not os.path.exists(os.path.expanduser(os.fspath(p))):
-            raise UsageError(f"path {display_path(os.fspath(p))} does not exist — check the spelling")
-
-
-def collection_kind(paths: Sequence[str | os.PathLike[str]], texts: bool | None = None) -> str:
-    """ "text" or "image", from what is named: ``texts=True`` asks for text sources (also under
-    folders); otherwise text files named on their own make a text collection, and anything
-    else an image one. Text files beside folders or images are refused, never guessed."""
-    if texts is not None:
-        return "text" if texts else "image"
-    given = [os.path.expanduser(os.fspath(p)) for p in paths]
-    text_files = [p for p in given if os.path.isfile(p) and is_text_source(p)]
-    others = [p for p in given if p not in text_files]
-    if text_files and others:
-        other = others[0]
-        what = "a folder" if os.path.isdir(other) else "not a text source"
-        raise UsageError(
-            f"{display_path(text_files[0])} is a text source but {display_path(other)} is {what} — index texts and "
-            "images into separate collections (`--collection`), or pass --texts to index the text files "
-            "(.txt/.jsonl/.csv) found under folders too"
-        )
-    return "text" if text_files else "image"
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    folder: str
-    kind: str  # "image" or "text"
-    model: str
-    fingerprint: str
-    dim: int
-    items: int
-    index_type: str
-    catalog_bytes: int
-    vectors_bytes: int
-    created_at: str
-    precision: str = ""
-    fusion: bool | None = None  # whether the model has a fusion head (None: not known until an index run loads it)
-    token_bytes_per_item: int = 0  # fusion tokens stored for re-ranking
-    token_bytes: int = 0
-    items_without_tokens: int = 0
-    index: dict[str, Any] = field(default_factory=dict)  # type, settings, recall@10, memory (store.vectors.describe)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Engine:
@@ -203,30 +155,13 @@ class Engine:
             self.timings.update(self._encoder.load_seconds)
             self._unaccounted_load = sum(self._encoder.load_seconds.values())
         enc = self._encoder
-        meta = self._meta()
-        if (
-            meta.get("fingerprint")
-            and meta["fingerprint"] != enc.fingerprint
-            and meta["fingerprint"] == legacy_fingerprint_of(enc)
-        ):
+        if check_fingerprint(self.name, self._meta(), enc):
             if self._catalog is not None and not self._catalog.readonly:  # an index run: record the full one
                 self._catalog.set_meta(fingerprint=enc.fingerprint)
-            return enc
-        if meta.get("fingerprint") and meta["fingerprint"] != enc.fingerprint:
-            raise CollectionError(
-                f"the weights of model {enc.spec!r} changed since collection {self.name!r} was indexed "
-                f"({meta['fingerprint']} -> {enc.fingerprint}) — re-index into a new --collection"
-            )
         return enc
 
     def _check_model_spec(self, meta: dict[str, str] | None = None) -> str | None:
-        recorded = (self._meta() if meta is None else meta).get("model")
-        if recorded and self.model_spec and self.model_spec != normalize_spec(recorded):
-            raise CollectionError(
-                f"collection {self.name!r} was indexed with model {recorded!r}, not {self.model_spec!r} — "
-                "omit --model, or index into another --collection"
-            )
-        return recorded
+        return check_model_spec(self.name, self._meta() if meta is None else meta, self.model_spec)
 
     # -- indexing -----------------------------------------------------------------------------
     def index(
@@ -266,22 +201,12 @@ class Engine:
             early = self._meta()
         except CatalogError:  # e.g. being created by another run right now
             early = {}
-        self._check_kind(early, kind, paths)
+        check_kind(self.name, early, kind, paths)
         self._check_model_spec(early)
         if rerank_tokens and early.get(FUSION_KEY) == "0":
             raise no_fusion_head(early.get("model", "?"))
         scale_backend.check_run(engine, backend, uri, kind, early)
-        ensure_store(self.store)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self._lock.hold(wait=wait, on_wait=notify):
-            clean_temp(self.folder, min_age_s=0)  # left by a crashed write: no other writer can be active now
-            catalog = self.catalog(create=True, write=True)
-            meta = catalog.meta()
-            self._check_kind(meta, kind, paths)  # another run may have created it while we waited
-            self._check_model_spec(meta)
-            if not meta.get("model"):
-                self._init_collection(catalog, kind, dtype, notify)
-            self._record_index_settings(catalog, index_type, max_memory)
+        with self._writing(kind, paths, dtype, index_type, max_memory, wait, notify) as catalog:
             scale_backend.record_backend(catalog, self.name, backend, uri)
             indexer = Indexer(
                 self.encoder,
@@ -291,6 +216,7 @@ class Engine:
                 workers=workers,
                 max_pixels=max_pixels,
                 progress=progress,
+                save_vectors=scale_backend.save_index,  # FAISS or Milvus: only the index searched is built
             )
             if engine == "ray":
                 from mbm.scale.ray_index import RayOptions, index_with_ray
@@ -302,7 +228,6 @@ class Engine:
                 report = index_with_ray(indexer, paths, options, rerank_tokens=rerank_tokens)
             else:
                 report = indexer.index(paths, texts=kind == "text", rerank_tokens=rerank_tokens)
-            scale_backend.sync_backend(catalog)
             self._export_query_encoder()
         return report
 
@@ -321,51 +246,53 @@ class Engine:
         ``.parquet`` / ``.jsonl`` of rows beside them (``mbm.indexer.importer``). A new collection needs
         the model that computed them (``Engine(model=...)``); shards imported before are skipped."""
         from mbm.indexer.importer import find_shards, import_shards
-        from mbm.store.vectors import ensure_saved
 
         shards = find_shards(source, texts=texts)
         kind = "text" if texts else "image"
         settings_meta(None, max_memory, 0)
         early = self._meta() if self.exists else {}
-        self._check_kind(early, kind, [source])
+        check_kind(self.name, early, kind, [source])
         self._check_model_spec(early)
         if not early.get("model") and self.model_spec is None and self._encoder is None:
             raise UsageError(
                 f"collection {self.name!r} is new: name the model that computed the embeddings with --model SPEC"
             )
-        ensure_store(self.store)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self._lock.hold(wait=wait, on_wait=notify):
-            clean_temp(self.folder, min_age_s=0)
-            catalog = self.catalog(create=True, write=True)
-            meta = catalog.meta()
-            self._check_kind(meta, kind, [source])
-            self._check_model_spec(meta)
-            if not meta.get("model"):
-                self._init_collection(catalog, kind, "float16", notify)
-            self._record_index_settings(catalog, index_type, max_memory)
+        with self._writing(kind, [source], "float16", index_type, max_memory, wait, notify) as catalog:
             t0 = time.perf_counter()
             report = import_shards(catalog, shards, progress=progress)
             t1 = time.perf_counter()
-            ensure_saved(catalog, self.folder)
+            scale_backend.save_index(catalog, self.folder)
             report.seconds.update(rows=t1 - t0, vectors=time.perf_counter() - t1, total=time.perf_counter() - t0)
         return report
 
-    def _record_index_settings(self, catalog: Catalog, index_type: str | None, max_memory: str | int | None) -> None:
-        """Keep ``--index-type`` / ``--max-memory`` in the catalog; the vector index follows them."""
-        values = settings_meta(index_type, max_memory, int(catalog.meta().get("dim", 0)))
-        if values:
-            catalog.set_meta(**values)
-
-    def _check_kind(self, meta: dict[str, str], kind: str, paths: Sequence[Any]) -> None:
-        if meta.get("kind") and meta["kind"] != kind:
-            raise CollectionError(
-                f"collection {self.name!r} holds {meta['kind']}s; {', '.join(display_path(os.fspath(p)) for p in paths)} "
-                f"{'are text sources' if kind == 'text' else 'are images'} — use another --collection"
-            )
+    @contextlib.contextmanager
+    def _writing(
+        self,
+        kind: str,
+        paths: Sequence[Any],
+        dtype: str,
+        index_type: str | None,
+        max_memory: str | int | None,
+        wait: bool,
+        notify: Notify | None,
+    ) -> Iterator[Catalog]:
+        """The catalog open for writing under the collection's lock, the collection checked (or created) for
+        ``kind`` and ``--index-type`` / ``--max-memory`` recorded (the vector index follows them)."""
+        ensure_store(self.store)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock.hold(wait=wait, on_wait=notify):
+            clean_temp(self.folder, min_age_s=0)  # left by a crashed write: no other writer can be active now
+            catalog = self.catalog(create=True, write=True)
+            meta = catalog.meta()
+            check_kind(self.name, meta, kind, paths)  # another run may have created it while we waited
+            self._check_model_spec(meta)
+            if not meta.get("model"):
+                self._init_collection(catalog, kind, dtype, notify)
+            catalog.set_index_settings(**settings_meta(index_type, max_memory, int(catalog.meta().get("dim", 0))))
+            yield catalog
 
     def _init_collection(self, catalog: Catalog, kind: str, dtype: str, notify: Notify | None) -> None:
-        """Record the model once (insert-if-absent, then compare: two first runs never mix models)."""
+        """Record the model: the one asked for, else the default (telling ``notify`` why)."""
         reason = None
         if self.model_spec is None and self._encoder is None:
             from mbm.models.factory import choose_default_model
@@ -374,32 +301,14 @@ class Engine:
         encoder = self.encoder()
         if reason and notify is not None:
             notify(f"new collection {self.name!r}: model {encoder.spec} ({reason}; choose another with --model)")
-        meta = catalog.init_meta(
-            kind=kind,
-            model=encoder.spec,
-            fingerprint=encoder.fingerprint,
-            dim=encoder.dim,
-            dtype=dtype,
-            precision=encoder.precision,
-            model_reason=reason or "named with --model",
-            **{FUSION_KEY: "1" if encoder.fusion is not None else "0"},
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            mbm_version=__version__,
-        )
-        if (meta["model"], meta["fingerprint"], meta["kind"]) != (encoder.spec, encoder.fingerprint, kind):
-            raise CollectionError(
-                f"collection {self.name!r} was just created by another run with model {meta['model']!r} "
-                f"({meta['kind']}s) — use that model, or index into another --collection"
-            )
+        record_model(catalog, self.name, encoder, kind, dtype, reason)
 
     def prepare_search(self) -> None:
         """Leave what a fast cold search needs: a current vector index on disk and, once the model
         has been loaded, its text tower exported for torch-free query encoding."""
         with self._lock.attempt() as holder:
             if holder:
-                from mbm.store.vectors import ensure_saved
-
-                ensure_saved(self.catalog(write=True), self.folder)
+                scale_backend.save_index(self.catalog(write=True), self.folder)
                 self._export_query_encoder()
 
     def _export_query_encoder(self) -> None:
@@ -484,20 +393,18 @@ class Engine:
         every hit above the cutoff (``auto`` unless given) by that key; ``offset`` skips that many hits of
         the order, which stays the same page after page while the collection does not change.
         ``nprobe`` / ``ef``: search an IVF / HNSW index more (or less) thoroughly than its tuned settings."""
-        if k <= 0:
-            raise UsageError(f"-k/--top must be at least 1, not {k}")
-        if offset < 0:
-            raise UsageError(f"--offset must be 0 or more, not {offset}")
-        where = hybrid.tag_filter(ItemFilter.of(under, after, before, camera), tag)
-        top = DEFAULT_RERANK_TOP if rerank is True else int(rerank)
-        if top < 0:
-            raise UsageError(f"rerank must be 0 (off) or the number of candidates to re-rank, not {rerank}")
-        if hybrid.check_mode(mode) == "keyword" and top:
-            raise UsageError("--rerank re-orders by cosine and keyword search has none — use --mode hybrid with it")
-        if mode != "vector" and sort != "score":
-            raise UsageError(f"--sort {sort} works with --mode vector — leave out --mode {mode}, or sort by score")
-        if top and sort != "score":
-            raise UsageError(f"--rerank orders by relevance and --sort {sort} by another key — give one of them")
+        where, top = search_settings(
+            k=k,
+            offset=offset,
+            rerank=rerank,
+            mode=mode,
+            sort=sort,
+            under=under,
+            after=after,
+            before=before,
+            camera=camera,
+            tag=tag,
+        )
         for key in ("rerank", "rerank_query"):
             self.timings.pop(key, None)
         reranker = None
@@ -583,38 +490,7 @@ class Engine:
 
     # -- information --------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
-        catalog = self.catalog()
-        meta = catalog.meta()
-        stamp = read_stamp(self.folder) or {}
-        current = stamp.get("catalog_id") == catalog.catalog_id
-        index_type = stamp.get("kind", "Flat") if current else "not built"
-
-        def size(p: Path) -> int:
-            return p.stat().st_size if p.is_file() else 0
-
-        catalog_bytes = sum(size(self.folder / (CATALOG_FILE + s)) for s in ("", "-wal", "-shm"))
-        vectors_bytes = size(self.folder / stamp["file"]) if current and stamp.get("file") else 0
-        tokens = token_stats(catalog)
-        fusion = {"1": True, "0": False}.get(meta.get(FUSION_KEY, ""))
-        return CollectionInfo(
-            self.name,
-            str(self.folder),
-            meta.get("kind", "?"),
-            meta.get("model", "?"),
-            meta.get("fingerprint", "?"),
-            int(meta.get("dim", 0)),
-            catalog.count(),
-            index_type,
-            catalog_bytes,
-            vectors_bytes,
-            meta.get("created_at", ""),
-            meta.get("precision", ""),
-            fusion,
-            tokens.bytes_per_item,
-            tokens.total_bytes,
-            tokens.items_without,
-            describe(self.folder, catalog.catalog_id) | scale_backend.describe_backend(meta),
-        )
+        return collection_info(self.name, self.folder, self.catalog())
 
     def check(self, *, fix: bool = False) -> CheckReport:
         """Integrity, damaged embeddings, files that are gone, stale caches, temp files; ``fix`` repairs
@@ -622,7 +498,15 @@ class Engine:
         from mbm.store.check import check_collection
 
         catalog = self.catalog(write=fix)
-        report = check_collection(self.name, self.folder, catalog, self._lock, fix=fix)
+        report = check_collection(
+            self.name,
+            self.folder,
+            catalog,
+            self._lock,
+            fix=fix,
+            save_vectors=scale_backend.save_index,
+            faiss_cache=not scale_backend.uses_milvus(catalog.meta()),
+        )
         if fix:
             self._vectors = self._searcher = None
         return report

@@ -14,7 +14,7 @@ from conftest import make_images
 from typer.testing import CliRunner
 
 from mbm.errors import UsageError
-from mbm.store import ann, vectors
+from mbm.store import ann, vector_index
 from mbm.store.ann import IndexSettings, choose_index, parse_memory
 from mbm.store.catalog import Catalog
 from mbm.store.lock import CollectionLock
@@ -127,7 +127,7 @@ def test_filtered_search_returns_the_exact_top_k_among_allowed(tmp_path, factory
     ids = index.search(queries, 10, few)[1]
     assert (np.sort(ids[:, :3], axis=1) == few).all() and (ids[:, 3:] == -1).all()
     # large allowed sets go through a FAISS selector; a query the ANN leaves short is answered exactly
-    monkeypatch.setattr(vectors, "FILTER_EXACT_MAX", 10)
+    monkeypatch.setattr(vector_index, "FILTER_EXACT_MAX", 10)
     odd = np.arange(1, 5001, 2)
     scores, ids = index.search(queries, 10, odd)
     assert (ids % 2 == 1).all() and (ids > 0).all()
@@ -267,6 +267,26 @@ def test_engine_index_type_search_settings_and_info(tmp_path, engine_factory):
     assert "index: HNSW16 (efSearch=" in table and "recall@10" in table
     eng.index([photos], index_type="auto")
     assert eng.info().index["type"] == "Flat"
+
+
+def test_an_index_type_change_reaches_a_warm_engine_without_any_file_change(tmp_path, engine_factory):
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 30)
+    writer = engine_factory("warm")
+    writer.index([photos])
+    server = type(writer)(writer.store, "warm", encoder=writer.encoder())  # a long-lived reader, as `mbm serve`
+    assert server.search(paths[0], k=1)[0].path == str(paths[0])
+    assert server._vectors.kind == "Flat"
+    before = server.generation()
+    writer.index([photos], index_type="HNSW16")  # no file changed: only the settings did
+    assert server.generation()[1] == before[1] + 1
+    assert server.search(paths[1], k=1)[0].path == str(paths[1])
+    assert server._vectors.kind == "HNSW16"
+    writer.index([photos], index_type="HNSW16")  # the same settings again: nothing changes
+    writer.index([photos])  # settings not given: kept as recorded
+    assert server.generation()[1] == before[1] + 1
+    writer.index([photos], index_type="auto")
+    assert server.search(paths[2], k=1)[0].path == str(paths[2]) and server._vectors.kind == "Flat"
 
 
 def test_faiss_threads_and_selectors_need_no_global_state():

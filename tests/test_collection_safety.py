@@ -16,7 +16,7 @@ from conftest import make_images
 
 from mbm.errors import CatalogError, CollectionError
 from mbm.models.factory import legacy_fingerprint_of
-from mbm.store import catalog as catalog_module
+from mbm.store import connection
 from mbm.store.catalog import Catalog
 from mbm.store.lock import CollectionBusy, CollectionLock
 from mbm.store.vectors import STAMP_FILE, VectorIndex, build_from_catalog, read_stamp, save_cache
@@ -242,7 +242,7 @@ def test_locked_catalog_is_told_apart(tmp_path, monkeypatch):
     cat.close()
     holder = __import__("sqlite3").connect(tmp_path / "c.sqlite", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
-    monkeypatch.setattr(catalog_module, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr(connection, "BUSY_TIMEOUT_MS", 50)
     try:
         with pytest.raises(CatalogError, match="locked by another process"):
             Catalog.open(tmp_path / "c.sqlite").add_items(*_vec_rows(1, 16, 1))

@@ -14,7 +14,7 @@ from conftest import make_images
 from mbm import Engine
 from mbm.errors import UsageError
 from mbm.store.catalog import Catalog, read_snapshot
-from mbm.store.vectors import build_from_catalog
+from mbm.store.vectors import build_from_catalog, read_stamp
 
 needs_milvus = pytest.mark.skipif(
     importlib.util.find_spec("pymilvus") is None or importlib.util.find_spec("milvus_lite") is None,
@@ -150,6 +150,8 @@ def test_collection_on_milvus_searches_like_faiss_end_to_end(tmp_path, tiny_enco
         np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=1e-4)
         assert [h.path for h in eng.search(query, k=5, under=str(photos / "img0001.png"))] == want_in
         assert type(eng.searcher().vectors).__name__ == "MilvusIndex"
+        assert read_stamp(eng.folder) is None and not list(eng.folder.glob("vectors*"))  # no FAISS index built
+        assert info.index_type == "not built"
 
         (photos / "img0003.png").unlink()  # the next run (no --backend: the recorded one stays) syncs the removal
         report = eng.index([photos])
@@ -158,6 +160,11 @@ def test_collection_on_milvus_searches_like_faiss_end_to_end(tmp_path, tiny_enco
         assert len(paths) == 29 and str(photos / "img0003.png") not in paths
         with read_snapshot(eng.catalog()):
             assert eng.searcher().vectors.state == eng.catalog().state()
+        (photos / "img0004.png").unlink()
+        report = eng.check(fix=True)  # the fix syncs Milvus; the FAISS files are not checked nor built
+        assert [p.kind for p in report.problems] == ["missing"] and report.problems[0].fixed
+        assert read_stamp(eng.folder) is None and eng.catalog().changed_since(0) is None  # the log is pruned
+        assert str(photos / "img0004.png") not in [h.path for h in eng.search(query, k=30)]
 
 
 def test_backend_arguments_fail_before_any_work(tmp_path, tiny_encoder):

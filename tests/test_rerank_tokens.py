@@ -405,10 +405,10 @@ def test_a_head_reading_the_image_embedding_stores_it_as_one_more_token(fusion_e
 
 
 def test_a_catalog_from_before_tokens_reads_as_lacking_them_and_gains_the_column(tmp_path, monkeypatch):
-    from mbm.store import catalog as catalog_module
+    from mbm.store import migrations
     from mbm.store.catalog import Catalog
 
-    monkeypatch.setattr(catalog_module, "MIGRATIONS", catalog_module.MIGRATIONS[:2])  # the released schema before 003
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])  # the released schema before 003
     old = Catalog.open(tmp_path / "c.sqlite", create=True)
     with old.transaction():
         old.conn.execute(

@@ -94,8 +94,10 @@ class Indexer:
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: Progress | None = None,
+        save_vectors: Callable[[Catalog, Path], Any] = ensure_saved,
     ):
         self._encoder = encoder
+        self.save_vectors = save_vectors  # brings the searched index up to date (the caller holds the lock)
         self.catalog = catalog
         self.vectors_dir = vectors_dir
         self.batch_size = batch_size
@@ -147,7 +149,7 @@ class Indexer:
         clock.add("write", time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        ensure_saved(self.catalog, self.vectors_dir)  # the caller holds the collection's lock
+        self.save_vectors(self.catalog, self.vectors_dir)
         clock.add("vectors", time.perf_counter() - t0)
         self._fill_tokens(found.roots, texts, rerank_tokens, report, clock)
         tagging.after_index(self.catalog, lambda: self.encoder, found.roots, clock)  # tags, item text (FTS5)

@@ -20,7 +20,6 @@ together with the folder/date/camera filter (``mbm.store.filters.ItemFilter``). 
 
 from __future__ import annotations
 
-import datetime as dt
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -30,7 +29,7 @@ import numpy as np
 
 from mbm.errors import UsageError
 from mbm.retrieval.query import QueryLike, as_query
-from mbm.retrieval.searcher import Hit, Searcher
+from mbm.retrieval.searcher import Hit, Searcher, hit_from_row
 from mbm.store.catalog import Catalog, read_snapshot
 from mbm.store.filters import ItemFilter
 from mbm.store.keywords import has_text_tables, keyword_search, query_words
@@ -109,36 +108,14 @@ def tag_filter(where: ItemFilter | None, tag: str | None) -> ItemFilter:
     return TagFilter(where.under, where.after, where.before, where.camera, tag.strip())
 
 
-def _modified(row: dict[str, Any]) -> str | None:
-    if not row.get("mtime_ns"):
-        return None
-    return dt.datetime.fromtimestamp(row["mtime_ns"] / 1e9, dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def hits_from(catalog: Catalog, scored: Sequence[tuple[int, float]]) -> list[Hit]:
-    """Hits for ``(id, score)`` in order; ids whose rows are gone are left out."""
+    """Hits (as :class:`TaggedHit`, tags not read) for ``(id, score)`` in order; ids whose rows are gone are left out."""
     rows = catalog.rows([i for i, _ in scored])
     hits: list[Hit] = []
     for item_id, score in scored:
         row = rows.get(item_id)
-        if row is None:
-            continue
-        hits.append(
-            TaggedHit(
-                len(hits) + 1,
-                round(float(score), 6),
-                row["id"],
-                row["path"],
-                row["part"],
-                row["text"],
-                row["width"],
-                row["height"],
-                row["size"],
-                _modified(row),
-                row["taken_at"],
-                row["camera"],
-            )
-        )
+        if row is not None:
+            hits.append(hit_from_row(len(hits) + 1, score, row, TaggedHit))
     return hits
 
 

@@ -106,7 +106,7 @@ class Searcher:
             found.sort(key=lambda p: (item_when(p[1]["taken_at"], p[1]["mtime_ns"]) or "~", p[1]["id"]))
         else:
             found.sort(key=lambda p: (p[1]["path"], p[1]["part"], p[1]["id"]))
-        return [_hit(rank, score, row) for rank, (score, row) in enumerate(found, 1)]
+        return [hit_from_row(rank, score, row) for rank, (score, row) in enumerate(found, 1)]
 
     def cutoff(self, vector: np.ndarray, min_score: float | str | None) -> float | None:
         """A score threshold: ``min_score`` itself, or for ``"auto"`` :meth:`auto_cutoff`."""
@@ -168,18 +168,19 @@ class Searcher:
             for s, i in zip(srow, irow):
                 row = rows.get(int(i)) if i >= 0 else None
                 if row is not None and (min_score is None or s >= min_score):
-                    hits.append(_hit(len(hits) + 1, float(s), row))
+                    hits.append(hit_from_row(len(hits) + 1, float(s), row))
             out.append(hits)
         return out
 
 
-def _hit(rank: int, score: float, row: dict[str, Any]) -> Hit:
+def hit_from_row(rank: int, score: float, row: dict[str, Any], cls: type[Hit] = Hit) -> Hit:
+    """The ``cls`` (a :class:`Hit`, or a subclass such as ``TaggedHit``) for one ``Catalog.rows`` row."""
     modified = None
     if row.get("mtime_ns"):
         modified = dt.datetime.fromtimestamp(row["mtime_ns"] / 1e9, dt.timezone.utc).isoformat(timespec="seconds")
-    return Hit(
+    return cls(
         rank,
-        round(score, 6),
+        round(float(score), 6),
         row["id"],
         row["path"],
         row["part"],

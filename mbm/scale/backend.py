@@ -14,7 +14,7 @@ from mbm.errors import UsageError
 from mbm.scale import BACKEND_KEY, check_backend, check_engine, require
 from mbm.store.catalog import Catalog
 from mbm.store.lock import CollectionLock
-from mbm.store.vectors import open_vectors
+from mbm.store.vectors import ensure_saved, open_vectors
 
 
 def check_run(engine: str, backend: str | None, uri: str | None, kind: str, meta: dict[str, str]) -> None:
@@ -59,13 +59,20 @@ def record_backend(catalog: Catalog, name: str, backend: str | None, uri: str | 
         client_for(meta[URI_KEY])
 
 
-def sync_backend(catalog: Catalog) -> str | None:
-    """After an index run (the lock held): bring the collection's Milvus copy to the catalog's state."""
+def save_index(catalog: Catalog, folder: Path) -> str:
+    """After a write (the lock held): bring the index the collection searches to the catalog's state, and
+    only that one. FAISS: the saved index beside the catalog (``ensure_saved``). Milvus: its copy, synced by
+    the change log; no FAISS index is built, and the log is pruned up to what Milvus now holds. Returns what
+    was done ("saved", "current", "caught up", "rebuilt")."""
     if not uses_milvus(catalog.meta()):
-        return None
+        return "saved" if ensure_saved(catalog, folder) else "current"
     from mbm.scale.milvus import MilvusIndex, MilvusSettings
 
-    return MilvusIndex(MilvusSettings.from_meta(catalog.meta())).sync(catalog)
+    index = MilvusIndex(MilvusSettings.from_meta(catalog.meta()))
+    done = index.sync(catalog)
+    if index.state is not None and index.state.catalog_id == catalog.catalog_id and not catalog.readonly:
+        catalog.prune_changes(index.state.generation)
+    return done
 
 
 def open_index(catalog: Catalog, folder: Path, lock: CollectionLock, previous: Any = None) -> Any:

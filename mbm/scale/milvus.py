@@ -3,7 +3,7 @@
 ``mbm index PATH --backend milvus --uri ./milvus.db`` (milvus-lite, embedded, one process at a time) or
 ``--uri http://HOST:19530`` (a Milvus server or cluster, same client API) records the backend in the
 catalog's meta; from then on searches go to Milvus through :class:`MilvusIndex`, which has the search
-interface of :class:`mbm.store.vectors.VectorIndex` (``search(queries, k, allowed) -> (scores, ids)``,
+interface of :class:`mbm.store.vector_index.VectorIndex` (``search(queries, k, allowed) -> (scores, ids)``,
 ``ntotal``, ``dim``, ``state``).
 
 The catalog stays the source of truth. The Milvus collection records the catalog state it holds

@@ -1,5 +1,5 @@
 """Which FAISS index a collection gets, how it is searched, and how well: the choices behind
-:class:`mbm.store.vectors.VectorIndex`.
+:class:`mbm.store.vector_index.VectorIndex`.
 
 - :func:`choose_index`: exact (``Flat``) while one query is cheap, then ``HNSW32`` while it fits the
   memory budget, then ``IVF<nlist>,PQ<m>`` (codes of ``m`` bytes, the shortlist re-scored exactly from

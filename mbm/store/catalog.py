@@ -8,27 +8,26 @@ touched, so a derived FAISS index built at an older generation of the same catal
 is brought up to date with ``remove_ids`` / ``add_with_ids`` instead of a rebuild.
 
 Searching opens the catalog read-only (``mode=ro``; ``immutable=1`` on a read-only
-mount): no write lock, no migration. Only index runs open it for writing.
+mount): no write lock, no migration. Only index runs open it for writing. The schema is in
+``mbm.store.migrations``; connections, transactions and error messages in ``mbm.store.connection``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import secrets
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import quote
 
 import numpy as np
 import sqlite_utils
 
 from mbm.errors import CatalogError
+from mbm.store import migrations
+from mbm.store.connection import Transaction, classify_error, connect, connect_readonly
 
-BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another writer (a backup, a checkpoint) before failing
 ITEM_COLUMNS = (
     "id",
     "path",
@@ -43,87 +42,6 @@ ITEM_COLUMNS = (
     "camera",
     "indexed_at",
 )
-
-
-def _m001_initial(db: sqlite_utils.Database) -> None:
-    db.table("meta").create({"key": str, "value": str}, pk="key")
-    db.table("items").create(
-        {
-            "id": int,
-            "path": str,
-            "part": int,
-            "text": str,
-            "size": int,
-            "mtime_ns": int,
-            "hash": str,
-            "width": int,
-            "height": int,
-            "taken_at": str,
-            "camera": str,
-            "indexed_at": str,
-            "embedding": bytes,
-        },
-        pk="id",
-        not_null={"path", "part", "hash", "embedding"},
-        defaults={"part": 0},
-    )
-    db.table("items").create_index(["path", "part"], unique=True)
-    db.table("items").create_index(["hash"])
-
-
-def _m002_identity_and_changes(db: sqlite_utils.Database) -> None:
-    """A random catalog id, a log of the item ids each generation touched, and files with no items."""
-    generation = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalog_id', ?)", [secrets.token_hex(8)])
-    # the log is complete from this generation on; older derived indexes are rebuilt
-    db.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('changes_from', ?)", [generation[0] if generation else "0"]
-    )
-    db.table("changes").create({"generation": int, "item_id": int})
-    db.table("changes").create_index(["generation"])
-    db.table("empty_files").create({"path": str, "size": int, "mtime_ns": int}, pk="path")
-
-
-def _m003_item_tokens(db: sqlite_utils.Database) -> None:
-    """The fusion head's tokens per item (see ``mbm.store.tokens``); NULL until computed. The partial index
-    keeps "which items lack tokens?" cheap however large the collection is."""
-    db.table("items").add_column("tokens", bytes)
-    db.execute("CREATE INDEX items_without_tokens ON items(id) WHERE tokens IS NULL")
-
-
-def _m004_tags_and_item_text(db: sqlite_utils.Database) -> None:
-    """Tags with confidences per item (``mbm.store.tags``) and each item's own words in an FTS5 index
-    (``mbm.store.keywords``). Triggers drop both when an item is deleted or its content changes, in the
-    writer's own transaction, so neither can outlive or mislabel the item it describes."""
-    db.execute(
-        "CREATE TABLE item_tags (item_id INTEGER NOT NULL, tag TEXT NOT NULL COLLATE NOCASE, score REAL NOT NULL, "
-        "PRIMARY KEY (item_id, tag)) WITHOUT ROWID"
-    )
-    db.execute("CREATE INDEX item_tags_by_tag ON item_tags(tag, item_id)")
-    db.execute("CREATE TABLE tagged (item_id INTEGER PRIMARY KEY, vocabulary TEXT NOT NULL)")
-    db.execute(
-        "CREATE VIRTUAL TABLE item_text USING fts5(names, caption, keywords, "
-        "tokenize = 'porter unicode61 remove_diacritics 2')"
-    )
-    db.execute("CREATE TABLE item_text_state (item_id INTEGER PRIMARY KEY, signature TEXT NOT NULL)")
-    forget = (
-        "DELETE FROM item_tags WHERE item_id = old.id; DELETE FROM tagged WHERE item_id = old.id; "
-        "DELETE FROM item_text WHERE rowid = old.id; DELETE FROM item_text_state WHERE item_id = old.id;"
-    )
-    db.execute(f"CREATE TRIGGER items_deleted_extras AFTER DELETE ON items BEGIN {forget} END")
-    db.execute(
-        f"CREATE TRIGGER items_changed_extras AFTER UPDATE OF hash ON items WHEN old.hash IS NOT new.hash "
-        f"BEGIN {forget} END"
-    )
-
-
-# Append-only: a released migration never changes; a schema change is a new entry.
-MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
-    ("001_initial", _m001_initial),
-    ("002_identity_and_changes", _m002_identity_and_changes),
-    ("003_item_tokens", _m003_item_tokens),
-    ("004_tags_and_item_text", _m004_tags_and_item_text),
-]
 
 
 @dataclass(frozen=True)
@@ -159,27 +77,6 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _classify(path: Path, e: sqlite3.Error, *, readonly: bool) -> CatalogError:
-    """Tell "locked by another process", "read-only" and "corrupt" apart, each with its fix."""
-    msg = str(e).lower()
-    if "locked" in msg or "busy" in msg:
-        return CatalogError(
-            f"catalog {path} is locked by another process (an index run or a backup?) — "
-            "wait for it to finish, then run the command again"
-        )
-    if "readonly" in msg or "read-only" in msg or (not readonly and not os.access(path.parent, os.W_OK)):
-        return CatalogError(
-            f"catalog {path} is on a read-only file system or folder — searching and `mbm info` "
-            "work there; to index, make the store writable or use another --store"
-        )
-    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in msg or "malformed" in msg or "corrupt" in msg):
-        return CatalogError(
-            f"catalog {path} is damaged ({e}) — restore it from a backup, or index into a new "
-            "--collection; `mbm check` reports what can still be read"
-        )
-    return CatalogError(f"catalog {path} cannot be opened ({e}) — check the file's permissions and free disk space")
-
-
 class Catalog:
     """Items, their embeddings and the collection's metadata in one SQLite file (WAL mode)."""
 
@@ -202,63 +99,29 @@ class Catalog:
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(
-                str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process kills
-            catalog = cls(path, conn)
+            catalog = cls(path, connect(path))
             catalog._migrate()
         except sqlite3.Error as e:
-            raise _classify(path, e, readonly=False) from e
+            raise classify_error(path, e, readonly=False) from e
         return catalog
 
     @classmethod
     def _open_readonly(cls, path: Path) -> Catalog:
-        uri = "file:" + quote(str(path.absolute()))
-        last: sqlite3.Error | None = None
-        # mode=ro shares the WAL with writers; on a read-only mount (no -shm can be made) the
-        # file is opened immutable, which is right there since nothing can change it
-        for suffix in ("?mode=ro", "?mode=ro&immutable=1"):
-            try:
-                conn = sqlite3.connect(
-                    uri + suffix,
-                    uri=True,
-                    timeout=BUSY_TIMEOUT_MS / 1000,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
-                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            except sqlite3.Error as e:
-                last = e
-                if "not a database" in str(e).lower() or "malformed" in str(e).lower():
-                    break
-                continue
-            catalog = cls(path, conn, readonly=True)
-            try:
-                catalog._check_schema()
-            except sqlite3.Error as e:
-                conn.close()
-                raise _classify(path, e, readonly=True) from e
-            return catalog
-        assert last is not None
-        raise _classify(path, last, readonly=True) from last
+        conn = connect_readonly(path)
+        catalog = cls(path, conn, readonly=True)
+        try:
+            catalog._check_schema()
+        except sqlite3.Error as e:
+            conn.close()
+            raise classify_error(path, e, readonly=True) from e
+        return catalog
 
     def close(self) -> None:
         self.conn.close()
 
-    def _applied(self) -> set[str]:
-        rows = self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
-        ).fetchall()
-        return {r[0] for r in self.conn.execute("SELECT name FROM _migrations")} if rows else set()
-
     def _check_schema(self) -> None:
-        done = self._applied()
-        newer = done - {name for name, _ in MIGRATIONS}
+        done = migrations.applied(self.conn)
+        newer = migrations.unknown(done)
         if newer:
             raise CatalogError(
                 f"catalog {self.path} was written by a newer mbm (migrations {sorted(newer)}) — upgrade mbm"
@@ -269,26 +132,15 @@ class Catalog:
         self.has_tokens = "003_item_tokens" in done
 
     def _migrate(self) -> None:
-        if {name for name, _ in MIGRATIONS} <= self._applied():
-            self._check_schema()
-            return  # nothing due: no write transaction
-        with self.transaction():
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            done = self._applied()
-            if done - {name for name, _ in MIGRATIONS}:
-                self._check_schema()
-            for name, step in MIGRATIONS:
-                if name not in done:
-                    step(self.db)
-                    self.conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, _now()))
+        if migrations.due(self.conn):  # else no write transaction
+            with self.transaction():
+                migrations.apply_due(self.db, self._check_schema)
         self._check_schema()
 
-    def transaction(self) -> _Transaction:
+    def transaction(self) -> Transaction:
         if self.readonly:
             raise CatalogError(f"catalog {self.path} is open read-only — index runs open it for writing")
-        return _Transaction(self.conn, path=self.path)
+        return Transaction(self.conn, path=self.path)
 
     # -- metadata ---------------------------------------------------------------------------
     def meta(self) -> dict[str, str]:
@@ -300,6 +152,20 @@ class Catalog:
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [(k, str(v)) for k, v in values.items()],
             )
+
+    def set_index_settings(self, **values: str) -> bool:
+        """Record ``--index-type`` / ``--max-memory`` (``mbm.store.ann.settings_meta``); a change advances the
+        generation, with no items logged, so every warm reader (a running server) reopens the index built
+        for the new settings instead of catching up the old one. True when something changed."""
+        unset = {"index_type": "auto", "max_memory": ""}
+        with self.transaction():
+            meta = self.meta()
+            changed = {k: v for k, v in values.items() if (meta.get(k) or unset.get(k, "")) != (v or unset.get(k, ""))}
+            if not changed:
+                return False
+            self.set_meta(**changed)
+            self._bump(())
+        return True
 
     def init_meta(self, **values: Any) -> dict[str, str]:
         """Set each key only where it is absent (a concurrent first run may have set it); return the meta."""
@@ -537,39 +403,6 @@ class Catalog:
         return len(ids)
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, nesting-safe (inner blocks join the outer one)."""
-
-    def __init__(self, conn: sqlite3.Connection, immediate: bool = True, path: Path | None = None):
-        self.conn = conn
-        self.immediate = immediate
-        self.owner = False
-        self.path = path
-
-    def __enter__(self) -> sqlite3.Connection:
-        if not self.conn.in_transaction:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE" if self.immediate else "BEGIN")
-            except sqlite3.OperationalError as e:
-                raise _classify(self.path or Path("catalog"), e, readonly=False) from e
-            self.owner = True
-        return self.conn
-
-    def __exit__(self, exc_type: Any, exc: Any, _tb: Any) -> None:
-        if not self.owner:
-            return
-        if exc_type:
-            self.conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and self.path is not None:
-                raise _classify(self.path, exc, readonly=False) from exc
-            return
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.OperationalError as e:
-            self.conn.execute("ROLLBACK")
-            raise _classify(self.path or Path("catalog"), e, readonly=False) from e
-
-
-def read_snapshot(catalog: Catalog) -> _Transaction:
+def read_snapshot(catalog: Catalog) -> Transaction:
     """A read transaction: everything read inside sees one consistent state of the catalog."""
-    return _Transaction(catalog.conn, immediate=False)
+    return Transaction(catalog.conn, immediate=False)

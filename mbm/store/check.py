@@ -13,13 +13,14 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mbm.atomic import stale_temp
 from mbm.models.query_encoder import QUERY_ENCODER_DIR
-from mbm.store.catalog import Catalog
+from mbm.store.catalog import Catalog, CatalogState
 from mbm.store.lock import CollectionLock
 from mbm.store.vectors import (
     INDEX_GLOB,
@@ -78,10 +79,9 @@ def _missing_rows(catalog: Catalog) -> tuple[list[str], dict[str, int]]:
     return gone, folders
 
 
-def _cache_problems(catalog: Catalog, folder: Path, fingerprint: str) -> list[tuple[Problem, list[Path]]]:
-    out: list[tuple[Problem, list[Path]]] = []
-    state = catalog.state()
-    stamp = read_stamp(folder)
+def _faiss_problems(
+    folder: Path, state: CatalogState, stamp: dict[str, Any] | None
+) -> list[tuple[Problem, list[Path]]]:
     if not vectors_fresh(folder, state):
         why = (
             "missing"
@@ -92,9 +92,18 @@ def _cache_problems(catalog: Catalog, folder: Path, fingerprint: str) -> list[tu
                 else f"at generation {stamp.get('generation')}, catalog at {state.generation}"
             )
         )
-        out.append((Problem("vectors", f"vector index is stale ({why}); it is rebuilt from the catalog", True), []))
-    elif VectorIndex.load(folder, state.catalog_id) is None:
-        out.append((Problem("vectors", "vector index file cannot be read; it is rebuilt from the catalog", True), []))
+        return [(Problem("vectors", f"vector index is stale ({why}); it is rebuilt from the catalog", True), [])]
+    if VectorIndex.load(folder, state.catalog_id) is None:
+        return [(Problem("vectors", "vector index file cannot be read; it is rebuilt from the catalog", True), [])]
+    return []
+
+
+def _cache_problems(
+    catalog: Catalog, folder: Path, fingerprint: str, faiss_cache: bool
+) -> list[tuple[Problem, list[Path]]]:
+    state = catalog.state()
+    stamp = read_stamp(folder)
+    out = _faiss_problems(folder, state, stamp) if faiss_cache else []
     named = (stamp or {}).get("file") if (stamp or {}).get("catalog_id") == state.catalog_id else None
     orphans = [p for p in [*folder.glob(INDEX_GLOB), folder / LEGACY_INDEX_FILE] if p.exists() and p.name != named]
     if orphans:
@@ -120,9 +129,18 @@ def _cache_problems(catalog: Catalog, folder: Path, fingerprint: str) -> list[tu
 
 
 def check_collection(
-    name: str, folder: Path, catalog: Catalog, lock: CollectionLock, *, fix: bool = False
+    name: str,
+    folder: Path,
+    catalog: Catalog,
+    lock: CollectionLock,
+    *,
+    fix: bool = False,
+    save_vectors: Callable[[Catalog, Path], Any] = ensure_saved,
+    faiss_cache: bool = True,
 ) -> CheckReport:
-    """Find problems; with ``fix`` (and a writable ``catalog``) repair the fixable ones."""
+    """Find problems; with ``fix`` (and a writable ``catalog``) repair the fixable ones. ``save_vectors``
+    brings the searched index up to date after a fix; ``faiss_cache=False`` (a collection searched through
+    Milvus) leaves the FAISS files out of the check."""
     report = CheckReport(name, catalog.count())
     integrity = [r[0] for r in catalog.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
     for line in integrity[:20]:
@@ -171,7 +189,7 @@ def check_collection(
                 False,
             )
         )
-    caches = _cache_problems(catalog, folder, catalog.meta().get("fingerprint", ""))
+    caches = _cache_problems(catalog, folder, catalog.meta().get("fingerprint", ""), faiss_cache)
     report.problems.extend(p for p, _ in caches)
     with lock.attempt() as idle:  # with no index run active, every temp file is left over
         temps = stale_temp(folder, min_age_s=0 if idle else 3600)
@@ -186,7 +204,7 @@ def check_collection(
 
             clear_tokens(catalog, bad_tok)
             next(p for p in report.problems if p.kind == "tokens").fixed = True
-        _fix(report, catalog, folder, bad, gone, caches, temps)
+        _fix(report, catalog, folder, bad, gone, caches, temps, save_vectors)
     report.items = catalog.count()
     return report
 
@@ -199,6 +217,7 @@ def _fix(
     gone: list[str],
     caches: list[tuple[Problem, list[Path]]],
     temps: list[Path],
+    save_vectors: Callable[[Catalog, Path], Any],
 ) -> None:
     by_kind = {p.kind: p for p in report.problems}
     if bad:
@@ -220,4 +239,4 @@ def _fix(
     if "vectors" in by_kind:
         (folder / STAMP_FILE).unlink(missing_ok=True)  # stale or unreadable: rebuilt below
         by_kind["vectors"].fixed = True
-    ensure_saved(catalog, folder)  # also after the removals above
+    save_vectors(catalog, folder)  # also after the removals above

@@ -1,6 +1,6 @@
 """Each item's own words in SQLite FTS5: file and folder names, sidecar captions, XMP/IPTC keywords.
 
-Tables from migration 004 (``mbm.store.catalog``): the FTS5 table ``item_text(names, caption,
+Tables from migration 004 (``mbm.store.migrations``): the FTS5 table ``item_text(names, caption,
 keywords)`` whose rowid is the item id (tokenizer ``porter unicode61 remove_diacritics 2``:
 "Beaches" finds "beach", "café" finds "cafe"), and ``item_text_state(item_id, signature)``,
 which says from what the text was made (content hash, path, sidecar files' sizes and times),

@@ -1,6 +1,6 @@
 """Tags stored with the catalog's items: a label and a confidence in [0, 1] per (item, tag).
 
-Tables from migration 004 (``mbm.store.catalog``): ``item_tags(item_id, tag, score)`` and
+Tables from migration 004 (``mbm.store.migrations``): ``item_tags(item_id, tag, score)`` and
 ``tagged(item_id, vocabulary)``, which records that an item was tagged (possibly with no tag
 above the cut-off) under which vocabulary. The vocabulary key changes when the model, the
 tag source or the labels change, so every item is tagged again then; otherwise only items

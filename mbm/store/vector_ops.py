@@ -1,4 +1,4 @@
-"""Array operations behind :class:`mbm.store.vectors.VectorIndex`: exact re-scoring of a shortlist,
+"""Array operations behind :class:`mbm.store.vector_index.VectorIndex`: exact re-scoring of a shortlist,
 exact search among allowed ids, the few-queries flat path, the ids an index holds, tombstones."""
 
 from __future__ import annotations
