@@ -15,7 +15,18 @@ from typing import NoReturn
 
 import typer
 
-from mbm.cli import commands, library_commands, output, scale_commands, train_commands
+from mbm.cli import (
+    collection_commands,
+    data_commands,
+    eval_commands,
+    index_commands,
+    library_commands,
+    output,
+    scale_commands,
+    search_commands,
+    serve_commands,
+    train_commands,
+)
 from mbm.errors import MbmError
 
 app = typer.Typer(
@@ -26,10 +37,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-commands.register(app)
-train_commands.register(app)
-scale_commands.register(app)
-library_commands.register(app)
+# `mbm --help` lists the commands in the order they are registered
+index_commands.register(app)  # index
+search_commands.register(app)  # search
+collection_commands.register(app)  # info, collections, models, check
+serve_commands.register(app)  # serve
+data_commands.register(app)  # data build
+train_commands.register(app)  # train, train-fusion
+eval_commands.register(app)  # eval
+scale_commands.register(app)  # import
+library_commands.register(app)  # duplicates, tags, watch
 
 
 def _click_exception() -> type[Exception]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from mbm.cli import output
-from mbm.cli.commands import CollectionOpt, JsonOpt, ModelOpt, StoreOpt
+from mbm.cli.options import CollectionOpt, JsonOpt, ModelOpt, StoreOpt
 from mbm.config import DEFAULT_COLLECTION
 from mbm.retrieval.duplicates import DEFAULT_THRESHOLD
 
@@ -54,7 +54,7 @@ def duplicates(
     typer.echo(duplicates_table(groups))
     spare = sum(g.reclaimable_bytes for g in groups)
     extra = sum(len(g.items) - 1 for g in groups)
-    output.err(f"{len(groups)} groups; {extra} files beside their keepers, {_size(spare)}")
+    output.err(f"{len(groups)} groups; {extra} files beside their keepers, {output.human_size(spare)}")
 
 
 def duplicates_table(groups: Any) -> str:
@@ -64,16 +64,8 @@ def duplicates_table(groups: Any) -> str:
         for i, item in enumerate(g.items):
             mark = "keep" if i == 0 else f"{item.similarity:.3f}"
             res = f"{item.width}x{item.height}" if item.width and item.height else "?"
-            lines.append(f"  {mark:>5}  {res:>11}  {_size(item.size or 0):>9}  {output.shown(item.path)}")
+            lines.append(f"  {mark:>5}  {res:>11}  {output.human_size(item.size or 0):>9}  {output.shown(item.path)}")
     return "\n".join(lines)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def tags(

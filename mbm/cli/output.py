@@ -186,8 +186,8 @@ def collections_table(infos: Sequence) -> str:
     lines = [f"{'name':<16} {'kind':<6} {'items':>8} {'index':<8} {'catalog':>9} {'vectors':>9}  model / location"]
     for c in infos:
         lines.append(
-            f"{safe(c.name):<16} {c.kind:<6} {c.items:>8} {c.index_type:<8} {_size(c.catalog_bytes):>9} "
-            f"{_size(c.vectors_bytes):>9}  {safe(c.model)}\n{'':<60}{shown(c.folder)}"
+            f"{safe(c.name):<16} {c.kind:<6} {c.items:>8} {c.index_type:<8} {human_size(c.catalog_bytes):>9} "
+            f"{human_size(c.vectors_bytes):>9}  {safe(c.model)}\n{'':<60}{shown(c.folder)}"
         )
         lines.append(f"{'':<60}{_tokens_line(c)}")
         if getattr(c, "index", None):
@@ -206,9 +206,9 @@ def index_line(index: dict[str, Any]) -> str:
         parts.append(f"recall@10 {recall:.3f} on {index.get('recall_queries', 0)} of its own vectors")
     elif index["type"] == "Flat":
         parts.append("exact")
-    parts.append(f"{_size(index.get('memory_bytes', 0))} in memory")
+    parts.append(f"{human_size(index.get('memory_bytes', 0))} in memory")
     if index.get("rows_bytes"):
-        parts.append(f"{_size(index['rows_bytes'])} float16 rows (memory-mapped)")
+        parts.append(f"{human_size(index['rows_bytes'])} float16 rows (memory-mapped)")
     if index.get("tombstones"):
         parts.append(f"{index['tombstones']} tombstones")
     return safe(", ".join(parts))
@@ -217,7 +217,7 @@ def index_line(index: dict[str, Any]) -> str:
 def _tokens_line(c: Any) -> str:
     if c.fusion is False:
         return "re-ranking: no (the model has no fusion head)"
-    line = f"re-ranking tokens: {c.token_bytes_per_item:,} B/item, {_size(c.token_bytes)}"
+    line = f"re-ranking tokens: {c.token_bytes_per_item:,} B/item, {human_size(c.token_bytes)}"
     if c.items_without_tokens:
         line += f"; {c.items_without_tokens} items without (`mbm index PATH --rerank-tokens` adds them)"
     return line
@@ -231,7 +231,8 @@ def models_table(rows: Sequence) -> str:
     return "\n".join(lines)
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
+    """A byte count for people: 512 B, 3.4 KB, 1.2 GB."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -1,5 +1,4 @@
-"""``mbm import`` and the index options shared with ``mbm index`` / ``mbm search`` (``--index-type``,
-``--max-memory``, ``--nprobe``, ``--ef``): thin wrappers over :class:`mbm.Engine`."""
+"""``mbm import``: a thin wrapper over :meth:`mbm.Engine.import_embeddings`."""
 
 from __future__ import annotations
 
@@ -9,40 +8,8 @@ from typing import Annotated
 import typer
 
 from mbm.cli import output
+from mbm.cli.options import IndexTypeOpt, MaxMemoryOpt
 from mbm.config import DEFAULT_COLLECTION
-
-IndexTypeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--index-type",
-        help='Vector index: "auto" (exact while fast, then HNSW or IVF-PQ by size and --max-memory) or a FAISS factory string such as "HNSW32", "IVF4096,PQ64", "OPQ64,IVF4096,PQ64". Kept for the collection.',
-        show_default=False,
-    ),
-]
-MaxMemoryOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--max-memory",
-        help='Memory the vector index may take, like "2GB" or "512MB" (default: half of this machine\'s memory; "auto" resets). Kept for the collection.',
-        show_default=False,
-    ),
-]
-NprobeOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--nprobe",
-        help="IVF indexes: inverted lists to visit (default: tuned at build time to recall@10 >= 0.95).",
-        show_default=False,
-    ),
-]
-EfOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--ef",
-        help="HNSW indexes: efSearch, the candidate list size (default: tuned at build time to recall@10 >= 0.95).",
-        show_default=False,
-    ),
-]
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""`mbm data build`, `mbm train` and `mbm eval`: thin wrappers over mbm.train."""
+"""``mbm train`` and ``mbm train-fusion``: thin wrappers over mbm.train.loop and mbm.train.fusion_stage."""
 
 from __future__ import annotations
 
@@ -11,77 +11,10 @@ import typer
 from mbm.cli import output
 from mbm.errors import UsageError
 
-data_app = typer.Typer(
-    help="Build the offline training/evaluation datasets from Debian packages.", no_args_is_help=True
-)
-
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(data_app, name="data")
     app.command("train")(train)
     app.command("train-fusion")(train_fusion)
-    app.command("eval")(evaluate)
-
-
-@data_app.command("build")
-def data_build(
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Folder for manifest.jsonl, its stats and the rendered images.")
-    ] = Path("cache/mbm-data"),
-    sources: Annotated[
-        str,
-        typer.Option(
-            "--sources", help="Comma-separated: openclipart, emoji, symbola, tuxpaint, fashion-mnist, iconify."
-        ),
-    ] = "openclipart,emoji,symbola,tuxpaint,fashion-mnist,iconify",
-    size: Annotated[int, typer.Option("--size", help="Rendered image side in pixels.")] = 224,
-    limit: Annotated[
-        int | None, typer.Option("--limit", help="At most this many rows per source (quick runs).", show_default=False)
-    ] = None,
-    val: Annotated[
-        int | None,
-        typer.Option("--val", help="Validation rows (one per concept and style; default 1000).", show_default=False),
-    ] = None,
-    test: Annotated[
-        int | None,
-        typer.Option("--test", help="Test rows (one per concept and style; default 1500).", show_default=False),
-    ] = None,
-    iconify: Annotated[
-        Path | None,
-        typer.Option(
-            "--iconify",
-            help="The @iconify/json package: its folder or the tarball of `npm pack @iconify/json@2.2.535`.",
-            show_default=False,
-        ),
-    ] = None,
-    emojilib: Annotated[
-        Path | None,
-        typer.Option(
-            "--emojilib", help="The emojilib npm package (emoji keywords as extra captions).", show_default=False
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Split seed.")] = 0,
-) -> None:
-    """Render the offline image-caption sources and write a leakage-safe split manifest.
-
-    Example: mbm data build --out cache/mbm-data --iconify iconify-json-2.2.535.tgz
-    """
-    from mbm.train.sources.build import DEFAULT_TEST, DEFAULT_VAL, build_all
-
-    names = tuple(s.strip() for s in sources.split(",") if s.strip())
-    roots = {k: v for k, v in (("iconify", iconify), ("emojilib", emojilib)) if v}
-    manifest = build_all(
-        out,
-        sources=names,
-        size=size,
-        limit=limit,
-        val=DEFAULT_VAL if val is None else val,
-        test=DEFAULT_TEST if test is None else test,
-        seed=seed,
-        log=output.err,
-        roots=roots,
-    )
-    typer.echo(str(manifest))
 
 
 def train(
@@ -321,108 +254,3 @@ def train_fusion(
 def _print_progress(event: dict) -> None:
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in event.items()}
     output.err(" ".join(f"{k}={v}" for k, v in shown.items()))
-
-
-def evaluate(
-    checkpoint: Annotated[
-        str, typer.Argument(help="Checkpoint folder (e.g. runs/small/best) or model spec.", show_default=False)
-    ],
-    manifest: Annotated[Path, typer.Argument(help="Manifest with the split to evaluate.", show_default=False)],
-    split: Annotated[
-        str, typer.Option("--split", help="train, val, test or heldout; 'suite' runs every test of mbm.train.suite.")
-    ] = "suite",
-    sources: Annotated[
-        str,
-        typer.Option("--sources", help="Only these sources of the split (comma-separated); '-name' leaves one out."),
-    ] = "",
-    rerank_top: Annotated[
-        int,
-        typer.Option(
-            "--rerank-top",
-            help="Re-rank each query's top N with the fusion head (0 = off); N = 50 is what `mbm search --rerank` uses.",
-        ),
-    ] = 50,
-    rerank_sweep: Annotated[
-        str,
-        typer.Option(
-            "--rerank-sweep",
-            help="Suite only: also re-rank the test, held-out and photo sets over each of these N (comma-separated; '' = off).",
-        ),
-    ] = "10,50,200",
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    precision: Annotated[
-        str,
-        typer.Option(
-            "--precision",
-            help="Weights precision: fp32, bf16, fp16 (GPU) or auto (what search would pick here). The same for a model name and a folder.",
-        ),
-    ] = "fp32",
-    photos: Annotated[
-        str | None,
-        typer.Option(
-            "--photos",
-            help="photos.jsonl of `python -m mbm.train.evalsets` (suite only). Default: looked for next to MANIFEST and in cache/mbm-eval; 'none' skips it.",
-            show_default=False,
-        ),
-    ] = None,
-    style_shift: Annotated[
-        str | None,
-        typer.Option(
-            "--style-shift",
-            help="icon-themes.jsonl of `python -m mbm.train.evalsets` (suite only). Default: looked for like --photos; 'none' skips it.",
-            show_default=False,
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """Recall@1/5/10 both directions (with and without fusion re-ranking), cross-style, zero-shot accuracy,
-    real photos (with 95% intervals) and icon-theme styles.
-
-    Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl              (the whole suite)
-    Example: mbm eval mbm-offline cache/mbm-data/manifest.jsonl --photos cache/mbm-eval/photos.jsonl
-    Example: mbm eval runs/small/best cache/mbm-data/manifest.jsonl --split heldout --json
-    """
-    if not manifest.is_file():
-        raise UsageError(f"manifest {manifest} does not exist — build one with `mbm data build`")
-    if split == "suite":
-        if sources:
-            raise UsageError(
-                "--sources selects rows of one split — use it with --split test|val|heldout, not the suite"
-            )
-        from mbm.train.suite import evaluate_suite, summary_table
-
-        try:
-            sweep = tuple(int(n) for n in rerank_sweep.split(",") if n.strip())
-        except ValueError:
-            raise UsageError(
-                f"--rerank-sweep {rerank_sweep!r} is not a comma-separated list of numbers — e.g. 10,50,200"
-            ) from None
-        report = evaluate_suite(
-            checkpoint,
-            manifest,
-            rerank_top=rerank_top,
-            rerank_sweep_tops=sweep,
-            device=device,
-            precision=precision,
-            photos=photos,
-            style_shift=style_shift,
-        )
-        if as_json:
-            typer.echo(json.dumps(report, indent=2))
-        else:
-            for section, figures in summary_table(report):
-                typer.echo(f"{section:<52} {figures}")
-        return
-    if photos is not None or style_shift is not None:
-        raise UsageError("--photos and --style-shift belong to the suite — leave out --split to run them")
-    from mbm.train.evaluate import evaluate as run_eval
-
-    names = [s.strip() for s in sources.split(",") if s.strip()]
-    metrics = run_eval(
-        checkpoint, manifest, split=split, rerank_top=rerank_top, device=device, sources=names, precision=precision
-    )
-    if as_json:
-        typer.echo(json.dumps(metrics, indent=2))
-        return
-    for key, value in metrics.items():
-        typer.echo(f"{key:<32} {value:.4f}" if isinstance(value, float) else f"{key:<32} {value}")
