@@ -87,3 +87,18 @@ def test_unreadable_catalog_is_a_clear_error(tmp_path):
         with pytest.raises(CatalogError, match="is damaged") as info:
             Catalog.open(bad, readonly=readonly)
         assert "move it away" not in str(info.value)
+
+
+def test_opening_the_library_does_not_import_pandas_and_pandas_still_imports():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.util, mbm.engine; "
+        "print('pandas' in sys.modules, importlib.util.find_spec('pandas') is not None); "
+        "import sqlite_utils; print(sqlite_utils.Database(memory=True).execute('select 1').fetchone()[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False" and out[2] == "1"
+    if out[1] == "True":  # where pandas is installed, it is still there for whoever needs it
+        subprocess.run([sys.executable, "-c", "import mbm.engine, pandas; pandas.DataFrame()"], check=True)
