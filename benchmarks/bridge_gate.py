@@ -108,14 +108,14 @@ def main() -> None:
     for tau in (9, 10, 11, 12):
         for s in (0.05, 0.15):
             for w in (3, 10, 100):
-                variants[f"tau={tau} s={s} W={w}"] = (
-                    lambda n, tau=tau, s=s, w=w: 1 + (w - 1) / (1 + np.exp(-(np.log(n) - np.log(tau)) / s))
+                variants[f"tau={tau} s={s} W={w}"] = lambda n, tau=tau, s=s, w=w: (
+                    1 + (w - 1) / (1 + np.exp(-(np.log(n) - np.log(tau)) / s))
                 )
     rows = [{"variant": k, **{m: round(v, 1) for m, v in run(fn).items()}} for k, fn in variants.items()]
     keys = [k for k in rows[0] if k != "variant"]
-    print("%-24s" % "variant", " ".join("%11s" % k for k in keys))
+    print(f"{'variant':24s}", " ".join(f"{k:>11s}" for k in keys))
     for row in rows:
-        print("%-24s" % row["variant"], " ".join("%11.1f" % row[k] for k in keys))
+        print(f"{row['variant']:24s}", " ".join(f"{row[k]:11.1f}" for k in keys))
     doc = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "norm_percentiles_p10_p50_p90_p99": {

@@ -49,12 +49,12 @@ def _check_output(out, base_dim):
     return enc
 
 
-def test_fusion_head_for_an_mbm_model(manifest, tmp_path):
-    torch.manual_seed(0)
+def _train_tiny_head(base: str, manifest, out) -> None:
+    """One epoch of a tiny fusion head for ``base`` on the test manifest, written to ``out``."""
     cfg = FusionStageConfig(
-        base="mbm-tiny",
+        base=base,
         manifest=str(manifest),
-        out_dir=str(tmp_path / "out"),
+        out_dir=str(out),
         epochs=1,
         batch_size=4,
         negatives=3,
@@ -64,6 +64,11 @@ def test_fusion_head_for_an_mbm_model(manifest, tmp_path):
         fusion=TINY,
     )
     train_fusion(cfg)
+
+
+def test_fusion_head_for_an_mbm_model(manifest, tmp_path):
+    torch.manual_seed(0)
+    _train_tiny_head("mbm-tiny", manifest, tmp_path / "out")
     base = load_model("mbm-tiny")
     enc = _check_output(tmp_path / "out", base.dim)
     pixels = torch.rand(2, 3, enc.image_size, enc.image_size)
@@ -74,19 +79,7 @@ def test_fusion_head_for_an_mbm_model(manifest, tmp_path):
 
 def test_fusion_head_for_an_open_clip_model_without_one(manifest, tmp_path):
     """The path a pretrained CLIP takes (it has no fusion head): here the architecture with random weights."""
-    cfg = FusionStageConfig(
-        base="ViT-S-32:random",
-        manifest=str(manifest),
-        out_dir=str(tmp_path / "clip"),
-        epochs=1,
-        batch_size=4,
-        negatives=3,
-        mine_top=6,
-        val_top=4,
-        warmup=1,
-        fusion=TINY,
-    )
-    train_fusion(cfg)
+    _train_tiny_head("ViT-S-32:random", manifest, tmp_path / "clip")
     enc = _check_output(tmp_path / "clip", 384)
     assert enc.heads["fusion"].cfg.text_dim == 384  # CLIP's text tokens (ln_final), not a HF tower's
 

@@ -198,7 +198,7 @@ def test_backfill_is_resumable_incremental_and_leaves_no_item_without_tokens(
     def no_loading(*_a, **_k):
         raise AssertionError("an unchanged re-run loaded the model")
 
-    monkeypatch.setattr("mbm.engine.load_model", no_loading)
+    monkeypatch.setattr("mbm.collection.handle.load_model", no_loading)
     with Engine.open(tmp_path / "store") as again:
         report = again.index([tmp_path / "photos"])
     assert (report.unchanged, report.tokens_filled, report.model) == (10, 0, None)

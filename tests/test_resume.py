@@ -19,12 +19,9 @@ def _count(db) -> int:
         return 0
 
 
-def test_kill_mid_run_then_resume(tmp_path):
-    photos = tmp_path / "photos"
-    paths = make_images(photos, 300)
-    store = tmp_path / "store"
-    db = store / "collections" / "default" / "catalog.sqlite"
-    cmd = [
+def _index_command(photos, store, batch_size: int) -> list[str]:
+    """`mbm index` of ``photos`` into ``store`` with the tiny model, one worker, ``--quiet`` last."""
+    return [
         sys.executable,
         "-c",
         "from mbm.cli import main; main()",
@@ -35,11 +32,19 @@ def test_kill_mid_run_then_resume(tmp_path):
         "-m",
         "mbm-tiny",
         "--batch-size",
-        "1",
+        str(batch_size),
         "--workers",
         "1",
         "--quiet",
     ]
+
+
+def test_kill_mid_run_then_resume(tmp_path):
+    photos = tmp_path / "photos"
+    paths = make_images(photos, 300)
+    store = tmp_path / "store"
+    db = store / "collections" / "default" / "catalog.sqlite"
+    cmd = _index_command(photos, store, batch_size=1)
     env = {**os.environ, "MBM_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -76,22 +81,7 @@ def test_search_while_indexing(tmp_path, tiny_encoder):
     make_images(photos, 160)
     store = tmp_path / "store"
     db = store / "collections" / "default" / "catalog.sqlite"
-    cmd = [
-        sys.executable,
-        "-c",
-        "from mbm.cli import main; main()",
-        "index",
-        str(photos),
-        "--store",
-        str(store),
-        "-m",
-        "mbm-tiny",
-        "--batch-size",
-        "2",
-        "--workers",
-        "1",
-        "--quiet",
-    ]
+    cmd = _index_command(photos, store, batch_size=2)
     proc = subprocess.Popen(cmd, env={**os.environ, "MBM_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while _count(db) < 2 and proc.poll() is None and time.time() < deadline:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from mbm.train.sources import (
+    BuildJob,
     SourceMissing,
     assign_splits,
     build_all,
@@ -278,7 +279,7 @@ def test_load_manifest_bad_rows(tmp_path, name, text, where, what):
 )
 def test_builder_raises_source_missing(tmp_path, module, apt):
     with pytest.raises(SourceMissing, match=f"apt-get install .*{apt}"):
-        module.build(tmp_path / "out", root=tmp_path / "empty", size=32)
+        module.build(BuildJob(tmp_path / "out", size=32), root=tmp_path / "empty")
 
 
 def _fake_fashion_mnist(folder: Path, n: int) -> None:

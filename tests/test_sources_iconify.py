@@ -16,6 +16,7 @@ pytest.importorskip("resvg_py")
 pytest.importorskip("emoji")
 
 from mbm.train.sources import (  # noqa: E402
+    BuildJob,
     SourceMissing,
     assign_splits,
     build_all,
@@ -126,7 +127,7 @@ def built(tmp_path_factory):
     out = tmp / "out"
     report: Counter = Counter()
     logs: list[str] = []
-    rows = iconify.build(out, size=48, root=pkg, emojilib=lib, report=report, log=logs.append, **SETS)
+    rows = iconify.build(BuildJob(out, size=48, report=report, log=logs.append), root=pkg, emojilib=lib, **SETS)
     return {"rows": rows, "out": out, "pkg": pkg, "lib": lib, "report": report, "logs": logs, "tmp": tmp}
 
 
@@ -213,7 +214,7 @@ def test_render_cache_is_reused(built, tmp_path):
     pngs = sorted((out / "images" / "iconify").rglob("*.png"))
     before = {p: p.stat().st_mtime_ns for p in pngs}
     logs: list[str] = []
-    rows = iconify.build(out, size=48, root=built["pkg"], emojilib=built["lib"], log=logs.append, **SETS)
+    rows = iconify.build(BuildJob(out, size=48, log=logs.append), root=built["pkg"], emojilib=built["lib"], **SETS)
     assert any(f"{len(pngs)} PNGs cached, 0 to render" in m for m in logs)
     assert {p: p.stat().st_mtime_ns for p in pngs} == before
     assert [r["sha256"] for r in rows] == [r["sha256"] for r in built["rows"]]
@@ -222,15 +223,15 @@ def test_render_cache_is_reused(built, tmp_path):
     with tarfile.open(tgz, "w:gz") as tar:
         tar.add(built["pkg"], arcname="package")
     assert package.IconifyPackage(tgz).prefixes() == sorted(FAKE_SETS)
-    rows2 = iconify.build(out, size=48, root=tgz, emojilib=built["lib"], log=logs.append, workers=1, **SETS)
+    rows2 = iconify.build(BuildJob(out, size=48, log=logs.append), root=tgz, emojilib=built["lib"], workers=1, **SETS)
     assert [r["image"] for r in rows2] == [r["image"] for r in rows]
 
 
 def test_missing_package_says_how_to_get_it(tmp_path):
     with pytest.raises(SourceMissing, match=r"npm pack @iconify/json@2\.2\.535"):
-        iconify.build(tmp_path, root=None)
+        iconify.build(BuildJob(tmp_path), root=None)
     with pytest.raises(SourceMissing, match="npm pack"):
-        iconify.build(tmp_path, root=tmp_path / "nowhere")
+        iconify.build(BuildJob(tmp_path), root=tmp_path / "nowhere")
 
 
 def test_render_pool_survives_a_bad_svg():

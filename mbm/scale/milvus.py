@@ -31,6 +31,7 @@ from mbm.errors import CollectionError, MbmError, UsageError
 from mbm.scale import require
 from mbm.scale.milvus_filter import MAX_EXPR_CHARS, id_filters
 from mbm.store.catalog import Catalog, CatalogState, read_snapshot
+from mbm.store.search_request import no_hits, search_request
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +168,8 @@ class MilvusIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ``(scores, ids)`` per query row, ids -1 where fewer exist; ``allowed`` restricts the items
         (sent as ``id in [...]`` / id-range filter expressions, chunked; each chunk searched, the best k kept)."""
-        for name, value in (("--nprobe", nprobe), ("--ef", ef)):
-            if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, not {value}")
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        k = max(1, min(k, self.ntotal, MAX_TOPK)) if self.ntotal else 1
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        ids = np.full((len(queries), k), -1, np.int64)
+        queries, k = search_request(queries, k, self.ntotal, nprobe=nprobe, ef=ef, max_k=MAX_TOPK)
+        scores, ids = no_hits(len(queries), k)
         if self.ntotal == 0 or len(queries) == 0:
             return scores, ids
         if allowed is None:
@@ -196,8 +192,7 @@ class MilvusIndex:
             output_fields=["id"],
             search_params=params,
         )
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        ids = np.full((len(queries), k), -1, np.int64)
+        scores, ids = no_hits(len(queries), k)
         for row, hits in enumerate(result):
             for col, hit in enumerate(list(hits)[:k]):
                 scores[row, col], ids[row, col] = float(hit["distance"]), int(hit["id"])

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mbm.store.by_ids import rows_by_ids
 from mbm.store.catalog import Catalog
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -55,13 +56,8 @@ def has_text_tables(catalog: Catalog) -> bool:
 
 
 def signatures(catalog: Catalog, ids: Sequence[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    wanted = [int(i) for i in ids]
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i : i + 500]
-        sql = f"SELECT item_id, signature FROM item_text_state WHERE item_id IN ({','.join('?' * len(chunk))})"
-        out.update(catalog.conn.execute(sql, chunk))
-    return out
+    sql = "SELECT item_id, signature FROM item_text_state WHERE item_id IN ({ids})"
+    return dict(rows_by_ids(catalog.conn, sql, ids))
 
 
 def set_texts(catalog: Catalog, rows: Sequence[TextRow]) -> int:
@@ -87,14 +83,8 @@ def set_texts(catalog: Catalog, rows: Sequence[TextRow]) -> int:
 def texts_of(catalog: Catalog, ids: Sequence[int]) -> dict[int, ItemText]:
     if not has_text_tables(catalog):
         return {}
-    out: dict[int, ItemText] = {}
-    wanted = [int(i) for i in ids]
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i : i + 500]
-        sql = f"SELECT rowid, names, caption, keywords FROM item_text WHERE rowid IN ({','.join('?' * len(chunk))})"
-        for rowid, *text in catalog.conn.execute(sql, chunk):
-            out[int(rowid)] = ItemText(*text)
-    return out
+    sql = "SELECT rowid, names, caption, keywords FROM item_text WHERE rowid IN ({ids})"
+    return {int(rowid): ItemText(*text) for rowid, *text in rows_by_ids(catalog.conn, sql, ids)}
 
 
 def query_words(text: str) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mbm.errors import CatalogError
+from mbm.store.by_ids import rows_by_ids
 from mbm.store.catalog import Catalog
 
 FORMAT_KEY = "tokens"
@@ -93,13 +94,8 @@ def tokens_of(catalog: Catalog, ids: Sequence[int]) -> dict[int, bytes]:
     """Stored tokens of those of ``ids`` that have them."""
     if not catalog.has_tokens:
         return {}
-    found: dict[int, bytes] = {}
-    wanted = [int(i) for i in ids]
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i : i + 500]
-        sql = f"SELECT id, tokens FROM items WHERE id IN ({','.join('?' * len(chunk))}) AND tokens IS NOT NULL"
-        found.update(catalog.conn.execute(sql, chunk))
-    return found
+    sql = "SELECT id, tokens FROM items WHERE id IN ({ids}) AND tokens IS NOT NULL"
+    return dict(rows_by_ids(catalog.conn, sql, ids))
 
 
 class Missing(NamedTuple):

@@ -32,6 +32,7 @@ from mbm.store import ann, vector_ops
 from mbm.store.ann import IndexSettings, Tuning
 from mbm.store.catalog import Catalog, CatalogState, read_snapshot
 from mbm.store.rows import RowFile, rows_file_name
+from mbm.store.search_request import no_hits, search_request
 from mbm.store.stamp import STAMP_FILE, index_file_name, read_stamp
 
 log = logging.getLogger(__name__)
@@ -179,20 +180,16 @@ class VectorIndex:
         ``allowed`` (item ids, int64) restricts the results to those items inside the search: small sets
         are scored exactly, larger ones through a FAISS selector, and a query that comes back short of
         ``min(k, allowed)`` is answered exactly. ``nprobe`` / ``ef`` override the tuned IVF / HNSW settings."""
-        for name, value in (("--nprobe", nprobe), ("--ef", ef)):
-            if value is not None and value < 1:
-                raise UsageError(f"{name} must be at least 1, not {value}")
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+        queries, k = search_request(queries, k, self.ntotal, nprobe=nprobe, ef=ef)
         if self.ntotal == 0:
-            return _empty(len(queries), k)
+            return no_hits(len(queries), k)
         if allowed is None:
             if self.rows is None and len(queries) <= SMALL_BATCH and gpu_count() == 0:
                 return self._flat_topk(queries, k)
             return self._ann(queries, k, None, self.tuning, nprobe, ef)
         allowed = np.intersect1d(np.asarray(allowed, np.int64), self._alive_ids())
         if len(allowed) == 0:
-            return _empty(len(queries), k)
+            return no_hits(len(queries), k)
         sel = faiss.IDSelectorBatch(allowed)
         if self.rows is None:  # flat: the scan over the allowed ids is exact
             return self.index.search(queries, k, params=ann.search_params(self.index, sel=sel))
@@ -375,7 +372,3 @@ class VectorIndex:
         if index.ntotal - dead != state.count or (rows is None and ann.family(kind) != "Flat"):
             return None
         return cls(index, state, kind, Tuning.from_dict(stamp.get("tuning")), rows, origin, dead, mapped)
-
-
-def _empty(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)

@@ -1,7 +1,8 @@
 """Offline image-text data from Debian packages (and npm's Iconify sets), written as a JSONL
 manifest plus PNGs.
 
-Sources (each a module with ``build(out_dir, *, limit=None, size=224, root=..., report=None)``):
+Sources (each a module with ``build(job: BuildJob, *, root=...)``, the job holding the output folder,
+size, row limit, drop counter and log):
 ``openclipart`` (public domain), ``emoji`` (Noto Color Emoji, Apache-2.0), ``symbola``
 (the same concepts in a second style), ``tuxpaint`` (GPL-2.0, evaluation only: split
 "heldout"), ``fashion-mnist`` (MIT, keeps its own train/test) and ``iconify`` (npm
@@ -16,10 +17,11 @@ data/README.md.
 from __future__ import annotations
 
 from .build import DEFAULT_SOURCES, MODULES, build_all, build_source, stats_path
-from .common import SourceMissing, load_manifest, normalize_caption, write_jsonl
+from .common import BuildJob, SourceMissing, load_manifest, normalize_caption, write_jsonl
 from .split import assign_splits, split_hash, split_hashes
 
 __all__ = [
+    "BuildJob",
     "DEFAULT_SOURCES",
     "MODULES",
     "SourceMissing",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mbm.atomic import write_text
 
-from .common import SourceMissing, write_jsonl
+from .common import BuildJob, SourceMissing, write_jsonl
 from .split import SPLIT_HASH_COVERS, assign_splits, split_hashes
 
 # source name (as written in manifests) -> module in this package
@@ -74,7 +74,8 @@ def build_source(
         raise ValueError(f"unknown source {name!r}: choose from {', '.join(MODULES)}")
     module = importlib.import_module(f"{__package__}.{MODULES[name]}")
     extra = {"root": Path(root)} if root is not None else {}
-    rows = module.build(Path(out_dir), limit=limit, size=size, report=report, log=log, **extra, **options)
+    job = BuildJob(Path(out_dir), size=size, limit=limit, report=Counter() if report is None else report, log=log)
+    rows = module.build(job, **extra, **options)
     for row in rows:
         row.setdefault("style", STYLES.get(name, name))
     return rows

@@ -19,6 +19,9 @@ import io
 import json
 import os
 import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,55 @@ LICENCES = {
 
 class SourceMissing(MbmError):
     """The Debian package holding a source's files is not installed (message names the apt package)."""
+
+
+@dataclass
+class BuildJob:
+    """What every source's ``build(job, *, root=...)`` is given: the output folder, the picture
+    size, the row limit, the Counter of drop reasons and the progress log."""
+
+    out_dir: Path
+    size: int = 224
+    limit: int | None = None
+    report: Counter = field(default_factory=Counter)
+    log: Callable[[str], object] | None = None
+
+    def full(self, rows: list[dict]) -> bool:
+        """True once ``rows`` holds ``limit`` rows."""
+        return self.limit is not None and len(rows) >= self.limit
+
+    def say(self, message: str) -> None:
+        """Log a progress line (nowhere without a log)."""
+        if self.log is not None:
+            self.log(message)
+
+    def image_file(self, source: str, name: str | Path) -> Path:
+        """Where a source's picture goes: ``<out>/images/<source>/<name>``."""
+        return self.out_dir / "images" / source / name
+
+    def relative(self, image: Path) -> str:
+        """A picture's path as a manifest's ``image``: relative to the output folder, with slashes."""
+        return image.relative_to(self.out_dir).as_posix()
+
+    def png(self, dest: Path, render: Callable[..., Image.Image | None], *args: Any) -> str | None:
+        """sha256 of the PNG at ``dest``: the one an earlier build wrote at this size, else the
+        picture ``render(*args)`` gives, saved there; None (nothing written) when it gives None."""
+        hit = cached_png(dest, self.size)
+        if hit is not None:
+            return hit[1]
+        img = render(*args)
+        return None if img is None else save_png(img, dest)
+
+
+def font_file(root: Path, default: Path, name: str, apt: str) -> Path:
+    """The font file ``root`` names (the file, or a folder holding one named like ``default``);
+    SourceMissing naming ``apt`` when it is absent."""
+    font = Path(root)
+    if font.is_dir():
+        font = font / default.name
+    if not font.is_file():
+        raise SourceMissing(f"{name} font not found at {font} — install it with: {apt}")
+    return font
 
 
 # ---------------------------------------------------------------- captions

@@ -9,14 +9,14 @@ them land in one split; the Symbola builder uses the same group ids for the same
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from mbm.errors import MissingExtra
 
-from .common import LICENCES, SourceMissing, article, cached_png, crop_to_content, pad_square, save_png
+from .common import LICENCES, BuildJob, article, crop_to_content, font_file, pad_square
 
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 APT = "apt-get install -y fonts-noto-color-emoji"
@@ -128,44 +128,26 @@ def glyph_key(glyph: Image.Image) -> str:
     return hashlib.sha256(f"{glyph.size}".encode() + glyph.tobytes()).hexdigest()[:16]
 
 
-def build(
-    out_dir: Path,
-    *,
-    limit: int | None = None,
-    size: int = 224,
-    root: Path = FONT,
-    report: Counter | None = None,
-    log=None,
-) -> list[dict]:
-    """Render Noto Color Emoji into ``out_dir/images/emoji/`` and return manifest rows.
+def build(job: BuildJob, *, root: Path = FONT) -> list[dict]:
+    """Render Noto Color Emoji into ``<out>/images/emoji/`` and return manifest rows.
 
     ``root`` is the font file (or a folder holding NotoColorEmoji.ttf). Raises SourceMissing
-    when the font is absent. Emoji the font cannot draw as one glyph are counted in ``report``.
+    when the font is absent. Emoji the font cannot draw as one glyph are counted in ``job.report``.
     """
-    font = Path(root)
-    if font.is_dir():
-        font = font / FONT.name
-    if not font.is_file():
-        raise SourceMissing(f"Noto Color Emoji font not found at {font} — install it with: {APT}")
-    report = report if report is not None else Counter()
-    renderer = NotoRenderer(font)
+    renderer = NotoRenderer(font_file(root, FONT, "Noto Color Emoji", APT))
     rows: list[dict] = []
     for text, data in concepts():
-        if limit is not None and len(rows) >= limit:
+        if job.full(rows):
             break
-        dest = out_dir / "images" / "emoji" / f"{file_stem(text)}.png"
+        dest = job.image_file("emoji", f"{file_stem(text)}.png")
         glyph = renderer.glyph(text)  # also on a re-run: its key links rows sharing a glyph
         if glyph is None:
-            report["emoji: Noto has no single glyph for the sequence"] += 1
+            job.report["emoji: Noto has no single glyph for the sequence"] += 1
             continue
-        hit = cached_png(dest, size)
-        if hit is None:
-            sha = save_png(pad_square(glyph, size, margin=MARGIN), dest)
-        else:
-            sha = hit[1]
+        sha = job.png(dest, partial(pad_square, glyph, job.size, margin=MARGIN))
         rows.append(
             {
-                "image": dest.relative_to(out_dir).as_posix(),
+                "image": job.relative(dest),
                 "captions": captions(text, data),
                 "label": None,
                 "source": "emoji",

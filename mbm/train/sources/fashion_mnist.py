@@ -10,13 +10,12 @@ every other source here is drawn on white.
 from __future__ import annotations
 
 import gzip
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .common import LICENCES, SourceMissing, article, cached_png, save_png
+from .common import LICENCES, BuildJob, SourceMissing, article
 
 ROOT = Path("/usr/share/datasets/fashion-mnist")
 APT = "apt-get install -y dataset-fashion-mnist"
@@ -62,27 +61,22 @@ def balanced_indices(labels: np.ndarray, n: int) -> list[int]:
     return sorted(out)
 
 
-def build(
-    out_dir: Path,
-    *,
-    limit: int | None = None,
-    size: int = 224,
-    root: Path = ROOT,
-    report: Counter | None = None,
-    log=None,
-    everything: bool = False,
-) -> list[dict]:
+def _picture(pixels: np.ndarray, size: int) -> Image.Image:
+    """An item inverted back onto white, scaled to ``size``."""
+    return Image.fromarray(255 - pixels).resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
+
+
+def build(job: BuildJob, *, root: Path = ROOT, everything: bool = False) -> list[dict]:
     """Write a class-balanced subset of Fashion-MNIST as ``size`` PNGs; rows carry their split.
 
-    ``limit`` is the total (default 3,000: two thirds from train, one third from test);
+    ``job.limit`` is the total (default 3,000: two thirds from train, one third from test);
     ``everything=True`` writes all 70,000. Raises SourceMissing when the files are absent.
     """
     root = Path(root)
     missing = [name for pair in FILES.values() for name in pair if not (root / name).is_file()]
     if missing:
         raise SourceMissing(f"Fashion-MNIST not found under {root} (no {missing[0]}) — install it with: {APT}")
-    report = report if report is not None else Counter()
-    total = None if everything else (DEFAULT_LIMIT if limit is None else limit)
+    total = None if everything else (DEFAULT_LIMIT if job.limit is None else job.limit)
     rows: list[dict] = []
     for split, (img_name, lab_name) in FILES.items():
         images, labels = read_idx(root / img_name), read_idx(root / lab_name)
@@ -93,21 +87,15 @@ def build(
         else:
             want = total - total // 3 if split == "train" else total // 3
             take = balanced_indices(labels, want)
-        report[f"fashion-mnist: {split} items left out of the subset (not an error; see limit)"] += len(images) - len(
-            take
-        )
+        left_out = len(images) - len(take)
+        job.report[f"fashion-mnist: {split} items left out of the subset (not an error; see limit)"] += left_out
         for i in take:
-            dest = out_dir / "images" / "fashion-mnist" / split / f"{i:05d}.png"
-            hit = cached_png(dest, size)
-            if hit is None:
-                img = Image.fromarray(255 - images[i]).resize((size, size), Image.Resampling.BICUBIC)
-                sha = save_png(img.convert("RGB"), dest)
-            else:
-                sha = hit[1]
+            dest = job.image_file("fashion-mnist", f"{split}/{i:05d}.png")
+            sha = job.png(dest, _picture, images[i], job.size)
             label = int(labels[i])
             rows.append(
                 {
-                    "image": dest.relative_to(out_dir).as_posix(),
+                    "image": job.relative(dest),
                     "captions": captions_for(label),
                     "label": CLASSES[label],
                     "source": "fashion-mnist",

@@ -24,14 +24,13 @@ from PIL import Image
 
 from .common import (
     LICENCES,
+    BuildJob,
     SourceMissing,
-    cached_png,
     cap_length,
     crop_to_content,
     is_blank,
     on_white,
     pad_square,
-    save_png,
     split_words,
     strip_urls_emails,
 )
@@ -235,38 +234,45 @@ def _candidates(root: Path, report: Counter) -> list[tuple[str, Path, str, list[
     return out
 
 
-def build(
-    out_dir: Path,
-    *,
-    limit: int | None = None,
-    size: int = 224,
-    root: Path = ROOT,
-    report: Counter | None = None,
-    log=None,
-) -> list[dict]:
-    """Rasterise Open Clip Art into ``out_dir/images/openclipart/`` and return manifest rows.
+def _render_once(svg: Path, size: int, failed: Path, report: Counter) -> Image.Image | None:
+    """``rasterise(svg)``, None when it fails or renders blank; a failure leaves the ``failed``
+    marker, so a re-run does not wait on the same timeouts again (and is not retried)."""
+    img = None if failed.exists() else rasterise(svg, size)
+    if img is None:
+        report["openclipart: rsvg-convert failed or timed out"] += 1
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        failed.touch()
+        return None
+    if is_blank(img):
+        report["openclipart: renders blank"] += 1
+        return None
+    return img
+
+
+def build(job: BuildJob, *, root: Path = ROOT) -> list[dict]:
+    """Rasterise Open Clip Art into ``<out>/images/openclipart/`` and return manifest rows.
 
     Rows carry ``group = "openclipart:<drawing key>"`` (:func:`drawing_key`, from the SVG
     source, not the pixels) so the same drawing filed under several names shares a split,
-    and ``source_sha256`` (the SVG file's sha256). ``limit`` caps the number of rows (taken in path order).
-    ``report`` (a Counter) receives the count of each reason an item was dropped.
+    and ``source_sha256`` (the SVG file's sha256). ``job.limit`` caps the number of rows (taken
+    in path order). ``job.report`` receives the count of each reason an item was dropped.
     Raises SourceMissing when the package or rsvg-convert is absent.
     """
     root = Path(root)
-    report = report if report is not None else Counter()
     if not root.is_dir() or next(root.rglob("*.svg"), None) is None:
         raise SourceMissing(f"Open Clip Art not found under {root} — install it with: {APT}")
     if shutil.which("rsvg-convert") is None:
         raise SourceMissing(f"rsvg-convert (to rasterise Open Clip Art) not found — install it with: {APT}")
+    report = job.report
     cands = _candidates(root, report)
     title_uses = Counter(c[2].strip() for c in cands)
     rows: list[dict] = []
     t0 = time.monotonic()
     for i, (rel, path, raw_title, raw_keywords, file_sha, drawing) in enumerate(cands):
-        if limit is not None and len(rows) >= limit:
+        if job.full(rows):
             break
-        if log and i and i % 1000 == 0:
-            log(f"openclipart: {i}/{len(cands)} files looked at, {len(rows)} kept, {time.monotonic() - t0:.0f} s")
+        if i and i % 1000 == 0:
+            job.say(f"openclipart: {i}/{len(cands)} files looked at, {len(rows)} kept, {time.monotonic() - t0:.0f} s")
         category = rel.split("/", 1)[0]
         if category in SKIP_CATEGORIES:
             report["openclipart: special/ category (gradients, patterns)"] += 1
@@ -278,26 +284,14 @@ def build(
         if not title:
             report["openclipart: no usable title"] += 1
             continue
-        dest = out_dir / "images" / "openclipart" / (rel[:-4] + ".png")
-        failed = dest.with_name(dest.name + f".failed-{size}")
-        hit = cached_png(dest, size)
-        if hit is None:
-            # a marker remembers failures so a re-run does not wait on the same timeouts again
-            img = None if failed.exists() else rasterise(path, size)
-            if img is None:
-                report["openclipart: rsvg-convert failed or timed out"] += 1
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                failed.touch()
-                continue
-            if is_blank(img):
-                report["openclipart: renders blank"] += 1
-                continue
-            sha = save_png(img, dest)
-        else:
-            sha = hit[1]
+        dest = job.image_file("openclipart", rel[:-4] + ".png")
+        failed = dest.with_name(dest.name + f".failed-{job.size}")
+        sha = job.png(dest, _render_once, path, job.size, failed, report)
+        if sha is None:
+            continue
         rows.append(
             {
-                "image": dest.relative_to(out_dir).as_posix(),
+                "image": job.relative(dest),
                 "captions": captions_for(title, clean_keywords(raw_keywords, title)),
                 "label": category,
                 "source": "openclipart",

@@ -9,12 +9,11 @@ ZWJ sequences, flags or keycaps, and skin-tone variants would add a colour-swatc
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .common import LICENCES, SourceMissing, cached_png, crop_to_content, pad_square, save_png
+from .common import LICENCES, BuildJob, crop_to_content, font_file, pad_square
 from .emoji import MARGIN, base_codepoints, captions, concepts, file_stem, group_id, has_skin_tone
 
 FONT = Path("/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf")
@@ -47,51 +46,32 @@ class SymbolaRenderer:
         return pad_square(glyph, size, margin=MARGIN)
 
 
-def build(
-    out_dir: Path,
-    *,
-    limit: int | None = None,
-    size: int = 224,
-    root: Path = FONT,
-    report: Counter | None = None,
-    log=None,
-) -> list[dict]:
-    """Render the emoji concepts with Symbola into ``out_dir/images/symbola/``; return rows.
+def build(job: BuildJob, *, root: Path = FONT) -> list[dict]:
+    """Render the emoji concepts with Symbola into ``<out>/images/symbola/``; return rows.
 
     ``root`` is the font file (or its folder). Captions are the emoji names plus
     "a black and white drawing of ...". Raises SourceMissing when the font is absent.
     """
-    font = Path(root)
-    if font.is_dir():
-        font = font / FONT.name
-    if not font.is_file():
-        raise SourceMissing(f"Symbola font not found at {font} — install it with: {APT}")
-    report = report if report is not None else Counter()
-    renderer = SymbolaRenderer(font)
+    renderer = SymbolaRenderer(font_file(root, FONT, "Symbola", APT))
     rows: list[dict] = []
     for text, data in concepts():
-        if limit is not None and len(rows) >= limit:
+        if job.full(rows):
             break
         cps = base_codepoints(text)
         if has_skin_tone(text):
             continue  # the base emoji stands for its variants here (not a drop: never a candidate)
         if len(cps) != 1:
-            report["symbola: sequence (ZWJ, flag, keycap) with no single glyph"] += 1
+            job.report["symbola: sequence (ZWJ, flag, keycap) with no single glyph"] += 1
             continue
         ch = chr(cps[0])
-        dest = out_dir / "images" / "symbola" / f"{file_stem(ch)}.png"
-        hit = cached_png(dest, size)
-        if hit is None:
-            img = renderer.render(ch, size)
-            if img is None:
-                report["symbola: glyph missing (empty or .notdef)"] += 1
-                continue
-            sha = save_png(img, dest)
-        else:
-            sha = hit[1]
+        dest = job.image_file("symbola", f"{file_stem(ch)}.png")
+        sha = job.png(dest, renderer.render, ch, job.size)
+        if sha is None:
+            job.report["symbola: glyph missing (empty or .notdef)"] += 1
+            continue
         rows.append(
             {
-                "image": dest.relative_to(out_dir).as_posix(),
+                "image": job.relative(dest),
                 "captions": captions(text, data, style="a black and white drawing of"),
                 "label": None,
                 "source": "symbola",

@@ -9,22 +9,11 @@ captions make them the best held-out test of how queries generalise, so every ro
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from PIL import Image
 
-from .common import (
-    LICENCES,
-    SourceMissing,
-    cached_png,
-    cap_length,
-    crop_to_content,
-    is_blank,
-    on_white,
-    pad_square,
-    save_png,
-)
+from .common import LICENCES, BuildJob, SourceMissing, cap_length, crop_to_content, is_blank, on_white, pad_square
 from .openclipart import rasterise
 
 ROOT = Path("/usr/share/tuxpaint/stamps")
@@ -72,16 +61,14 @@ def _load(pic: Path, size: int) -> Image.Image | None:
     return None if content is None else pad_square(content, size, margin=MARGIN)
 
 
-def build(
-    out_dir: Path,
-    *,
-    limit: int | None = None,
-    size: int = 224,
-    root: Path = ROOT,
-    report: Counter | None = None,
-    log=None,
-) -> list[dict]:
-    """Render Tux Paint stamps into ``out_dir/images/tuxpaint/`` and return rows (split "heldout").
+def _stamp(pic: Path, size: int) -> Image.Image | None:
+    """The stamp framed in a white ``size`` square; None when it is unreadable or blank."""
+    img = _load(pic, size)
+    return None if img is None or is_blank(img) else img
+
+
+def build(job: BuildJob, *, root: Path = ROOT) -> list[dict]:
+    """Render Tux Paint stamps into ``<out>/images/tuxpaint/`` and return rows (split "heldout").
 
     The caption is the English sentence only (file names like "asl_zzz_9" would add noise
     to the one source whose captions read like real queries). ``label`` is the top-level
@@ -90,29 +77,23 @@ def build(
     root = Path(root)
     if not root.is_dir() or next(root.rglob("*.txt"), None) is None:
         raise SourceMissing(f"Tux Paint stamps not found under {root} — install them with: {APT}")
-    report = report if report is not None else Counter()
     rows: list[dict] = []
     for pic, txt in stamp_files(root):
-        if limit is not None and len(rows) >= limit:
+        if job.full(rows):
             break
         caption = first_line(txt)
         if not caption:
-            report["tuxpaint: no English description (.txt) beside the stamp"] += 1
+            job.report["tuxpaint: no English description (.txt) beside the stamp"] += 1
             continue
         rel = pic.relative_to(root)
-        dest = out_dir / "images" / "tuxpaint" / rel.with_suffix(".png")
-        hit = cached_png(dest, size)
-        if hit is None:
-            img = _load(pic, size)
-            if img is None or is_blank(img):
-                report["tuxpaint: picture unreadable or blank"] += 1
-                continue
-            sha = save_png(img, dest)
-        else:
-            sha = hit[1]
+        dest = job.image_file("tuxpaint", rel.with_suffix(".png"))
+        sha = job.png(dest, _stamp, pic, job.size)
+        if sha is None:
+            job.report["tuxpaint: picture unreadable or blank"] += 1
+            continue
         rows.append(
             {
-                "image": dest.relative_to(out_dir).as_posix(),
+                "image": job.relative(dest),
                 "captions": [caption],
                 "label": rel.parts[0],
                 "source": "tuxpaint",

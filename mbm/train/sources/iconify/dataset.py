@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mbm.atomic import write_text
 
-from ..common import SourceMissing
+from ..common import BuildJob, SourceMissing
 from .choose import select_icons
 from .package import EMOJILIB_HOW, HOW_TO_GET, PACKAGE, IconifyPackage, load_emojilib
 from .policy import EMOJI_SETS, PICTOGRAM_SETS, needs_attribution
@@ -66,13 +66,9 @@ def write_attribution(out_dir: Path, rows: list[dict], sets_info: dict) -> Path:
 
 
 def build(
-    out_dir: Path,
+    job: BuildJob,
     *,
-    limit: int | None = None,
-    size: int = 224,
     root: Path | None = None,
-    report: Counter | None = None,
-    log=None,
     emojilib: Path | None = None,
     set_cap: int | None = DEFAULT_SET_CAP,
     total_cap: int | None = DEFAULT_TOTAL_CAP,
@@ -82,15 +78,15 @@ def build(
     pictogram_sets: Iterable[str] = PICTOGRAM_SETS,
     info: dict | None = None,
 ) -> list[dict]:
-    """Render the chosen Iconify sets into ``out_dir/images/iconify/<prefix>/`` and return rows.
+    """Render the chosen Iconify sets into ``<out>/images/iconify/<prefix>/`` and return rows.
 
     ``root``: the npm package (.tgz or unpacked folder); SourceMissing when absent.
-    ``limit`` caps rows in all (overrides ``total_cap`` when smaller) and spreads them over
+    ``job.limit`` caps rows in all (overrides ``total_cap`` when smaller) and spreads them over
     the sets (a quick run sees every style). ``info`` (a dict)
     receives per-set metadata, package version and renderer version for the stats sidecar.
-    Also writes ``out_dir/ATTRIBUTION.md``.
+    Also writes ``<out>/ATTRIBUTION.md``.
     """
-    log = log or (lambda m: None)
+    out_dir, size, limit, report, log = job.out_dir, job.size, job.limit, job.report, job.say
     if root is None:
         raise SourceMissing(f"the Iconify icon sets are not installed (npm, not Debian) — {HOW_TO_GET}")
     root = Path(root)
@@ -102,7 +98,6 @@ def build(
         raise SourceMissing(
             "resvg-py (renders the Iconify SVGs) is not installed — run: pip install 'mbm[train]'"
         ) from None
-    report = report if report is not None else Counter()
     pkg = IconifyPackage(root)
     lib = load_emojilib(emojilib)
     if emojilib is None:
@@ -132,7 +127,7 @@ def build(
         report["iconify: emoji over the overall cap (not an error)"] += len(icons) - cap
         icons = icons[:cap]
     log(f"iconify: {len(icons)} icons chosen in {time.monotonic() - t0:.0f} s")
-    rendered = render_all(icons, Path(out_dir), size, workers=workers, timeout=timeout, report=report, log=log)
+    rendered = render_all(icons, out_dir, size, workers=workers, timeout=timeout, report=report, log=log)
     rows = []
     for icon, png, sha in sorted(rendered, key=lambda x: (x[0].prefix, x[0].name)):
         row = {
@@ -152,7 +147,7 @@ def build(
         rows.append(row)
     per = Counter(r["style"] for r in rows)
     log("iconify: rows per set: " + ", ".join(f"{p} {n}" for p, n in sorted(per.items())))
-    write_attribution(Path(out_dir), rows, sets_info)
+    write_attribution(out_dir, rows, sets_info)
     if info is not None:
         info.update(
             {
