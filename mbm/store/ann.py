@@ -118,6 +118,11 @@ def family(factory: str) -> str:
     return "Flat" if factory == "Flat" else "other"
 
 
+def faiss_reason(e: RuntimeError) -> str:
+    """The line of a FAISS error that says what went wrong (its C++ trace is no use to a user)."""
+    return str(e).strip().splitlines()[-1][:160]
+
+
 def check_factory(factory: str, dim: int) -> str:
     """A forced ``--index-type`` that FAISS can build for ``dim`` dimensions; UsageError naming it otherwise."""
     factory = factory.strip()
@@ -128,9 +133,9 @@ def check_factory(factory: str, dim: int) -> str:
     try:
         faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1][:160]
         raise UsageError(
-            f"--index-type {factory!r} is not a FAISS factory string for {dim}-dimensional vectors ({reason}) — "
+            f"--index-type {factory!r} is not a FAISS factory string for {dim}-dimensional vectors "
+            f"({faiss_reason(e)}) — "
             'try "Flat", "HNSW32", "IVF1024,PQ64" or "auto"'
         ) from None
     return factory

@@ -97,9 +97,8 @@ class VectorIndex:
         try:
             trained = ann.train(index, x, use_gpu=gpu_count() > 0) > 0
         except RuntimeError as e:
-            reason = str(e).strip().splitlines()[-1][:160]
             raise UsageError(
-                f"index type {plan.factory!r} cannot be trained on {len(ids):,} vectors ({reason}) — "
+                f"index type {plan.factory!r} cannot be trained on {len(ids):,} vectors ({ann.faiss_reason(e)}) — "
                 "choose a smaller one with --index-type, or --index-type auto"
             ) from None
         origin = Origin(asdict(settings), plan.reason, len(ids), trained, estimated_bytes=plan.estimated_bytes)
