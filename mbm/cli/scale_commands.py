@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mbm.cli import output
-from mbm.cli.options import IndexTypeOpt, MaxMemoryOpt
+from mbm.cli.options import IndexTypeOpt, MaxMemoryOpt, StoreOpt
 from mbm.config import DEFAULT_COLLECTION
 
 
@@ -27,15 +27,7 @@ def import_embeddings(
     collection: Annotated[str, typer.Option("--collection", "-c", help="Collection to import into.")] = (
         DEFAULT_COLLECTION
     ),
-    store: Annotated[
-        Path | None,
-        typer.Option(
-            "--store",
-            envvar="MBM_HOME",
-            help="Store folder (default: $MBM_HOME or ~/.local/share/mbm).",
-            show_default=False,
-        ),
-    ] = None,
+    store: StoreOpt = None,
     model: Annotated[
         str | None,
         typer.Option(
