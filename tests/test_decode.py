@@ -117,3 +117,18 @@ def test_jpeg_draft_mode_decodes_large_photo_small_but_not_below_target():
     out, facts = decode(_bytes(big, "JPEG", quality=80), 224)
     assert (facts.width, facts.height) == (3000, 2000)
     assert min(out.size) >= 224 and min(out.size) < 2000
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_whole_file_handed_to_the_decoder_gives_pillows_own_pixels(fmt):
+    from mbm.indexer.decode import DECODER_BLOCK
+
+    photo = Image.effect_noise((1200, 800), 60).convert("RGB")  # compresses badly: well over Pillow's 64 KiB blocks
+    data = _bytes(photo, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    assert 64 * 1024 < len(data) < DECODER_BLOCK
+    reference = Image.open(io.BytesIO(data))
+    if fmt == "JPEG":
+        reference.draft("RGB", (336, 224))
+    reference.load()
+    out, _ = decode(data, 224 if fmt == "JPEG" else 800)  # a PNG is not reduced at its own size
+    assert out.size == reference.size and np.array_equal(np.asarray(out), np.asarray(reference.convert("RGB")))

@@ -183,3 +183,76 @@ def test_vanished_between_scan_and_decode(tmp_path, tiny_encoder):
     prepare = make_preparer(tiny_encoder.preprocess, 64, set(), 10**8, StageClock())
     result = prepare(found.files[0])
     assert isinstance(result, Failed) and "vanished" in result.reason
+
+
+def _counted_preparer(held):
+    """A prepare function that counts the files it started; files after the first batch (4) wait for ``held``."""
+    import threading
+
+    from mbm.indexer.decode import ImageFacts
+    from mbm.indexer.embed import Decoded
+
+    lock, started = threading.Lock(), [0]
+
+    def prepare(entry):
+        with lock:
+            started[0] += 1
+        if int(os.path.basename(entry.path).split(".")[0]) >= 4:
+            held.wait()
+        return Decoded(entry, entry.path, np.zeros((3, 2, 2), np.float32), ImageFacts(2, 2))
+
+    return prepare, started
+
+
+def _started_while_held(yield_cpu):
+    """How many files had started when the consumer got the first batch, and a while after it let them go on."""
+    import threading
+    import time
+
+    from mbm.indexer.embed import prepared_batches
+    from mbm.indexer.scan import FileEntry
+
+    entries = [FileEntry(f"/photos/{i}.jpg", 1, 0) for i in range(32)]
+    held = threading.Event()
+    prepare, started = _counted_preparer(held)
+    batches = prepared_batches(entries, prepare, 4, 2, yield_cpu=yield_cpu)
+    first = next(batches)
+    at_first = started[0]  # files 0-3 done, 4 (and 5, unless its thread was still returning 3) waiting in prepare
+    held.set()
+    for _ in range(200):  # up to 2 s for the two threads to start more files, if they may
+        if started[0] > at_first:
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
+    while_held = started[0]
+    rest = [r for b in batches for r in b]
+    assert [r.entry.path for r in [*first, *rest]] == [e.path for e in entries]
+    return at_first, while_held
+
+
+def test_decoding_takes_turns_with_a_cpu_model_and_runs_beside_a_gpu_one():
+    import threading
+
+    from mbm.indexer.embed import prepared_batches
+    from mbm.indexer.scan import FileEntry
+
+    # a CPU model computes on the decoders' cores: no file starts while the consumer holds a batch
+    # (files 4 and 5 are the two threads' last before the pause: started by then, or a moment later)
+    at_first, while_held = _started_while_held(yield_cpu=True)
+    assert at_first in (5, 6) and while_held <= 6
+    # a GPU model does not: decoding goes on meanwhile
+    at_first, while_held = _started_while_held(yield_cpu=False)
+    assert at_first in (5, 6) and while_held > 6
+    # a consumer that stops while decoding is paused leaves no decoding thread waiting
+    held = threading.Event()
+    held.set()
+    prepare, _ = _counted_preparer(held)
+    stopped = threading.Event()
+
+    def stop_early():
+        for _ in prepared_batches([FileEntry(f"/p/{i}.jpg", 1, 0) for i in range(32)], prepare, 4, 2, yield_cpu=True):
+            break
+        stopped.set()
+
+    threading.Thread(target=stop_early, daemon=True).start()
+    assert stopped.wait(30)

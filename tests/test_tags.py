@@ -230,3 +230,57 @@ def test_batched_vectors_and_http_text_queries_carry_tags(tmp_path, eng, tagging
         hits = client.post("/search", json={"text": "anything", "k": 6}).json()["hits"]  # the micro-batched path
     by_name = {os.path.basename(h["path"]): h["tags"] for h in hits}
     assert by_name["img0002.png"] and by_name["img0002.png"][0]["tag"] == "beta"
+
+
+class _CountingTexts:
+    """An encoder's text side that counts how often it is asked to encode (the cache should spare it)."""
+
+    def __init__(self, encoder, fingerprint=None):
+        self.encoder, self.calls = encoder, 0
+        self.fingerprint, self.dim = fingerprint or encoder.fingerprint, encoder.dim
+
+    def encode_texts(self, texts):
+        self.calls += 1
+        return self.encoder.encode_texts(texts)
+
+
+def test_zero_shot_label_embeddings_are_cached_per_model_and_vocabulary(tmp_path, monkeypatch, tiny_encoder):
+    from mbm.indexer.label_embeddings import cache_file, label_embeddings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    prompts = ["a photo of a dog", "a photo of a cat"]
+    counting = _CountingTexts(tiny_encoder)
+    first = label_embeddings(counting, prompts)
+    again = label_embeddings(counting, prompts)
+    assert counting.calls == 1 and again.dtype == np.float32 and np.array_equal(first, again)
+    np.testing.assert_allclose(first, tiny_encoder.encode_texts(prompts), atol=1e-6)
+    label_embeddings(counting, prompts[:1])  # another vocabulary
+    other = _CountingTexts(tiny_encoder, fingerprint="file:0123456789abcdef")  # other weights
+    label_embeddings(other, prompts)
+    assert counting.calls == 2 and other.calls == 1
+    path = cache_file(tiny_encoder.fingerprint, prompts)
+    path.write_bytes(b"not an array")  # damaged: computed again and rewritten
+    assert np.array_equal(label_embeddings(counting, prompts), first) and counting.calls == 3
+    np.save(path, first[:1])  # another shape: not used
+    assert np.array_equal(label_embeddings(counting, prompts), first) and counting.calls == 4
+    assert label_embeddings(counting, prompts).shape == (2, tiny_encoder.dim) and counting.calls == 4
+
+
+def test_zero_shot_tags_are_the_same_from_the_label_cache(tmp_path, monkeypatch, engine_factory):
+    from mbm.indexer.label_embeddings import CACHE_DIR
+
+    cache = tmp_path / "cache" / "mbm" / CACHE_DIR
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    make_images(tmp_path / "photos", 4)
+    found = []
+    for name in ("computed", "from-cache", "computed-again"):
+        if name == "computed-again":
+            for path in cache.iterdir():
+                path.unlink()
+        eng = engine_factory(name)
+        eng.index([tmp_path / "photos"])  # the everyday vocabulary
+        assert retag(eng, ["sunny day", "rainy day"]) == 4  # two labels: each item gets one at >= 0.5
+        found.append(_item_tags(eng))
+        assert len(list(cache.glob("*.npy"))) == 2
+    assert found[0] == found[1] == found[2]
+    assert all(found[0].values())

@@ -1,8 +1,16 @@
 """Read, hash, decode and preprocess files in a thread pool, in order, a batch at a time.
 
 Threads, not processes: Pillow releases the GIL while it decodes and resizes, so a
-thread pool overlaps decoding with the model's forward pass without pickling
-tensors between processes or paying worker start-up.
+thread pool decodes on every core without pickling tensors between processes or paying
+worker start-up.
+
+When the model computes on the same cores (a CPU encoder), decoding *takes turns* with it
+(``yield_cpu``): no file is started while the consumer holds a batch. The model's threads
+(torch's OpenMP team, ONNX Runtime's pool) wait for their slowest member at every layer,
+so a decoding thread that takes one of their cores stalls them all; measured on 2 cores
+with ViT-B-32 in bf16, taking turns cut the summed embed time of 300 photos from 12.6 s to
+8.2 s and decode from 14.3 s to 8.7 s (less contention for caches and cores), and the whole
+run by 5%.
 """
 
 from __future__ import annotations
@@ -113,36 +121,81 @@ def stack_pixels(pixels: Sequence[Any]) -> Any:
     return torch.stack([torch.as_tensor(p) for p in pixels])
 
 
+class Turns:
+    """Lets the decoding threads start files only while the consumer is not embedding (``pause``)."""
+
+    def __init__(self) -> None:
+        self._go = threading.Event()
+        self._go.set()
+
+    def wait(self) -> None:
+        self._go.wait()
+
+    def pause(self, paused: bool) -> None:
+        if paused:
+            self._go.clear()
+        else:
+            self._go.set()
+
+
 def prepared_batches(
     entries: Iterable[FileEntry],
     prepare: Callable[[FileEntry], Prepared],
     batch_size: int,
     workers: int,
     prefetch: int = 3,
+    *,
+    yield_cpu: bool = False,
 ) -> Iterator[list[Prepared]]:
-    """Yield lists of results, in input order, each holding at most ``batch_size`` decoded images."""
+    """Yield lists of results, in input order, each holding at most ``batch_size`` decoded images.
+
+    ``yield_cpu``: start no file while the consumer holds a batch (it embeds on the same cores)."""
     window = max(batch_size * prefetch, workers * 2)
     pending: collections.deque[Future[Prepared]] = collections.deque()
     batch: list[Prepared] = []
     decoded = 0
+    turns = Turns()
+
+    def take_turn(entry: FileEntry) -> Prepared:
+        turns.wait()
+        return prepare(entry)
+
+    hold = turns if yield_cpu else None
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mbm-decode") as pool:
         it = iter(entries)
         try:
             for entry in it:
-                pending.append(pool.submit(prepare, entry))
+                pending.append(pool.submit(take_turn, entry))
                 while len(pending) >= window:
-                    batch, decoded = yield from _drain_one(pending, batch, decoded, batch_size)
+                    batch, decoded = yield from _drain_one(pending, batch, decoded, batch_size, hold)
             while pending:
-                batch, decoded = yield from _drain_one(pending, batch, decoded, batch_size)
+                batch, decoded = yield from _drain_one(pending, batch, decoded, batch_size, hold)
             if batch:
-                yield batch
+                yield from _hand_over(batch, hold)
         finally:
             for fut in pending:  # an interrupted run must not wait for queued work
                 fut.cancel()
+            turns.pause(False)  # before the pool waits for its threads: none may stay paused
+
+
+def _hand_over(batch: list[Prepared], hold: Turns | None) -> Generator[list[Prepared], None, None]:
+    """Yield ``batch``, with decoding paused while the consumer has it when ``hold`` is given."""
+    if hold is None:
+        yield batch
+        return
+    hold.pause(True)
+    try:
+        yield batch
+    finally:
+        hold.pause(False)
 
 
 def _drain_one(
-    pending: collections.deque[Future[Prepared]], batch: list[Prepared], decoded: int, batch_size: int
+    pending: collections.deque[Future[Prepared]],
+    batch: list[Prepared],
+    decoded: int,
+    batch_size: int,
+    hold: Turns | None,
 ) -> Generator[list[Prepared], None, tuple[list[Prepared], int]]:
     result = pending.popleft().result()
     batch.append(result)
@@ -150,6 +203,6 @@ def _drain_one(
         decoded += 1
     # Yield full batches; also flush long runs of reused/failed files so progress keeps moving.
     if decoded >= batch_size or len(batch) >= batch_size * 8:
-        yield batch
+        yield from _hand_over(batch, hold)
         return [], 0
     return batch, decoded

@@ -212,7 +212,14 @@ class Indexer:
         failed: list[str] = []
         done = 0
         self.progress(0, len(todo))
-        for batch in prepared_batches(todo, prepare, self.batch_size, self.workers):
+        batches = prepared_batches(
+            todo,
+            prepare,
+            self.batch_size,
+            self.workers,
+            yield_cpu=encoder.device == "cpu",  # the model's threads and the decoders share these cores
+        )
+        for batch in batches:
             rows, blobs, tokens = self._image_rows(batch, gone_hashes, report, clock)
             for r in batch:
                 if isinstance(r, Failed):

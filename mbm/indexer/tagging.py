@@ -6,9 +6,10 @@ Where the tags come from, first match wins:
 3. the model's classification head (``encoder.heads["classifier"]``): its own labels;
 4. zero-shot over :data:`EVERYDAY_TAGS`, for models without labels of their own.
 
-Zero-shot: each label becomes "a photo of a {label}", encoded by the collection's text tower;
-an item's confidences are ``softmax(logit_scale * cosine(image, label))`` over the vocabulary.
-A classifier's confidences are its softmax. An item keeps at most :data:`MAX_TAGS` tags with a
+Zero-shot: each label becomes "a photo of a {label}", encoded by the collection's text tower
+once per model and vocabulary on a machine (``mbm.indexer.label_embeddings`` caches it); an
+item's confidences are ``softmax(logit_scale * cosine(image, label))`` over the vocabulary. A
+classifier's confidences are its softmax. An item keeps at most :data:`MAX_TAGS` tags with a
 confidence of at least :data:`MIN_CONFIDENCE`.
 
 Incremental like indexing: only items not tagged under the current vocabulary key (the
@@ -31,6 +32,7 @@ import numpy as np
 
 from mbm.errors import UsageError
 from mbm.indexer.embed import StageClock
+from mbm.indexer.label_embeddings import label_embeddings
 from mbm.store.catalog import Catalog, read_snapshot
 from mbm.store.tags import LABELS_KEY, VOCABULARY_KEY, Tagged, hashes_of, set_tags, untagged
 
@@ -110,7 +112,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def zero_shot(encoder: Any, labels: Sequence[str], source: str) -> Vocabulary:
-    text = np.asarray(encoder.encode_texts([PROMPT.format(x) for x in labels]), np.float32)
+    text = label_embeddings(encoder, [PROMPT.format(x) for x in labels])  # cached per model: no text tower to load
     scale = getattr(encoder, "logit_scale", None)  # recorded with a fast-started model: reading loads nothing
     logit_scale = min(float(scale), 100.0) if scale is not None else 100.0
     return Vocabulary(source, tuple(labels), lambda emb, ids: softmax(logit_scale * (emb @ text.T)))
