@@ -240,3 +240,26 @@ def test_the_query_encoder_is_exported_once_and_copied_into_each_collection(tmp_
     copies = [tmp_path / n / "collections" / "default" / QUERY_ENCODER_DIR / "model.onnx.data" for n in "ab"]
     assert cached.is_file() and all(c.stat().st_ino == cached.stat().st_ino for c in copies)
     assert hits[0] == hits[1] and len(hits[0]) == 4
+
+
+def test_the_text_engine_is_known_without_loading_it_and_keys_the_tag_vocabulary(tmp_path, cache, vit_checkpoint):
+    pytest.importorskip("onnxruntime")
+    from mbm import Engine, load_model
+    from mbm.indexer.label_embeddings import cache_file, label_embeddings
+
+    full = load_model(str(vit_checkpoint), device="cpu", precision="fp32")  # leaves the start record
+    assert full.text_engine == "torch-fp32"
+    fast = load_model(str(vit_checkpoint), device="cpu", precision="fp32")
+    assert fast.text_engine == "torch-fp32" and not fast.loaded  # its text tower is not exported yet
+    make_images(tmp_path / "pics", 2)
+    with Engine.open(tmp_path / "store", model=str(vit_checkpoint), encoder=full) as eng:
+        eng.index([tmp_path / "pics"])  # exports the query encoder into the machine's cache
+    fast = load_model(str(vit_checkpoint), device="cpu", precision="fp32")
+    assert fast.text_engine == "onnx" and not fast.loaded
+    prompts = ["a photo of a dog", "a photo of a cat"]
+    got = label_embeddings(fast, prompts)  # exactly what the ONNX tower gives, cached apart from torch's
+    assert np.array_equal(got, fast.encode_texts(prompts)) and not fast.loaded
+    assert cache_file(fast.fingerprint, prompts, "onnx").is_file()
+    assert not cache_file(fast.fingerprint, prompts, "torch-fp32").is_file()
+    assert np.array_equal(label_embeddings(full, prompts), full.encode_texts(prompts))
+    assert cache_file(fast.fingerprint, prompts, "torch-fp32").is_file()

@@ -235,9 +235,10 @@ def test_batched_vectors_and_http_text_queries_carry_tags(tmp_path, eng, tagging
 class _CountingTexts:
     """An encoder's text side that counts how often it is asked to encode (the cache should spare it)."""
 
-    def __init__(self, encoder, fingerprint=None):
+    def __init__(self, encoder, fingerprint=None, text_engine=None):
         self.encoder, self.calls = encoder, 0
         self.fingerprint, self.dim = fingerprint or encoder.fingerprint, encoder.dim
+        self.text_engine = text_engine or encoder.text_engine
 
     def encode_texts(self, texts):
         self.calls += 1
@@ -257,8 +258,10 @@ def test_zero_shot_label_embeddings_are_cached_per_model_and_vocabulary(tmp_path
     label_embeddings(counting, prompts[:1])  # another vocabulary
     other = _CountingTexts(tiny_encoder, fingerprint="file:0123456789abcdef")  # other weights
     label_embeddings(other, prompts)
-    assert counting.calls == 2 and other.calls == 1
-    path = cache_file(tiny_encoder.fingerprint, prompts)
+    onnx = _CountingTexts(tiny_encoder, text_engine="onnx")  # the same weights, another text engine
+    label_embeddings(onnx, prompts)
+    assert counting.calls == 2 and other.calls == 1 and onnx.calls == 1
+    path = cache_file(tiny_encoder.fingerprint, prompts, tiny_encoder.text_engine)
     path.write_bytes(b"not an array")  # damaged: computed again and rewritten
     assert np.array_equal(label_embeddings(counting, prompts), first) and counting.calls == 3
     np.save(path, first[:1])  # another shape: not used

@@ -4,9 +4,12 @@ Zero-shot tagging embeds one prompt per label ("a photo of a dog") with the mode
 For the 150 everyday labels that is 1-7 s of a 2-core CPU (ViT-B-32's text tower), paid by
 every index run that tags anything, although the result only depends on the weights and the
 prompts. So the first computation is kept in ``$XDG_CACHE_HOME/mbm/label-embeddings/`` (default
-``~/.cache/mbm``), one ``.npy`` per (fingerprint, prompts), and later runs read it back: the same
-float32 rows, so the same tags, and the text tower is never loaded to tag. A cache that cannot be
-read or written only costs the computation again.
+``~/.cache/mbm``), one ``.npy`` per (fingerprint, text engine, prompts), and later runs read it
+back: the same float32 rows, so the same tags, and the text tower is never loaded to tag. The text
+engine is part of the key because a fast-started encoder encodes texts with the exported ONNX
+query tower (fp32) and a fully loaded one with torch (bf16 on CPUs with fast bf16), whose vectors
+differ slightly: each run gets exactly what its engine computes. A cache that cannot be read or
+written only costs the computation again.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ FORMAT = 1  # bump when what is cached changes: older files are then never read
 MAX_FILES = 64  # vocabularies kept (the least recently used go first); 150 labels x 512 dims is 300 KB
 
 
-def cache_file(fingerprint: str, prompts: Sequence[str]) -> Path:
-    """Where the embeddings of ``prompts`` under the weights with ``fingerprint`` are cached."""
-    key = json.dumps([FORMAT, fingerprint, list(prompts)], ensure_ascii=False).encode()
+def cache_file(fingerprint: str, prompts: Sequence[str], engine: str = "") -> Path:
+    """Where the embeddings of ``prompts`` under the weights with ``fingerprint``, computed by the text
+    ``engine`` (``Encoder.text_engine``), are cached."""
+    key = json.dumps([FORMAT, fingerprint, engine, list(prompts)], ensure_ascii=False).encode()
     digest = hashlib.sha256(key).hexdigest()[:20]
     return cache_path().parent / CACHE_DIR / f"{fingerprint.replace(':', '-')}-{digest}.npy"
 
@@ -42,7 +46,8 @@ def cache_file(fingerprint: str, prompts: Sequence[str]) -> Path:
 def label_embeddings(encoder: Any, prompts: Sequence[str]) -> np.ndarray:
     """``encoder.encode_texts(prompts)`` as float32 ``(len(prompts), dim)``, read from the cache when computed before."""
     fingerprint = getattr(encoder, "fingerprint", None)
-    path = cache_file(fingerprint, prompts) if isinstance(fingerprint, str) and fingerprint else None
+    engine = str(getattr(encoder, "text_engine", ""))  # ONNX fp32 and torch bf16 differ in the 3rd digit: kept apart
+    path = cache_file(fingerprint, prompts, engine) if isinstance(fingerprint, str) and fingerprint else None
     cached = _read(path, len(prompts), int(encoder.dim)) if path is not None else None
     if cached is not None:
         return cached

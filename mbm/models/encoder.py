@@ -99,6 +99,7 @@ class _FastStart:
     full: Callable[[], Parts]
     heads: Callable[[], dict[str, Any]]
     text: Callable[[], Any] | None
+    text_cached: Callable[[], bool] | None = None  # whether ``text`` has an export to load (without loading it)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -152,13 +153,14 @@ class Encoder:
         heads: Callable[[], dict[str, Any]],
         fusion_cfg: FusionConfig | None,
         text: Callable[[], Any] | None = None,
+        text_cached: Callable[[], bool] | None = None,
     ) -> Encoder:
         """A fast-started encoder (``mbm.models.light``): ``engine`` yields the image side, ``full`` the rest."""
         enc = cls(spec, None, None, None, device, precision, fingerprint, dim, image_size, description)
         enc.pixels, enc.fusion_cfg = pixels, fusion_cfg
         for name in _LAZY:  # looked up through __getattr__ from now on
             delattr(enc, name)
-        enc._fast = _FastStart(engine, full, heads, text)
+        enc._fast = _FastStart(engine, full, heads, text, text_cached)
         return enc
 
     # -- the parts, loaded when asked for ------------------------------------------------------------
@@ -291,6 +293,16 @@ class Encoder:
         return self.encode_image_tensors(torch.stack([self.preprocess(im) for im in images]))
 
     # -- texts ----------------------------------------------------------------------------------
+    @property
+    def text_engine(self) -> str:
+        """What ``encode_texts`` runs on, told without loading it: "onnx" (a fast start's exported query tower)
+        or "torch-<precision>". The two give vectors equal only within their precision."""
+        fast = self._fast
+        if fast is not None and fast.text is not None and fast.text_cached is not None and not self.loaded:
+            if fast.text_cached():
+                return "onnx"
+        return f"torch-{self.precision}"
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         fast = self._fast
         if fast is not None and fast.text is not None and not self.loaded:  # the model's cached query tower, no torch

@@ -182,6 +182,7 @@ def start(spec: str, device: str, precision: str, full: Callable[[], Parts]) -> 
             heads=heads,
             fusion_cfg=fusion_cfg,
             text=lambda: _text_tower(record["fingerprint"]),
+            text_cached=lambda: _text_tower_cached(record["fingerprint"]),
         )
         enc.load_seconds = timings  # filled in by the background load
         enc.logit_scale_value = record.get("logit_scale")
@@ -228,3 +229,9 @@ def _text_tower(fingerprint: str) -> Any:
     from mbm.models.query_encoder import cached_query_encoder
 
     return cached_query_encoder(fingerprint)
+
+
+def _text_tower_cached(fingerprint: str) -> bool:
+    from mbm.models.query_encoder import has_cached_query_encoder
+
+    return has_cached_query_encoder(fingerprint)

@@ -60,6 +60,12 @@ def cached_query_encoder(fingerprint: str) -> Any:
     return load_query_encoder(cached_export_dir(fingerprint), fingerprint)
 
 
+def has_cached_query_encoder(fingerprint: str) -> bool:
+    """Whether ``cached_query_encoder`` has an export of these weights to load (found without loading it)."""
+    source = _source(cached_export_dir(fingerprint))
+    return source.get("fingerprint") == fingerprint and bool(source.get("supported"))
+
+
 def _export_into(encoder: Any, folder: Path, fingerprint: str) -> bool:
     """Export ``encoder``'s text tower into ``folder`` (atomically), recording ``fingerprint``; True when supported."""
     from mbm.models.text_onnx import UnsupportedTextTower, export_text_onnx
