@@ -2,6 +2,7 @@
 
     python3.12 -m venv /tmp/rclip-venv && /tmp/rclip-venv/bin/pip install rclip==4.0.8
     python benchmarks/vs_rclip.py --rclip-venv /tmp/rclip-venv --photos 300
+    python benchmarks/vs_rclip.py --rclip-venv /tmp/rclip-venv --photos 3000 --reps 1 --name vs_rclip_3000
 
 Stands on its own. It writes ViT-B-32-256 with random weights (``torch.manual_seed(0)``) twice: as
 an open_clip local-dir checkpoint for mbm, and in rclip's data-dir layout (``visual.onnx`` /
@@ -9,12 +10,13 @@ an open_clip local-dir checkpoint for mbm, and in rclip's data-dir layout (``vis
 multi-head-attention fast path off, input "input", output "output", dynamic batch; plus its BPE
 vocabulary and placeholder licence files, so rclip never tries to download). The photos are
 photo-like 3000x2000 JPEGs (q90): a random 12x18 colour field upscaled bicubically plus mild noise
-(seed 0). Every timed run is a new process indexing into an empty database / collection, timed from
-spawn to exit, with the photos and weights already in the page cache; rclip and mbm alternate.
-mbm's first run on the machine (empty mbm cache: its one-time exports) is reported apart; rclip's
-one-time step, the ONNX export, is done before timing too. Also times a cold text search of each.
+(photo i from seed (0, i), so the 3,000-photo folder starts with the 300). Every timed run is a new
+process indexing into an empty database / collection, timed from spawn to exit, with the photos and
+weights already in the page cache; rclip and mbm alternate. mbm's first run on the machine (empty mbm
+cache: its one-time exports) is reported apart; rclip's one-time step, the ONNX export, is done
+before timing too. Also times a cold text search of each.
 
-Target: mbm's whole-process rate >= 2x rclip's at 300 photos.
+Target: mbm's whole-process rate >= 2x rclip's at 300 photos (the issue also asks for 3,000).
 """
 
 from __future__ import annotations
@@ -37,20 +39,27 @@ QUERY = "red car"
 
 
 def make_photos(folder: Path, n: int) -> None:
-    """``n`` photo-like 3000x2000 JPEGs (q90), the same for every run (seed 0)."""
+    """``n`` photo-like 3000x2000 JPEGs (q90), the same for every run: photo ``i`` is drawn from seed ``(0, i)``,
+    so a folder that already holds some is completed without redrawing them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = folder / f"img_{i:05d}.jpg"
+        if not path.exists():
+            make_photo(path, i)
+
+
+def make_photo(path: Path, i: int) -> None:
+    """Photo ``i``: a random 12x18 colour field upscaled bicubically plus N(0, 4) noise, written atomically."""
     import numpy as np
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        small = Image.fromarray(rng.integers(0, 256, (12, 18, 3), dtype=np.uint8))
-        noise = rng.normal(0, 4, (2000, 3000, 3)).astype(np.float32)
-        path = folder / f"img_{i:05d}.jpg"
-        if path.exists():
-            continue
-        big = np.asarray(small.resize((3000, 2000), Image.BICUBIC)).astype(np.float32)
-        Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8)).save(path, quality=90)
+    rng = np.random.default_rng([0, i])
+    small = Image.fromarray(rng.integers(0, 256, (12, 18, 3), dtype=np.uint8))
+    pixels = np.asarray(small.resize((3000, 2000), Image.BICUBIC), np.float32)
+    pixels += 4 * rng.standard_normal(pixels.shape, dtype=np.float32)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)).save(tmp, "JPEG", quality=90)
+    tmp.rename(path)
 
 
 def export_weights(work: Path) -> tuple[Path, Path]:
