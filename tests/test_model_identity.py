@@ -231,7 +231,7 @@ def test_pickled_weights_are_refused_without_running_them(tmp_path, monkeypatch)
 
 def test_loading_changes_nothing_global_in_the_host(tmp_path):
     script = textwrap.dedent("""
-        import logging, os, sys
+        import gc, logging, os, sys
         import torch
         import huggingface_hub.constants as hub
         import mbm
@@ -239,13 +239,15 @@ def test_loading_changes_nothing_global_in_the_host(tmp_path):
 
         root = logging.getLogger()
         torch.manual_seed(1234)
+        gc.set_threshold(1500, 7, 9)  # the host's own collector settings (mbm raises the first while it imports)
         before = (dict(os.environ), torch.random.get_rng_state().clone(), root.level, list(root.handlers),
-                  list(root.filters), hub.HF_HUB_OFFLINE)
+                  list(root.filters), hub.HF_HUB_OFFLINE, gc.get_threshold(), gc.isenabled(), gc.get_freeze_count())
         for spec in sys.argv[1:]:
             load_model(spec, device="cpu", precision="fp32")
             after = (dict(os.environ), torch.random.get_rng_state(), root.level, list(root.handlers),
-                     list(root.filters), hub.HF_HUB_OFFLINE)
-            names = ("environ", "rng", "root level", "root handlers", "root filters", "HF_HUB_OFFLINE")
+                     list(root.filters), hub.HF_HUB_OFFLINE, gc.get_threshold(), gc.isenabled(), gc.get_freeze_count())
+            names = ("environ", "rng", "root level", "root handlers", "root filters", "HF_HUB_OFFLINE", "gc threshold",
+                     "gc enabled", "gc frozen")
             for name, b, a in zip(names, before, after):
                 same = torch.equal(b, a) if name == "rng" else b == a
                 if name == "environ":  # name the variables, not the whole environment
@@ -264,7 +266,7 @@ def test_loading_changes_nothing_global_in_the_host(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
-    assert len(lines) == 12 and all(line.endswith(" same") for line in lines), out.stdout
+    assert len(lines) == 18 and all(line.endswith(" same") for line in lines), out.stdout
 
 
 # -- the store folder ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from mbm.errors import UsageError
 from mbm.models import light
 from mbm.models.encoder import Encoder, Parts, no_fusion_head
 from mbm.models.fingerprint import legacy_fingerprint
-from mbm.models.loading import rng_kept
+from mbm.models.loading import fewer_collections, rng_kept
 from mbm.models.specs import (
     BUNDLED_DIR,
     CONFIG_DIR,
@@ -160,12 +160,13 @@ def _full_parts(spec: str, device: str, precision: str) -> Parts:
 
 
 def _load_full(spec: str, device: str, precision: str, started: float, *, record: bool = True) -> Encoder:
-    import torch
+    with fewer_collections():
+        import torch
 
-    from mbm.models.create import build
-    from mbm.models.image_towers import is_conv_tower
+        from mbm.models.create import build
+        from mbm.models.image_towers import is_conv_tower
 
-    open_clip = import_open_clip()
+        open_clip = import_open_clip()
     imported = time.perf_counter()
     with rng_kept():  # building a model draws random init weights: the host's RNG state is not ours
         built = build(open_clip, spec)

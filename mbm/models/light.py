@@ -39,6 +39,7 @@ from mbm.models.checkpoints import CONFIG_FILE, WEIGHTS_FILE, checkpoint_files, 
 from mbm.models.encoder import Background, Encoder, Parts
 from mbm.models.fingerprint import cache_path, stat_key
 from mbm.models.fusion_config import FusionConfig
+from mbm.models.loading import fewer_collections
 from mbm.models.preprocess import pixel_transform
 from mbm.models.specs import spec_folder
 
@@ -192,7 +193,8 @@ def start(spec: str, device: str, precision: str, full: Callable[[], Parts]) -> 
 
 def _load_onnx(path: Path, timings: dict[str, float]) -> Any:
     t0 = time.perf_counter()
-    import onnxruntime  # noqa: F401 - its import is most of the start: timed on its own
+    with fewer_collections():
+        import onnxruntime  # noqa: F401 - its import is most of the start: timed on its own
 
     t1 = time.perf_counter()
     from mbm.models.image_engines import OnnxImage
@@ -204,10 +206,11 @@ def _load_onnx(path: Path, timings: dict[str, float]) -> Any:
 
 def _load_vit(folder: Path, precision: str, heads: Callable[[], dict[str, Any]], timings: dict[str, float]) -> Any:
     t0 = time.perf_counter()
-    import torch
+    with fewer_collections():
+        import torch
 
-    from mbm.models import vit
-    from mbm.models.image_engines import TorchImage
+        from mbm.models import vit
+        from mbm.models.image_engines import TorchImage
 
     t1 = time.perf_counter()
     state = vit.read_visual_state(folder / WEIGHTS_FILE)
