@@ -88,3 +88,18 @@ def test_train_fusion_command_errors_name_the_fix(tmp_path):
     result = CliRunner().invoke(app, ["train-fusion", "mbm-tiny", str(tmp_path / "missing.jsonl")])
     assert result.exit_code != 0
     assert "does not exist" in str(result.exception) or "does not exist" in result.output
+
+
+def test_a_new_head_for_a_checkpoint_folder_leaves_its_bases_calibration_behind(manifest, tmp_path):
+    """The base's re-ranking calibration weighs the base's own head: the new folder re-ranks by its own."""
+    import shutil
+
+    from mbm.models.specs import spec_folder
+    from mbm.retrieval import hubness
+
+    base = tmp_path / "base"
+    shutil.copytree(spec_folder("mbm-offline"), base)
+    assert (base / hubness.RERANK_FILE).is_file()
+    _train_tiny_head(str(base), manifest, tmp_path / "out")
+    assert (tmp_path / "out" / "mbm_heads.json").is_file()
+    assert hubness.load(tmp_path / "out") is None

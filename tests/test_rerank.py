@@ -75,3 +75,34 @@ def test_rerank_takes_the_structured_query_as_the_search_does(trained_store):
         structured = eng.search(Query.text("2:a red circle + a blue square"), k=4, rerank=4)
     assert [(h.path, h.match) for h in literal] == [(h.path, h.match) for h in structured]
     assert all(h.match is not None for h in literal)
+
+
+def test_rerank_uses_the_checkpoints_hubness_calibration(trained_store):
+    import numpy as np
+
+    from mbm import Engine
+    from mbm.retrieval import hubness
+    from mbm.retrieval.rerank import rerank_order
+
+    folder = trained_store / "run" / "last"
+    with Engine.open(trained_store / "store") as eng:
+        plain = eng.search("a red circle", k=6)
+        ids, vectors = eng.searcher().catalog.embeddings_of([h.id for h in plain])
+    by_id = dict(zip(ids.tolist(), vectors))
+    # a bank of one query lying on the first hit: that picture is the hub, and ten times its cosine to the bank comes off
+    bank = np.asarray(by_id[plain[0].id], np.float32)[None]
+    cal = hubness.RerankCalibration(bank / np.linalg.norm(bank), beta=10.0, hub_weight=10.0, fusion_weight=0.0)
+    hubness.save(folder, cal)
+    try:
+        with Engine.open(trained_store / "store") as eng:
+            reranked = eng.search("a red circle", k=6, rerank=6)
+            scale = float(eng.encoder().model.logit_scale.detach().exp())
+    finally:
+        (folder / hubness.RERANK_FILE).unlink()
+    penalty = cal.penalty(np.stack([by_id[h.id] for h in plain]))
+    order = rerank_order(np.zeros(6), [h.score for h in plain], scale, 1.0, penalty=penalty, fusion_weight=0.0)
+    assert [h.path for h in reranked] == [plain[i].path for i in order]
+    assert reranked[0].path != plain[0].path  # the hub lost its place
+    assert [h.score for h in sorted(reranked, key=lambda h: h.id)] == [
+        h.score for h in sorted(plain, key=lambda h: h.id)
+    ]

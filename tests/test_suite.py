@@ -177,6 +177,38 @@ def test_rerank_sweep_both_directions_and_every_n():
     assert out["2"]["rerank_t2i_R@1"] == pytest.approx(np.mean([t2i[i] in cands[i] for i in range(12)]))
 
 
+def test_rerank_sweep_with_a_hubness_calibration_and_concept_groups():
+    from mbm.retrieval.hubness import RerankCalibration
+    from mbm.train.rerank_metrics import rerank_sweep
+
+    # image 0 is a hub: every caption is closest to it; each caption's own picture comes second
+    image_emb = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.6, 0.0, 0.8], [0.6, -0.8, 0.0]], np.float32)
+    text_emb = np.array([[0.9, 0.436, 0.0], [0.9, 0.0, 0.436], [0.9, -0.436, 0.0]], np.float32)
+    text_emb /= np.linalg.norm(text_emb, axis=1, keepdims=True)
+    t2i = np.array([1, 2, 3])
+    data = {
+        "image_emb": image_emb,
+        "text_emb": text_emb,
+        "text_to_image": t2i,
+        "text_tokens": torch.tensor(t2i, dtype=torch.float32)[:, None, None].expand(3, 2, 1).contiguous(),
+        "text_mask": torch.ones(3, 2, dtype=torch.bool),
+        "image_tokens": torch.arange(4, dtype=torch.float32)[:, None, None].expand(4, 2, 1).contiguous(),
+        "groups": ["hub", "a", "b", "a"],  # pictures 1 and 3 draw one concept
+    }
+    model = SimpleNamespace(logit_scale=torch.tensor(0.0))
+    bank = np.array([[1.0, 0.0, 0.0]], np.float32)  # typical queries sit on the hub
+    cal = RerankCalibration(bank, beta=10.0, hub_weight=1.0, fusion_weight=0.0)
+    out = rerank_sweep(_OracleFusion(), model, data, [4], calibration=cal)
+    row = out["4"]
+    assert out["calibration"] == {"beta": 10.0, "hub_weight": 1.0, "fusion_weight": 0.0, "bank": 1}
+    assert row["rerank_hub_t2i_R@1"] == 1.0  # the hub's cosine to the bank (1.0) comes off: each own picture first
+    assert row["rerank_combined_t2i_R@1"] == 1.0  # fusion weight 0: the corrected dual order itself
+    # the dual order puts the hub first for every caption; by concept, caption 2 ("a", picture 3) is no better
+    assert row["dual_concept_t2i_R@1"] == 0.0 and row["rerank_hub_concept_t2i_R@1"] == 1.0
+    # i2t re-ranks uncorrected (the bank holds text queries)
+    assert "rerank_combined_i2t_R@1" in row and "rerank_hub_i2t_R@1" not in row
+
+
 def test_suite_reports_photos_with_intervals_and_style_shift_per_style(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no cache/mbm-eval here: the default look-up finds nothing
     manifest = make_manifest(tmp_path / "data", n_train=16, n_val=8)

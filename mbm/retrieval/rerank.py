@@ -20,6 +20,8 @@ import numpy as np
 from mbm.config import DEFAULT_COLLECTION
 from mbm.errors import CollectionError, UsageError
 from mbm.indexer.scan import display_path
+from mbm.models.specs import spec_folder
+from mbm.retrieval import hubness
 from mbm.retrieval.query import QueryLike, Term, as_query
 from mbm.retrieval.searcher import Hit, decode_query_image
 from mbm.store.catalog import Catalog
@@ -28,13 +30,23 @@ from mbm.store.tokens import TokenFormat, tokens_of, unpack_images, unpack_texts
 DEFAULT_RERANK_TOP = 50
 
 
-def rerank_order(logits: np.ndarray, cosines: np.ndarray, logit_scale: float, dual_weight: float = 1.0) -> np.ndarray:
-    """The re-ranked order (indices into the candidates): fusion logit plus ``dual_weight`` times the dual
-    encoder's own logit (``logit_scale * cosine``), a product of the two experts, so a fusion head that knows
-    little leaves the dual encoder's order mostly as it was (measured on the bundled model: see its
-    MODEL_CARD.md); ties go to the higher cosine, then to the earlier candidate."""
+def rerank_order(
+    logits: np.ndarray,
+    cosines: np.ndarray,
+    logit_scale: float,
+    dual_weight: float = 1.0,
+    *,
+    penalty: np.ndarray | None = None,
+    fusion_weight: float = 1.0,
+) -> np.ndarray:
+    """The re-ranked order (indices into the candidates): ``fusion_weight`` times the fusion logit plus
+    ``dual_weight`` times the dual encoder's own logit (``logit_scale * cosine``, less each candidate's hubness
+    ``penalty`` when the model has a calibration: ``mbm.retrieval.hubness``), a product of the experts, so a
+    fusion head that knows little leaves the dual encoder's order mostly as it was (measured on the bundled
+    model: see its MODEL_CARD.md); ties go to the higher cosine, then to the earlier candidate."""
     logits, cosines = np.asarray(logits, np.float64), np.asarray(cosines, np.float64)
-    combined = logits + dual_weight * logit_scale * cosines
+    corrected = cosines if penalty is None else cosines - np.asarray(penalty, np.float64)
+    combined = fusion_weight * logits + dual_weight * logit_scale * corrected
     return np.lexsort((np.arange(len(logits)), -cosines, -combined))
 
 
@@ -73,6 +85,8 @@ class FusionReranker:
         scale = getattr(encoder.model, "logit_scale", None)
         self.logit_scale = float(scale.detach().float().exp().clamp(max=100)) if scale is not None else 1.0
         self.dual_weight = float(getattr(self.fusion.cfg, "dual_weight", 1.0))  # calibrated by training, when it was
+        # the model's re-ranking calibration (hubness bank and expert weights), when its folder has one
+        self.calibration = hubness.load(spec_folder(encoder.spec)) if isinstance(encoder.spec, str) else None
 
     def query_tokens(self, term: Term) -> QueryTokens:
         """The fusion tokens of the query's term (a text, or a picture decoded as the indexer decodes)."""
@@ -92,9 +106,23 @@ class FusionReranker:
         if lacking or fmt is None:
             raise self._missing(lacking or hits, len(hits), query.kind == "image")
         logits = self.logits(query, [stored[h.id] for h in hits], fmt)
-        order = rerank_order(logits, np.array([h.score for h in hits]), self.logit_scale, self.dual_weight)
+        cosines = np.array([h.score for h in hits])
+        if self.calibration is not None and query.kind == "text":  # the bank holds queries: texts, for pictures
+            order = rerank_order(
+                logits, cosines, self.logit_scale, 1.0,
+                penalty=self.penalties(catalog, hits), fusion_weight=self.calibration.fusion_weight,
+            )  # fmt: skip
+        else:
+            order = rerank_order(logits, cosines, self.logit_scale, self.dual_weight)
         match = 1.0 / (1.0 + np.exp(-logits))
         return [replace(hits[i], rank=rank, match=round(float(match[i]), 6)) for rank, i in enumerate(order, 1)]
+
+    def penalties(self, catalog: Catalog, hits: list[Hit]) -> np.ndarray:
+        """Each candidate's hubness penalty, from its stored vector (0 for one removed meanwhile)."""
+        assert self.calibration is not None
+        ids, vectors = catalog.embeddings_of([h.id for h in hits])
+        found = dict(zip(ids.tolist(), self.calibration.penalty(vectors)))
+        return np.array([found.get(h.id, 0.0) for h in hits], np.float64)
 
     def logits(self, query: QueryTokens, blobs: list[bytes], fmt: TokenFormat) -> np.ndarray:
         """Fusion match logits of the query against each candidate's stored tokens, float64 ``(N,)``."""

@@ -202,10 +202,6 @@ def mine(side: Side, top: int) -> np.ndarray:
     return out
 
 
-def _scale(model: Any) -> float:
-    return float(model.logit_scale.detach().float().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 1.0
-
-
 @torch.no_grad()
 def validate(fusion: FusionModel, side: Side, scale: float, top: int) -> dict[str, Any]:
     """Text->image R@1/5/10 over the dual encoder's top ``top`` per caption, for each dual weight (and dual alone).
@@ -263,7 +259,9 @@ def train_fusion(cfg: FusionStageConfig) -> dict[str, Any]:
     from mbm.models import load_model
     from mbm.models.build import is_checkpoint_dir, save_checkpoint
     from mbm.models.heads import save_heads
+    from mbm.retrieval.hubness import RERANK_FILE
     from mbm.train.data import load_rows
+    from mbm.train.recall import logit_scale_of
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -301,7 +299,7 @@ def train_fusion(cfg: FusionStageConfig) -> dict[str, Any]:
             )
         )
     fusion.to(cfg.device).requires_grad_(True)
-    scale = _scale(enc.model)
+    scale = logit_scale_of(enc.model)
     report: dict[str, Any] = {"config": asdict(cfg), "epochs": [], "start": validate(fusion, val, scale, cfg.val_top)}
     log.info("start: %s", _line(report["start"]))
     opt = torch.optim.AdamW(fusion.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -347,6 +345,8 @@ def train_fusion(cfg: FusionStageConfig) -> dict[str, Any]:
         folder = source if is_checkpoint_dir(source) else Path(enc.description.split(" ", 1)[1])
         if out.resolve() != folder.resolve():
             shutil.copytree(folder, out, dirs_exist_ok=True)
+        # BASE's re-ranking calibration weighs BASE's head: the new head re-ranks by its own dual_weight
+        (out / RERANK_FILE).unlink(missing_ok=True)
         save_heads(out, fusion.eval(), enc.heads.get("classifier"))
     else:
         save_checkpoint(enc.model, out, _model_cfg(enc), heads=(fusion.eval(), None))

@@ -192,12 +192,17 @@ def top_candidates(image_emb: np.ndarray, text_emb: np.ndarray, n: int, chunk: i
     return out
 
 
+def logit_scale_of(model: Any) -> float:
+    """The dual encoder's logit scale (``exp(logit_scale)``, at most 100; 1 for a model without one)."""
+    return float(model.logit_scale.detach().float().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 1.0
+
+
 def candidate_logits(image_emb: np.ndarray, text_emb: np.ndarray, candidates: np.ndarray, model: Any) -> np.ndarray:
     """The dual encoder's ``logit_scale * cosine`` of each (text, candidate image), shaped like ``candidates``.
 
     The cosines are the exact grid scores ``top_candidates`` ranked by, rescaled.
     """
-    scale = float(model.logit_scale.detach().float().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 1.0
+    scale = logit_scale_of(model)
     images, image_scale = exact_grid(np.asarray(image_emb, np.float32))
     texts, text_scale = exact_grid(np.asarray(text_emb, np.float32))
     rows = np.broadcast_to(np.arange(len(texts))[:, None], candidates.shape)

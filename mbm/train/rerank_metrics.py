@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mbm.train.recall import KS, candidate_logits, top_candidates
+from mbm.train.recall import KS, candidate_logits, logit_scale_of, top_candidates
 
 if TYPE_CHECKING:
     from mbm.models.fusion import FusionModel
+    from mbm.retrieval.hubness import RerankCalibration
 
 
 def _same_rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -128,10 +129,22 @@ def _recall_after(
 
 
 def rerank_sweep(
-    fusion: Any, model: Any, data: dict[str, Any], tops: Sequence[int], ks: Sequence[int] = KS
+    fusion: Any,
+    model: Any,
+    data: dict[str, Any],
+    tops: Sequence[int],
+    ks: Sequence[int] = KS,
+    calibration: RerankCalibration | None = None,
 ) -> dict[str, Any]:
     """Both directions re-ranked over the dual encoder's top N for each N in ``tops``: the fusion head alone
     (``rerank_*``) and the order search uses (``rerank_combined_*``), one entry per N.
+
+    With the model's ``calibration`` (``mbm.retrieval.hubness``) text -> image combines as search does then
+    (``fusion_weight`` x fusion logit + the hubness-corrected dual logit) and ``rerank_hub_t2i_*`` is the
+    correction alone, without the fusion head. Where pictures share a concept group (``data["groups"]``),
+    ``*_concept_t2i_*`` count a hit where the first candidate of the caption's group (its own picture or
+    another drawing of its concept) ranks, for the dual encoder's order (``dual_concept_t2i_*``) and the
+    re-ranked ones: a caption such as "heart" names 29 test pictures, and only one of them can be first.
 
     The largest N is scored once: a smaller N's candidates are the first N of its rows (the same exact order)."""
     image_emb, text_emb, t2i = data["image_emb"], data["text_emb"], data["text_to_image"]
@@ -148,18 +161,38 @@ def rerank_sweep(
         candidate_logits(text_emb, image_emb, i2t_c, model),
     )
     w = dual_weight(fusion)
+    orders = [("rerank_t2i", s_t2i), ("rerank_combined_t2i", s_t2i + w * d_t2i)]
+    if calibration is not None:
+        corrected = d_t2i - logit_scale_of(model) * calibration.penalty(image_emb)[t2i_c]
+        orders = [
+            ("rerank_t2i", s_t2i),
+            ("rerank_combined_t2i", calibration.fusion_weight * s_t2i + corrected),
+            ("rerank_hub_t2i", corrected),
+        ]
+    groups: list[Any] = list(data.get("groups") or [])
+    group_of: np.ndarray | None = None
+    if len(set(groups)) < len(groups):  # some pictures share a concept group
+        group_of = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
     owner = np.asarray(t2i)[i2t_c]
     own = np.arange(len(i2t_c))
     out: dict[str, Any] = {"dual_weight": w}
+    if calibration is not None:
+        out["calibration"] = {
+            "beta": calibration.beta,
+            "hub_weight": calibration.hub_weight,
+            "fusion_weight": calibration.fusion_weight,
+            "bank": len(calibration.bank),
+        }
     for n in sorted(set(tops)):
         n_t, n_i = min(n, t2i_c.shape[1]), min(n, i2t_c.shape[1])
         row: dict[str, Any] = {"top": n}
-        for name, scores, _cands, hits, query, m in (
-            ("rerank_t2i", s_t2i, t2i_c, t2i_c, t2i, n_t),
-            ("rerank_combined_t2i", s_t2i + w * d_t2i, t2i_c, t2i_c, t2i, n_t),
-            ("rerank_i2t", s_i2t, i2t_c, owner, own, n_i),
-            ("rerank_combined_i2t", s_i2t + w * d_i2t, i2t_c, owner, own, n_i),
-        ):
-            row.update({f"{name}_R@{k}": v for k, v in _recall_owned(scores[:, :m], hits[:, :m], query, ks).items()})
+        for name, scores in orders:
+            row.update({f"{name}_R@{k}": v for k, v in _recall_owned(scores[:, :n_t], t2i_c[:, :n_t], t2i, ks).items()})
+        if group_of is not None:  # the first candidate of the caption's concept group, in each order
+            for name, scores in [("dual_t2i", d_t2i), *orders[1:]]:
+                got = _recall_owned(scores[:, :n_t], group_of[t2i_c[:, :n_t]], group_of[np.asarray(t2i)], ks)
+                row.update({f"{name.replace('_t2i', '_concept_t2i')}_R@{k}": v for k, v in got.items()})
+        for name, scores in (("rerank_i2t", s_i2t), ("rerank_combined_i2t", s_i2t + w * d_i2t)):
+            row.update({f"{name}_R@{k}": v for k, v in _recall_owned(scores[:, :n_i], owner[:, :n_i], own, ks).items()})
         out[str(n)] = row
     return out

@@ -36,6 +36,7 @@ precision used (fp32 unless named: the same for a model name and a folder) is re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mbm.models.specs import spec_folder
+from mbm.retrieval import hubness
 from mbm.train.data import load_rows
 from mbm.train.evaluate import classifier_accuracy, embed_rows, unpack_model
 from mbm.train.recall import KS, recall_at_k, wilson_interval
@@ -89,7 +92,13 @@ def _embed(
 
 
 def _retrieval(
-    data: dict[str, Any], model: Any, fusion: Any, rerank_top: int, device: str, sweep: Sequence[int] = ()
+    data: dict[str, Any],
+    model: Any,
+    fusion: Any,
+    rerank_top: int,
+    device: str,
+    sweep: Sequence[int] = (),
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Dual-encoder recall; with a fusion head also both directions re-ranked over the top ``rerank_top``
     (top-level ``rerank_*`` keys) and, for each N in ``sweep``, under ``"rerank"``."""
@@ -102,14 +111,16 @@ def _retrieval(
         out["groups_shared"] = len(groups) - len(set(groups))
     if fusion is not None and rerank_top > 0 and "image_tokens" in data:
         tops = sorted({rerank_top, *sweep})
-        result = rerank_sweep(fusion.to(device), model, data, tops)
+        result = rerank_sweep(fusion.to(device), model, data, tops, calibration=calibration)
         out.update(
             {k: v for k, v in result[str(rerank_top)].items() if k != "top"},
             rerank_top=rerank_top,
             dual_weight=result["dual_weight"],
         )
+        if "calibration" in result:
+            out["rerank_calibration"] = result["calibration"]
         if len(tops) > 1:
-            out["rerank"] = {k: v for k, v in result.items() if k != "dual_weight"}
+            out["rerank"] = {k: v for k, v in result.items() if k not in ("dual_weight", "calibration")}
     return out
 
 
@@ -195,9 +206,10 @@ def photo_section(
     device: str,
     manifest: Path,
     sweep: Sequence[int] = (),
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Retrieval on the photo set with Wilson intervals (see the module docstring)."""
-    out = _with_intervals(_retrieval(data, model, fusion, rerank_top, device, sweep))
+    out = _with_intervals(_retrieval(data, model, fusion, rerank_top, device, sweep, calibration))
     return {"manifest": str(manifest), "photos": len(rows), **out}
 
 
@@ -275,6 +287,9 @@ def evaluate_suite(
     model.eval()
     fusion = heads.get("fusion") if rerank_top > 0 else None
     tokens = fusion is not None
+    # the model's re-ranking calibration (hubness bank, expert weights): evaluated as search uses it
+    calibration = hubness.load(spec_folder(name)) if tokens and isinstance(name, str) else None
+    retrieval = functools.partial(_retrieval, calibration=calibration)
     notes: list[str] = []
     report: dict[str, Any] = {
         "model": name,
@@ -288,13 +303,13 @@ def evaluate_suite(
         test_rows = load_rows(manifest, "test", RETRIEVAL_EXCLUDE)
         if test_rows:
             data = _embed(model, preprocess, tokenizer, test_rows, device, with_tokens=tokens)
-            report["test"] = _retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops)
+            report["test"] = retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops)
             for source in sorted({r["source"] for r in test_rows}):
                 idx = [i for i, r in enumerate(test_rows) if r["source"] == source]
-                report[f"test:{source}"] = _retrieval(_subset(data, idx), model, fusion, rerank_top, device)
+                report[f"test:{source}"] = retrieval(_subset(data, idx), model, fusion, rerank_top, device)
             for style in sorted({r["style"] for r in test_rows if r.get("style")}):
                 idx = [i for i, r in enumerate(test_rows) if r.get("style") == style]
-                report[f"test:style={style}"] = _retrieval(_subset(data, idx), model, fusion, rerank_top, device)
+                report[f"test:style={style}"] = retrieval(_subset(data, idx), model, fusion, rerank_top, device)
             styles = cross_style(test_rows, data["image_emb"])
             if styles:
                 report["cross_style"] = styles
@@ -304,7 +319,7 @@ def evaluate_suite(
             data = _embed(model, preprocess, tokenizer, held_rows, device, with_tokens=tokens)
             report["heldout"] = {
                 "source": heldout_source,
-                **_retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops),
+                **retrieval(data, model, fusion, rerank_top, device, rerank_sweep_tops),
             }
 
         zs_rows = load_rows(manifest, "test", [zero_shot_source])
@@ -322,7 +337,9 @@ def evaluate_suite(
     rows = _extra_rows(path, "photos") if path is not None else []
     if path is not None and rows:
         data = embed_rows(model, preprocess, tokenizer, rows, device=device, with_tokens=tokens)
-        report["photos"] = photo_section(rows, data, model, fusion, rerank_top, device, path, rerank_sweep_tops)
+        report["photos"] = photo_section(
+            rows, data, model, fusion, rerank_top, device, path, rerank_sweep_tops, calibration
+        )
     elif path is not None:
         notes.append(f"photos: {path} has no rows of split 'photos'")
     path = _resolve_extra(style_shift, ICONS_FILE, manifest, notes, "style-shift")

@@ -59,14 +59,27 @@ def _retrieval(key: str, sec: dict[str, Any]) -> list[Row]:
 
 
 def _rerank(key: str, sec: dict[str, Any]) -> list[Row]:
-    return [
-        (
-            f"{key} re-ranked top {n} (dual weight {sec.get('dual_weight', 1.0)})",
-            f"t2i fusion {_three(row, 'rerank_t2i')} combined {_three(row, 'rerank_combined_t2i')}  "
-            f"i2t fusion {_three(row, 'rerank_i2t')} combined {_three(row, 'rerank_combined_i2t')}",
-        )
-        for n, row in sec["rerank"].items()
-    ]
+    cal = sec.get("rerank_calibration")
+    weights = (
+        f"hubness beta {cal['beta']} weight {cal['hub_weight']}, fusion weight {cal['fusion_weight']}"
+        if cal
+        else f"dual weight {sec.get('dual_weight', 1.0)}"
+    )
+    rows = []
+    for n, row in sec["rerank"].items():
+        text = f"t2i fusion {_three(row, 'rerank_t2i')} combined {_three(row, 'rerank_combined_t2i')}"
+        if "rerank_hub_t2i_R@1" in row:
+            text += f" hubness alone {_three(row, 'rerank_hub_t2i')}"
+        if "rerank_combined_concept_t2i_R@1" in row:
+            text += (
+                f" (first of the concept: dual {_three(row, 'dual_concept_t2i')}"
+                f" combined {_three(row, 'rerank_combined_concept_t2i')}"
+                + (f" hubness {_three(row, 'rerank_hub_concept_t2i')}" if "rerank_hub_concept_t2i_R@1" in row else "")
+                + ")"
+            )
+        text += f"  i2t fusion {_three(row, 'rerank_i2t')} combined {_three(row, 'rerank_combined_i2t')}"
+        rows.append((f"{key} re-ranked top {n} ({weights})", text))
+    return rows
 
 
 def _cross_style(key: str, sec: dict[str, Any]) -> list[Row]:
