@@ -43,10 +43,10 @@ class RerankCalibration:
 
     def hub(self, vectors: np.ndarray) -> np.ndarray:
         """``hub(i)`` of each row of ``vectors`` (normalized image embeddings), float64 ``(N,)``."""
-        vectors = np.asarray(vectors, np.float64)
         if len(vectors) == 0:
             return np.zeros(0, np.float64)
-        sims = vectors @ self.bank.T.astype(np.float64)
+        # the product in float32 (4x faster than float64 here; cosines need no more), the log-mean-exp in float64
+        sims = (np.asarray(vectors, np.float32) @ self.bank.T).astype(np.float64)
         top = sims.max(1, keepdims=True)
         return top[:, 0] + np.log(np.exp(self.beta * (sims - top)).mean(1)) / self.beta
 
