@@ -205,7 +205,7 @@ def test_rerank_sweep_with_a_hubness_calibration_and_concept_groups():
     assert row["rerank_combined_t2i_R@1"] == 1.0  # fusion weight 0: the corrected dual order itself
     # the dual order puts the hub first for every caption; by concept, caption 2 ("a", picture 3) is no better
     assert row["dual_concept_t2i_R@1"] == 0.0 and row["rerank_hub_concept_t2i_R@1"] == 1.0
-    # i2t re-ranks uncorrected (the bank holds text queries)
+    # i2t combines with the fusion weight but no hubness correction (the bank holds text queries)
     assert "rerank_combined_i2t_R@1" in row and "rerank_hub_i2t_R@1" not in row
 
 

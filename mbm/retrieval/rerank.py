@@ -107,11 +107,11 @@ class FusionReranker:
             raise self._missing(lacking or hits, len(hits), query.kind == "image")
         logits = self.logits(query, [stored[h.id] for h in hits], fmt)
         cosines = np.array([h.score for h in hits])
-        if self.calibration is not None and query.kind == "text":  # the bank holds queries: texts, for pictures
+        if self.calibration is not None:  # the bank holds text queries: the hubness of pictures only
+            penalty = self.penalties(catalog, hits) if query.kind == "text" else None
             order = rerank_order(
-                logits, cosines, self.logit_scale, 1.0,
-                penalty=self.penalties(catalog, hits), fusion_weight=self.calibration.fusion_weight,
-            )  # fmt: skip
+                logits, cosines, self.logit_scale, 1.0, penalty=penalty, fusion_weight=self.calibration.fusion_weight
+            )
         else:
             order = rerank_order(logits, cosines, self.logit_scale, self.dual_weight)
         match = 1.0 / (1.0 + np.exp(-logits))

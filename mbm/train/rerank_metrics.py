@@ -139,9 +139,9 @@ def rerank_sweep(
     """Both directions re-ranked over the dual encoder's top N for each N in ``tops``: the fusion head alone
     (``rerank_*``) and the order search uses (``rerank_combined_*``), one entry per N.
 
-    With the model's ``calibration`` (``mbm.retrieval.hubness``) text -> image combines as search does then
-    (``fusion_weight`` x fusion logit + the hubness-corrected dual logit) and ``rerank_hub_t2i_*`` is the
-    correction alone, without the fusion head. Where pictures share a concept group (``data["groups"]``),
+    With the model's ``calibration`` (``mbm.retrieval.hubness``) both directions combine as search does then:
+    ``fusion_weight`` x fusion logit + the dual logit, hubness-corrected for text -> image, where
+    ``rerank_hub_t2i_*`` is the correction alone, without the fusion head. Where pictures share a concept group (``data["groups"]``),
     ``*_concept_t2i_*`` count a hit where the first candidate of the caption's group (its own picture or
     another drawing of its concept) ranks, for the dual encoder's order (``dual_concept_t2i_*``) and the
     re-ranked ones: a caption such as "heart" names 29 test pictures, and only one of them can be first.
@@ -192,7 +192,8 @@ def rerank_sweep(
             for name, scores in [("dual_t2i", d_t2i), *orders[1:]]:
                 got = _recall_owned(scores[:, :n_t], group_of[t2i_c[:, :n_t]], group_of[np.asarray(t2i)], ks)
                 row.update({f"{name.replace('_t2i', '_concept_t2i')}_R@{k}": v for k, v in got.items()})
-        for name, scores in (("rerank_i2t", s_i2t), ("rerank_combined_i2t", s_i2t + w * d_i2t)):
+        combined_i2t = s_i2t + w * d_i2t if calibration is None else calibration.fusion_weight * s_i2t + d_i2t
+        for name, scores in (("rerank_i2t", s_i2t), ("rerank_combined_i2t", combined_i2t)):
             row.update({f"{name}_R@{k}": v for k, v in _recall_owned(scores[:, :n_i], owner[:, :n_i], own, ks).items()})
         out[str(n)] = row
     return out
