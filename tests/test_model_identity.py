@@ -302,3 +302,35 @@ def _tiny_checkpoint(folder: Path, encoder) -> Path:
         {k: v.contiguous() for k, v in encoder.model.state_dict().items()}, str(folder / "open_clip_model.safetensors")
     )
     return folder
+
+
+def test_overlapping_loads_in_two_threads_leave_the_hosts_collector_settings():
+    """A model loads in a background thread while the main thread may load another: whichever leaves first,
+    the host's thresholds come back once both are done, and stay raised while either is still importing."""
+    import gc
+    import threading
+
+    from mbm.models.loading import IMPORT_GC_THRESHOLD, fewer_collections
+
+    saved = gc.get_threshold()
+    gc.set_threshold(1500, 7, 9)
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+        def first() -> None:
+            with fewer_collections():
+                a_in.set()
+                b_in.wait(10)
+            a_out.set()
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert a_in.wait(10)
+        with fewer_collections():  # enters second, leaves last
+            b_in.set()
+            assert a_out.wait(10)
+            assert gc.get_threshold() == (IMPORT_GC_THRESHOLD, 7, 9)
+        thread.join(10)
+        assert gc.get_threshold() == (1500, 7, 9)
+    finally:
+        gc.set_threshold(*saved)

@@ -85,16 +85,31 @@ def quiet_loading(*, offline: bool | None = None) -> Iterator[None]:
             root.removeFilter(note_filter)
 
 
+_GC_LOCK = threading.Lock()
+_gc_saved: tuple[int, ...] | None = None  # the host's thresholds while any fewer_collections() is open
+_gc_depth = 0
+
+
 @contextlib.contextmanager
 def fewer_collections() -> Iterator[None]:
     """Heavy imports with the collector's first threshold raised, restored on the way out (nothing is frozen or
-    left disabled: the host keeps its own settings)."""
-    saved = gc.get_threshold()
-    gc.set_threshold(max(saved[0], IMPORT_GC_THRESHOLD), *saved[1:])
+    left disabled: the host keeps its own settings). Thresholds are process-wide and a model loads in a
+    background thread while the main thread may load another: the first to enter saves the host's settings and
+    the last to leave restores them, so overlapping loads never leave the raised value behind."""
+    global _gc_saved, _gc_depth
+    with _GC_LOCK:
+        if _gc_depth == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(max(_gc_saved[0], IMPORT_GC_THRESHOLD), *_gc_saved[1:])
+        _gc_depth += 1
     try:
         yield
     finally:
-        gc.set_threshold(*saved)
+        with _GC_LOCK:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_saved is not None:
+                gc.set_threshold(*_gc_saved)
+                _gc_saved = None
 
 
 @contextlib.contextmanager
