@@ -126,10 +126,13 @@ def recall(scores: np.ndarray, owner: np.ndarray, want: np.ndarray, n: int) -> d
 
 def evaluate(f: dict[str, Any], groups: np.ndarray, cal: Any, scale: float, top: int) -> dict[str, Any]:
     """Picture and concept R@K of the dual order and of the calibrated one (what search uses)."""
+    from mbm.retrieval.hubness import combined_scores, expert_weights
+
     pen = scale * cal.penalty(f["image_emb"])[f["cands"]]
-    orders = {"dual": f["dual"], "hub": f["dual"] - pen}
+    fw, dw = expert_weights(cal, 1.0)
+    orders = {"dual": f["dual"], "hub": combined_scores(0.0, f["dual"], 0.0, dw, pen)}
     if "fusion" in f:
-        orders["search"] = cal.fusion_weight * f["fusion"] + f["dual"] - pen
+        orders["search"] = combined_scores(f["fusion"], f["dual"], fw, dw, pen)
     out: dict[str, Any] = {}
     for name, scores in orders.items():
         out[name] = recall(scores, f["cands"], f["t2i"], top)

@@ -57,6 +57,29 @@ class RerankCalibration:
         return self.hub_weight * self.hub(vectors)
 
 
+def expert_weights(calibration: RerankCalibration | None, head_dual_weight: float) -> tuple[float, float]:
+    """``(fusion_weight, dual_weight)`` of the re-ranking order: the calibration's fusion weight beside the dual
+    logit as is when the model has one, else the fusion logit as is beside the head's own ``dual_weight``."""
+    if calibration is not None:
+        return calibration.fusion_weight, 1.0
+    return 1.0, float(head_dual_weight)
+
+
+def combined_scores(
+    fusion_logits: np.ndarray,
+    dual_logits: np.ndarray,
+    fusion_weight: float,
+    dual_weight: float,
+    penalty_logits: np.ndarray | None = None,
+) -> np.ndarray:
+    """What re-ranking orders by (any shape, elementwise, float64): ``fusion_weight * fusion logit + dual_weight *
+    (dual logit - hubness penalty)``, the logits being ``logit_scale`` times cosines / penalties."""
+    dual = np.asarray(dual_logits, np.float64)
+    if penalty_logits is not None:
+        dual = dual - np.asarray(penalty_logits, np.float64)
+    return fusion_weight * np.asarray(fusion_logits, np.float64) + dual_weight * dual
+
+
 def save(folder: str | Path, calibration: RerankCalibration) -> Path:
     """Write ``mbm_rerank.safetensors`` into ``folder`` (the bank as float16), atomically."""
     from safetensors.numpy import save as save_bytes

@@ -44,10 +44,10 @@ def rerank_order(
     ``penalty`` when the model has a calibration: ``mbm.retrieval.hubness``), a product of the experts, so a
     fusion head that knows little leaves the dual encoder's order mostly as it was (measured on the bundled
     model: see its MODEL_CARD.md); ties go to the higher cosine, then to the earlier candidate."""
-    logits, cosines = np.asarray(logits, np.float64), np.asarray(cosines, np.float64)
-    corrected = cosines if penalty is None else cosines - np.asarray(penalty, np.float64)
-    combined = fusion_weight * logits + dual_weight * logit_scale * corrected
-    return np.lexsort((np.arange(len(logits)), -cosines, -combined))
+    cosines = np.asarray(cosines, np.float64)
+    penalty_logits = None if penalty is None else logit_scale * np.asarray(penalty, np.float64)
+    combined = hubness.combined_scores(logits, logit_scale * cosines, fusion_weight, dual_weight, penalty_logits)
+    return np.lexsort((np.arange(len(cosines)), -cosines, -combined))
 
 
 def rerank_term(query: QueryLike, text_collection: bool) -> Term:
@@ -106,14 +106,17 @@ class FusionReranker:
         if lacking or fmt is None:
             raise self._missing(lacking or hits, len(hits), query.kind == "image")
         logits = self.logits(query, [stored[h.id] for h in hits], fmt)
-        cosines = np.array([h.score for h in hits])
-        if self.calibration is not None:  # the bank holds text queries: the hubness of pictures only
-            penalty = self.penalties(catalog, hits) if query.kind == "text" else None
-            order = rerank_order(
-                logits, cosines, self.logit_scale, 1.0, penalty=penalty, fusion_weight=self.calibration.fusion_weight
-            )
-        else:
-            order = rerank_order(logits, cosines, self.logit_scale, self.dual_weight)
+        fusion_weight, dual_weight = hubness.expert_weights(self.calibration, self.dual_weight)
+        # the bank holds text queries: only pictures (text -> image candidates) have a hubness penalty
+        penalty = self.penalties(catalog, hits) if self.calibration is not None and query.kind == "text" else None
+        order = rerank_order(
+            logits,
+            np.array([h.score for h in hits]),
+            self.logit_scale,
+            dual_weight,
+            penalty=penalty,
+            fusion_weight=fusion_weight,
+        )
         match = 1.0 / (1.0 + np.exp(-logits))
         return [replace(hits[i], rank=rank, match=round(float(match[i]), 6)) for rank, i in enumerate(order, 1)]
 

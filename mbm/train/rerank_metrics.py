@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mbm.retrieval.hubness import combined_scores, expert_weights
 from mbm.train.recall import KS, candidate_logits, logit_scale_of, top_candidates
 
 if TYPE_CHECKING:
@@ -161,14 +162,12 @@ def rerank_sweep(
         candidate_logits(text_emb, image_emb, i2t_c, model),
     )
     w = dual_weight(fusion)
-    orders = [("rerank_t2i", s_t2i), ("rerank_combined_t2i", s_t2i + w * d_t2i)]
-    if calibration is not None:
-        corrected = d_t2i - logit_scale_of(model) * calibration.penalty(image_emb)[t2i_c]
-        orders = [
-            ("rerank_t2i", s_t2i),
-            ("rerank_combined_t2i", calibration.fusion_weight * s_t2i + corrected),
-            ("rerank_hub_t2i", corrected),
-        ]
+    fw, dw = expert_weights(calibration, w)  # as search weighs the experts
+    penalty = None if calibration is None else logit_scale_of(model) * calibration.penalty(image_emb)[t2i_c]
+    orders = [("rerank_t2i", s_t2i), ("rerank_combined_t2i", combined_scores(s_t2i, d_t2i, fw, dw, penalty))]
+    if penalty is not None:  # the correction alone, without the fusion head
+        orders.append(("rerank_hub_t2i", combined_scores(s_t2i, d_t2i, 0.0, dw, penalty)))
+    combined_i2t = combined_scores(s_i2t, d_i2t, fw, dw)  # pictures are the queries here: no hubness term
     groups: list[Any] = list(data.get("groups") or [])
     group_of: np.ndarray | None = None
     if len(set(groups)) < len(groups):  # some pictures share a concept group
@@ -192,7 +191,6 @@ def rerank_sweep(
             for name, scores in [("dual_t2i", d_t2i), *orders[1:]]:
                 got = _recall_owned(scores[:, :n_t], group_of[t2i_c[:, :n_t]], group_of[np.asarray(t2i)], ks)
                 row.update({f"{name.replace('_t2i', '_concept_t2i')}_R@{k}": v for k, v in got.items()})
-        combined_i2t = s_i2t + w * d_i2t if calibration is None else calibration.fusion_weight * s_i2t + d_i2t
         for name, scores in (("rerank_i2t", s_i2t), ("rerank_combined_i2t", combined_i2t)):
             row.update({f"{name}_R@{k}": v for k, v in _recall_owned(scores[:, :n_i], owner[:, :n_i], own, ks).items()})
         out[str(n)] = row
