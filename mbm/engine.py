@@ -15,6 +15,7 @@ collection's lock, and only the lock holder rewrites derived caches.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,14 +35,23 @@ from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import Indexer, IndexReport, Progress
 from mbm.models.factory import no_fusion_head
-from mbm.retrieval import hybrid
-from mbm.retrieval.rerank import FusionReranker, rerank_term
+from mbm.models.specs import spec_folder
+from mbm.retrieval import hubness, hybrid
+from mbm.retrieval.query import Term
+from mbm.retrieval.rerank import (
+    DEFAULT_RERANK_TOP,
+    FusionReranker,
+    MissingTokens,
+    OnnxScorer,
+    TorchScorer,
+    rerank_term,
+)
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
 from mbm.scale import backend as scale_backend
 from mbm.store.ann import settings_meta
 from mbm.store.catalog import Catalog
 from mbm.store.check import CheckReport
-from mbm.store.tokens import FUSION_KEY
+from mbm.store.tokens import FUSION_KEY, TokenFormat
 
 if TYPE_CHECKING:
     from mbm.indexer.importer import ImportReport
@@ -50,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["CATALOG_FILE", "CollectionInfo", "Engine", "Notify", "check_index_args", "collection_kind"]
 
 Notify = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 class Engine(CollectionHandle):
@@ -238,7 +249,7 @@ class Engine(CollectionHandle):
         k: int = 10,
         min_score: float | str | None = None,
         under: str | Sequence[str] | None = None,
-        rerank: int | bool = 0,
+        rerank: int | bool | None = None,
         tag: str | None = None,
         mode: str = "vector",
         after: str | None = None,
@@ -256,8 +267,12 @@ class Engine(CollectionHandle):
         Hits carry their tags (``TaggedHit.tags``).
 
         ``rerank=N`` (``True``: DEFAULT_RERANK_TOP) re-orders the top N (at least k) with the model's fusion
-        head over the tokens stored at index time (no file is opened) and sets ``Hit.match``;
-        ``timings["rerank"]`` is that step, ``timings["rerank_query"]`` the query's tokens.
+        head over the tokens stored at index time (no file is opened) and sets ``Hit.match``; the hits past
+        them follow in the dual encoder's order. ``timings["rerank"]`` is that step, ``timings["rerank_query"]``
+        the query's tokens. ``rerank=None`` (the default) re-ranks the top DEFAULT_RERANK_TOP where re-ranking
+        was measured to help: a text query over pictures with stored tokens, with a model whose folder holds a
+        re-ranking calibration (the bundled model; ``mbm.retrieval.hubness``), in vector mode sorted by score;
+        any other search is left in the dual encoder's order. ``rerank=0`` never re-ranks.
 
         Filters, applied inside the vector search (``k`` hits whenever ``k`` match): ``under`` (folders or
         files, any of them), ``after`` / ``before`` (capture date, else file time: ``2024``, ``2024-06``,
@@ -269,7 +284,7 @@ class Engine(CollectionHandle):
         where, top = search_settings(
             k=k,
             offset=offset,
-            rerank=rerank,
+            rerank=rerank or 0,
             mode=mode,
             sort=sort,
             under=under,
@@ -280,10 +295,13 @@ class Engine(CollectionHandle):
         )
         for key in ("rerank", "rerank_query"):
             self.timings.pop(key, None)
-        reranker = None
-        if top:  # a query or a model that cannot re-rank fails before anything is searched
+        reranker, term = self._auto_reranker(query, mode, sort) if rerank is None else (None, None)
+        if reranker is not None:
+            top = DEFAULT_RERANK_TOP
+        elif top:  # a query or a model that cannot re-rank fails before anything is searched
             term = rerank_term(query, self._meta().get("kind") == "text")
-            reranker = self._reranker()
+            reranker = self._reranker(term.kind)
+        if reranker is not None:
             self._unaccounted_load = 0.0  # a model load here is outside the timed phases (its time is in timings)
         t0 = time.perf_counter()
         searcher = self.searcher()
@@ -300,13 +318,19 @@ class Engine(CollectionHandle):
                 hits = hybrid.search(
                     searcher, query, vector, k=max(offset + k, top), mode=mode, min_score=min_score, where=where
                 )
-        if reranker is not None:
+        if reranker is not None and term is not None:
             t3 = time.perf_counter()
             tokens = reranker.query_tokens(term)
             t4 = time.perf_counter()
-            with self._refresh:
-                hits = reranker.rerank(tokens, hits, searcher.catalog)
-            self.timings.update(rerank_query=t4 - t3, rerank=time.perf_counter() - t4)
+            head = max(k, top)  # the same N re-ordered on every page; the hits past them keep their order
+            try:
+                with self._refresh:
+                    hits = reranker.rerank(tokens, hits[:head], searcher.catalog) + hits[head:]
+                self.timings.update(rerank_query=t4 - t3, rerank=time.perf_counter() - t4)
+            except MissingTokens as e:
+                if rerank is not None:
+                    raise
+                log.info("search not re-ranked: %s", e)
         hits = hits[offset : offset + k]
         with self._refresh:
             hits = hybrid.with_tags(hits, searcher.catalog)
@@ -355,11 +379,42 @@ class Engine(CollectionHandle):
                 ids, vecs = catalog.embeddings_of([int(item_id)])
         return vecs[0] if len(ids) else None
 
-    def _reranker(self) -> FusionReranker:
+    def _reranker(self, kind: str) -> FusionReranker:
+        """The re-ranker for a query of ``kind``: torch-free for text when the collection's query-encoder export has
+        the fusion head (``mbm.models.fusion_onnx``), else the model's own head."""
         meta = self._meta()
         if meta.get(FUSION_KEY) == "0":  # known without loading the model
             raise no_fusion_head(meta.get("model", "?"))
-        return FusionReranker(self.encoder(), self.name)
+        if kind == "text":
+            text, fusion = self._fast_text(), self._fast_fusion()
+            if text is not None and fusion is not None:
+                return FusionReranker(OnnxScorer(text, fusion), self.model_spec or meta.get("model"), self.name)
+        encoder = self.encoder()
+        return FusionReranker(TorchScorer(encoder), encoder.spec, self.name)
+
+    def default_rerank(self, query: Any, mode: str = "vector", sort: str = "score") -> int:
+        """How many candidates :meth:`search` re-ranks for ``query`` unless told (``rerank=None``): DEFAULT_RERANK_TOP
+        where re-ranking was measured to help (a text query over pictures with stored tokens, a model whose folder
+        holds a re-ranking calibration: the bundled model, see its MODEL_CARD.md; vector mode, sorted by score),
+        else 0. Reads the collection's records only; loads no model."""
+        meta = self._meta()
+        fmt = TokenFormat.of_meta(meta)
+        if mode != "vector" or sort != "score" or meta.get(FUSION_KEY) != "1" or fmt is None or fmt.kind != "image":
+            return 0
+        spec = self.model_spec or meta.get("model")
+        if not spec or hubness.load(spec_folder(spec)) is None:
+            return 0
+        try:
+            rerank_term(query, text_collection=False)
+        except UsageError:  # images, several texts, a raw vector: searched as they are
+            return 0
+        return DEFAULT_RERANK_TOP
+
+    def _auto_reranker(self, query: Any, mode: str, sort: str) -> tuple[FusionReranker | None, Term | None]:
+        """The re-ranker and term of a search left to :meth:`default_rerank`, or ``(None, None)``."""
+        if not self.default_rerank(query, mode, sort):
+            return None, None
+        return self._reranker("text"), rerank_term(query, text_collection=False)
 
     def check(self, *, fix: bool = False) -> CheckReport:
         """Integrity, damaged embeddings, files that are gone, stale caches, temp files; ``fix`` repairs

@@ -108,17 +108,18 @@ def search(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print where the time went on stderr.")] = False,
     rerank: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--rerank",
-            help=f"Re-order the top candidates (--rerank-top, default {DEFAULT_RERANK_TOP}) with the model's fusion head, from tokens stored at index time (no file is opened; needs a model trained by `mbm train`).",
+            "--rerank/--no-rerank",
+            help=f"Re-order the top candidates (--rerank-top, default {DEFAULT_RERANK_TOP}) with the model's fusion head, from tokens stored at index time (no file is opened; needs a model trained by `mbm train`). Default: on for text queries with a model whose re-ranking is calibrated (the bundled mbm-offline), off otherwise.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     rerank_top: Annotated[
         int | None,
         typer.Option(
             "--rerank-top",
-            help=f"How many candidates --rerank re-orders (default {DEFAULT_RERANK_TOP}, at least --top); implies --rerank.",
+            help=f"How many candidates --rerank re-orders (default {DEFAULT_RERANK_TOP}, at least --top; the rest follow in order); implies --rerank.",
             show_default=False,
         ),
     ] = None,
@@ -152,8 +153,12 @@ def search(
     from mbm.engine import Engine
     from mbm.retrieval.query import Query
 
-    _check_search_args(query, image, as_json=as_json, paths=paths_only or print0, rerank_top=rerank_top)
-    candidates = rerank_top if rerank_top is not None else (DEFAULT_RERANK_TOP if rerank else 0)
+    _check_search_args(query, image, as_json=as_json, paths=paths_only or print0, rerank=rerank, rerank_top=rerank_top)
+    candidates: int | None = None  # the default: as the model's calibration says (Engine.search)
+    if rerank_top is not None:
+        candidates = rerank_top
+    elif rerank is not None:
+        candidates = DEFAULT_RERANK_TOP if rerank else 0
     q = Query.parse(query, images=image or ())
     started = time.perf_counter()
     with Engine.open(store, collection, model=model, device=device, precision=precision) as eng:
@@ -183,7 +188,13 @@ def search(
 
 
 def _check_search_args(
-    query: str | None, image: list[Path] | None, *, as_json: bool, paths: bool, rerank_top: int | None
+    query: str | None,
+    image: list[Path] | None,
+    *,
+    as_json: bool,
+    paths: bool,
+    rerank: bool | None,
+    rerank_top: int | None,
 ) -> None:
     """Usage errors found before anything is opened."""
     if query is None and not image:
@@ -192,6 +203,8 @@ def _check_search_args(
         raise UsageError("--json and --paths/--print0 are different outputs — give one of them")
     if rerank_top is not None and rerank_top <= 0:
         raise UsageError(f"--rerank-top must be at least 1, not {rerank_top} — or leave out --rerank and --rerank-top")
+    if rerank is False and rerank_top is not None:
+        raise UsageError(f"--no-rerank and --rerank-top {rerank_top} contradict each other — give one of them")
 
 
 def _print_hits(

@@ -16,7 +16,7 @@ from mbm.collection.model import check_fingerprint
 from mbm.config import CATALOG_FILE, DEFAULT_COLLECTION, collection_dir, ensure_store, resolve_store
 from mbm.errors import CollectionError
 from mbm.models.factory import Encoder, load_model, normalize_spec
-from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder
+from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder, load_query_fusion
 from mbm.retrieval.searcher import Searcher
 from mbm.store.catalog import Catalog, CatalogState
 from mbm.store.lock import CollectionLock
@@ -50,6 +50,7 @@ class CollectionHandle:
         self._vectors: Any = None  # a VectorIndex, or a MilvusIndex (mbm.scale.milvus: the same search interface)
         self._searcher: Searcher | None = None
         self._fast: Any = None  # the torch-free text encoder, once loaded
+        self._fast_head: Any = None  # the torch-free fusion head, once loaded
         self._refresh = threading.RLock()
         self._unaccounted_load = 0.0
         self.timings: dict[str, float] = {}  # seconds per phase of the last search (imports, model, encode, ...)
@@ -148,6 +149,18 @@ class CollectionHandle:
                 return None
             self._fast = (fingerprint, encoder)
         return self._fast[1]
+
+    def _fast_fusion(self) -> Any:
+        """The torch-free fusion head exported beside the text tower for these weights, if there is one."""
+        if os.environ.get("MBM_NO_FAST_TEXT"):
+            return None
+        fingerprint = self._meta().get("fingerprint", "")
+        if self._fast_head is None or self._fast_head[0] != fingerprint:
+            fusion = load_query_fusion(self.folder / QUERY_ENCODER_DIR, fingerprint)
+            if fusion is None:
+                return None
+            self._fast_head = (fingerprint, fusion)
+        return self._fast_head[1]
 
     # -- information --------------------------------------------------------------------------
     def info(self) -> CollectionInfo:

@@ -340,6 +340,13 @@ class Encoder:
         return np.concatenate(chunks), None if fusion is None else kept
 
 
+def rerank_logit_scale(encoder: Encoder) -> float:
+    """What re-ranking multiplies the dual encoder's cosines by: ``exp(logit_scale)``, at most 100 (CLIP training's
+    clamp), 1 for a model without one."""
+    scale = encoder.logit_scale
+    return 1.0 if scale is None else min(float(scale), 100.0)
+
+
 def no_fusion_head(spec: str) -> CollectionError:
     return CollectionError(
         f"model {spec!r} has no fusion head, so it cannot re-rank — search without --rerank, or index into a new "

@@ -1,7 +1,8 @@
 """The torch-free query path: a collection keeps its model's text tower exported to ONNX.
 
 A cold ``mbm search "red car"`` then never imports torch or open_clip (seconds on a
-small machine); image queries, models whose text tower cannot be exported and installs
+small machine), re-ranked or not: a model with a fusion head gets it exported beside the
+text tower (``mbm.models.fusion_onnx``). Image queries, models whose text tower cannot be exported and installs
 without onnxruntime/onnx/onnxscript use the full encoder as before.
 
 The export itself takes seconds (torch.export of the whole text tower: 8 s for MiniLM on a
@@ -55,6 +56,16 @@ def load_query_encoder(folder: Path, fingerprint: str) -> Any:
     return OnnxTextEncoder.load(folder)
 
 
+def load_query_fusion(folder: Path, fingerprint: str) -> Any:
+    """The exported fusion head (``OnnxFusion``) when the export of these weights has one, else None."""
+    source = _source(folder)
+    if source.get("fingerprint") != fingerprint or not source.get("supported") or not source.get("fusion"):
+        return None
+    from mbm.models.fusion_onnx import OnnxFusion
+
+    return OnnxFusion.load(folder)
+
+
 def cached_query_encoder(fingerprint: str) -> Any:
     """The cached export for these weights (``cached_export_dir``) when there is one, else None. No torch."""
     return load_query_encoder(cached_export_dir(fingerprint), fingerprint)
@@ -70,7 +81,7 @@ def _export_into(encoder: Any, folder: Path, fingerprint: str) -> bool:
     """Export ``encoder``'s text tower into ``folder`` (atomically), recording ``fingerprint``; True when supported."""
     from mbm.models.text_onnx import UnsupportedTextTower, export_text_onnx
 
-    supported = True
+    supported = fusion = True
     with atomic_dir(folder) as tmp:  # readers see the old folder or the new one, never half of one
         try:
             export_text_onnx(encoder, tmp)
@@ -79,9 +90,28 @@ def _export_into(encoder: Any, folder: Path, fingerprint: str) -> bool:
             supported = False
             for p in tmp.iterdir():  # keep only the record, not a half-usable export
                 p.unlink()
+        fusion = supported and _export_fusion(encoder, tmp)
         source = {"fingerprint": fingerprint, "spec": encoder.spec, "supported": supported, "format": FORMAT}
+        if fusion:
+            source["fusion"] = True
         (tmp / _SOURCE).write_text(json.dumps(source))
     return supported
+
+
+def _export_fusion(encoder: Any, folder: Path) -> bool:
+    """Export the fusion head beside the text tower (for torch-free re-ranking); False when it has none or cannot."""
+    if not encoder.has_fusion:
+        return False
+    from mbm.models.fusion_onnx import CONFIG_FILE, MODEL_FILE, UnsupportedFusion, export_fusion_onnx
+
+    try:
+        export_fusion_onnx(encoder, folder)
+    except UnsupportedFusion as e:
+        log.info("re-ranking will use the full model: %s", e)
+        for name in (MODEL_FILE, CONFIG_FILE):
+            (folder / name).unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _usable(cached: Path, fingerprint: str) -> bool:
@@ -91,14 +121,19 @@ def _usable(cached: Path, fingerprint: str) -> bool:
         return False
     if not source.get("supported"):
         return True
-    from mbm.models.text_onnx import CONFIG_FILE, VERSION
-    from mbm.models.text_onnx import FORMAT as TOWER_FORMAT
+    from mbm.models import fusion_onnx, text_onnx
 
-    try:
-        tower = json.loads((cached / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return (tower.get("format"), tower.get("version")) == (TOWER_FORMAT, VERSION)
+    wanted = [(text_onnx.CONFIG_FILE, text_onnx.FORMAT, text_onnx.VERSION)]
+    if source.get("fusion"):
+        wanted.append((fusion_onnx.CONFIG_FILE, fusion_onnx.FORMAT, fusion_onnx.VERSION))
+    for name, form, version in wanted:
+        try:
+            config = json.loads((cached / name).read_text())
+        except (OSError, ValueError):
+            return False
+        if (config.get("format"), config.get("version")) != (form, version):
+            return False
+    return True
 
 
 def _copy_export(cached: Path, folder: Path, fingerprint: str) -> bool:
@@ -123,8 +158,8 @@ def export_query_encoder(encoder: Any, folder: Path, fingerprint: str | None = N
     ``fingerprint`` is the one the collection recorded for these weights, when it differs
     from ``encoder.fingerprint`` (a collection fingerprinted by an earlier mbm)."""
     fingerprint = fingerprint or encoder.fingerprint
-    if _source(folder).get("fingerprint") == fingerprint:
-        return False  # already tried for these weights (exported, or known unsupported)
+    if _usable(folder, fingerprint):
+        return False  # already tried for these weights (exported in this mbm's format, or known unsupported)
     from mbm.models.text_onnx import missing_export_modules
 
     missing = missing_export_modules()

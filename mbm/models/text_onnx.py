@@ -4,7 +4,9 @@ A cold ``mbm search`` would spend seconds importing torch + open_clip to encode 
 in milliseconds. ``export_text_onnx`` (torch, at index time) writes ``model.onnx`` with its
 weights in ``model.onnx.data``, ``tower.json`` and, for Hugging Face towers, ``tokenizer.json``;
 ``OnnxTextEncoder.load`` reads them back with onnxruntime and the torch-free tokenizers of
-``mbm.models.text_tokenizers``. Exported: open_clip ``CLIP`` text towers (causal mask, argmax
+``mbm.models.text_tokenizers``. The graph also outputs the tower's token features (what the
+fusion head reads, as ``mbm.models.tokens.text_tokens`` gives them), so that re-ranking a text
+query needs no torch either (``mbm.models.fusion_onnx``). Exported: open_clip ``CLIP`` text towers (causal mask, argmax
 pooling, open_clip's default BPE) and ``HFTextEncoder`` towers with a fast tokenizer; anything
 else, or an export that does not reproduce the torch vectors, raises ``UnsupportedTextTower``.
 """
@@ -31,7 +33,7 @@ from mbm.models.text_tokenizers import (
 
 log = logging.getLogger(__name__)
 
-FORMAT, VERSION = "mbm-text-onnx", 1
+FORMAT, VERSION = "mbm-text-onnx", 2  # 2: the token features as a second output
 MODEL_FILE, DATA_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.onnx", "model.onnx.data", "tower.json", "tokenizer.json"
 EXPORT_MODULES = ("onnxruntime", "onnx", "onnxscript")  # onnxscript: torch.onnx's dynamo exporter needs it
 MIN_COSINE = 0.9999
@@ -54,7 +56,8 @@ class UnsupportedTextTower(ValueError):
     """The model's text tower cannot be exported for ``OnnxTextEncoder``."""
 
 
-def _session(path: Path) -> Any:
+def ort_session(path: Path) -> Any:
+    """An ONNX Runtime session for a small per-query graph: one thread, mapped weights."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -74,6 +77,7 @@ class OnnxTextEncoder:
         self.config, self.session, self.tokenizer = config, session, tokenizer
         self.dim = int(config["output_dim"])
         self._input = session.get_inputs()[0].name
+        self._outputs = [o.name for o in session.get_outputs()]
 
     @classmethod
     def load(cls, folder: str | Path) -> OnnxTextEncoder | None:
@@ -90,7 +94,7 @@ class OnnxTextEncoder:
                 tokenizer: Any = ClipTokenizer(int(config["context_length"]))
             else:
                 tokenizer = load_hf_tokenizer(folder / TOKENIZER_FILE, int(config["context_length"]))
-            encoder = cls(config, _session(folder / MODEL_FILE), tokenizer)
+            encoder = cls(config, ort_session(folder / MODEL_FILE), tokenizer)
             if encoder.encode_texts([""]).shape != (1, encoder.dim):
                 return None
         except Exception as e:  # noqa: BLE001 - missing/partial files or onnxruntime absent: use the full model
@@ -118,8 +122,20 @@ class OnnxTextEncoder:
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch: little padding
         for s in range(0, len(texts), batch_size):
             idx = order[s : s + batch_size]
-            out[idx] = self.session.run(None, {self._input: self.tokenize([texts[i] for i in idx])})[0]
+            out[idx] = self.session.run(self._outputs[:1], {self._input: self.tokenize([texts[i] for i in idx])})[0]
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # as F.normalize
+
+    def encode_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(embedding (dim,), token features (n, width))`` of one text, float32: the normalized embedding and the
+        features of its real tokens, as ``mbm.models.tokens.text_tokens`` computes them (a CLS pooler's token
+        dropped)."""
+        ids = self.tokenize([text])
+        features, tokens = self.session.run(self._outputs[:2], {self._input: ids})
+        real = ids[0] != (0 if self.config["kind"] == "clip-bpe" else int(self.config["pad_id"]))
+        if tokens.shape[1] == ids.shape[1] - 1:  # a CLS pooler drops the first token from the sequence
+            real = real[1:]
+        vector = features[0] / max(float(np.linalg.norm(features[0])), 1e-12)
+        return vector.astype(np.float32), np.ascontiguousarray(tokens[0][real], np.float32)
 
 
 # ---- export (torch; runs where the model is already loaded) ----
@@ -149,7 +165,7 @@ def export_text_onnx(encoder: Any, folder: str | Path) -> None:
                 (example,),
                 None,
                 input_names=["ids"],
-                output_names=["text_features"],
+                output_names=["text_features", "text_tokens"],
                 dynamic_shapes=dims,
                 dynamo=True,
                 verbose=False,
@@ -168,6 +184,30 @@ def export_text_onnx(encoder: Any, folder: str | Path) -> None:
     cosine = float((onnx_encoder.encode_texts(PROBE) * encoder.encode_texts(PROBE)).sum(1).min())
     if cosine < MIN_COSINE:  # a subclass forward or tokenizer the export does not reproduce
         raise UnsupportedTextTower(f"the ONNX export agrees with the model only to cosine {cosine:.6f}")
+    cosine = _token_cosine(onnx_encoder, encoder, PROBE[:4])
+    if cosine < MIN_COSINE:
+        raise UnsupportedTextTower(
+            f"the ONNX export's token features agree with the model's only to cosine {cosine:.6f}"
+        )
+
+
+def _token_cosine(onnx_encoder: OnnxTextEncoder, encoder: Any, texts: Sequence[str]) -> float:
+    """The lowest cosine between the export's token features and ``text_tokens``' real ones (-1: other tokens)."""
+    import torch
+
+    from mbm.models.tokens import text_tokens
+
+    low = 1.0
+    for text in texts:
+        _, ours = onnx_encoder.encode_tokens(text)
+        with torch.inference_mode():
+            _, cells, mask = text_tokens(encoder.model, encoder.tokenizer([text]).to(encoder.device))
+        theirs = cells[0][mask[0]].float().cpu().numpy()
+        if ours.shape != theirs.shape:
+            return -1.0
+        norms = np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)
+        low = min(low, float(((ours * theirs).sum(1) / np.maximum(norms, 1e-12)).min()))
+    return low
 
 
 @contextlib.contextmanager
@@ -185,9 +225,8 @@ def _quiet() -> Iterator[None]:
 
 
 def _tower(encoder: Any, folder: Path) -> tuple[Any, dict, Any]:
-    """A float32 CPU copy of the text tower as an ``ids -> features`` module, its config and example ids."""
-    import copy
-
+    """A float32 CPU copy of the text tower as an ``ids -> (features, token features)`` module, its config and
+    example ids."""
     import torch
 
     model, tokenizer = encoder.model, encoder.tokenizer
@@ -207,7 +246,7 @@ def _tower(encoder: Any, folder: Path) -> tuple[Any, dict, Any]:
             "num_positions": int(hf.max_position_embeddings),
             "output_dim": int(encoder.dim),
         }
-        tower = copy.deepcopy(text)
+        tower = _hf_text(text)
     else:
         tower = _clip_text(model)
         if not same_as_clip_tokenizer(tokenizer, length):
@@ -229,6 +268,25 @@ def _tower(encoder: Any, folder: Path) -> tuple[Any, dict, Any]:
         [[101, 1037, 2417, 2482, 102]] * 2 if config["kind"] == "hf" else [[49406, 320, 736, 1615, 49407]] * 2
     )
     return tower.to("cpu", torch.float32).eval(), config, example
+
+
+def _hf_text(text: Any) -> Any:
+    """A copy of an open_clip ``HFTextEncoder`` that returns ``(projected, token features)``."""
+    import copy
+
+    import torch
+
+    class HFText(torch.nn.Module):
+        def __init__(self, tower: Any):
+            super().__init__()
+            self.tower = copy.deepcopy(tower)
+            self.tower.output_tokens = True  # forward returns the tokens beside the pooled, projected vector
+
+        def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            projected, tokens = self.tower(ids)
+            return projected, tokens
+
+    return HFText(text)
 
 
 def _clip_text(model: Any) -> Any:
@@ -276,17 +334,15 @@ def _clip_text(model: Any) -> Any:
                 else (None if proj is None else torch.nn.Parameter(proj.detach().clone()))
             )
 
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             n = ids.shape[1]
             x = self.token_embedding(ids) + self.positional_embedding[:n]
-            x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:n, :n]))
-            x = x[torch.arange(x.shape[0]), ids.argmax(-1)]
+            tokens = self.ln_final(self.transformer(x, attn_mask=self.attn_mask[:n, :n]))
+            x = tokens[torch.arange(tokens.shape[0]), ids.argmax(-1)]
             if self.text_projection is None:
-                return x
-            return (
-                self.text_projection(x)
-                if isinstance(self.text_projection, torch.nn.Module)
-                else x @ self.text_projection
-            )
+                return x, tokens
+            if isinstance(self.text_projection, torch.nn.Module):
+                return self.text_projection(x), tokens
+            return x @ self.text_projection, tokens
 
     return ClipText(model)

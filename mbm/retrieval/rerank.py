@@ -20,6 +20,7 @@ import numpy as np
 from mbm.config import DEFAULT_COLLECTION
 from mbm.errors import CollectionError, UsageError
 from mbm.indexer.scan import display_path
+from mbm.models.encoder import rerank_logit_scale
 from mbm.models.specs import spec_folder
 from mbm.retrieval import hubness
 from mbm.retrieval.query import QueryLike, Term, as_query
@@ -28,6 +29,10 @@ from mbm.store.catalog import Catalog
 from mbm.store.tokens import TokenFormat, tokens_of, unpack_images, unpack_texts
 
 DEFAULT_RERANK_TOP = 50
+
+
+class MissingTokens(CollectionError):
+    """Candidates of a re-ranked search have no stored tokens (indexed before mbm stored them)."""
 
 
 def rerank_order(
@@ -71,22 +76,17 @@ def rerank_term(query: QueryLike, text_collection: bool) -> Term:
 
 class QueryTokens(NamedTuple):
     kind: str  # "text" or "image"
-    tokens: np.ndarray  # (n, width) float16: a text's real tokens, or an image's G tokens
+    tokens: np.ndarray  # what the scorer's ``logits`` reads: a text's tokens, or an image's G tokens
 
 
-class FusionReranker:
-    """Re-scores candidates with ``encoder.heads["fusion"]`` and their stored tokens; ``Hit.match`` is its
-    probability, ``Hit.score`` stays the dual encoder's cosine."""
+class TorchScorer:
+    """The fusion head of a loaded model: query tokens from its towers, logits in torch."""
 
-    def __init__(self, encoder: Any, collection: str = DEFAULT_COLLECTION):
+    def __init__(self, encoder: Any):
         self.encoder = encoder
         self.fusion = encoder.require_fusion()
-        self.collection = collection
-        scale = getattr(encoder.model, "logit_scale", None)
-        self.logit_scale = float(scale.detach().float().exp().clamp(max=100)) if scale is not None else 1.0
+        self.logit_scale = rerank_logit_scale(encoder)
         self.dual_weight = float(getattr(self.fusion.cfg, "dual_weight", 1.0))  # calibrated by training, when it was
-        # the model's re-ranking calibration (hubness bank and expert weights), when its folder has one
-        self.calibration = hubness.load(spec_folder(encoder.spec)) if isinstance(encoder.spec, str) else None
 
     def query_tokens(self, term: Term) -> QueryTokens:
         """The fusion tokens of the query's term (a text, or a picture decoded as the indexer decodes)."""
@@ -95,6 +95,55 @@ class FusionReranker:
         image = decode_query_image(str(term.value), self.encoder.image_size)
         pixels = self.encoder.preprocess(image)[None]
         return QueryTokens("image", self.encoder.encode_image_batch(pixels, tokens=True)[1][0])
+
+    def logits(self, query: QueryTokens, blobs: list[bytes], fmt: TokenFormat) -> np.ndarray:
+        """Fusion match logits of the query against each candidate's stored tokens, float64 ``(N,)``."""
+        import torch
+
+        one = torch.zeros(len(blobs), dtype=torch.long, device=self.encoder.device)  # every pair shares the query
+        q = torch.from_numpy(np.array(query.tokens))[None].to(self.encoder.device)
+        with torch.inference_mode():
+            if query.kind == "text":
+                images = torch.from_numpy(unpack_images(blobs, fmt)).to(self.encoder.device)
+                mask = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
+                out = self.fusion.match(q, mask, images, text_index=one)
+            else:
+                tokens, mask = (torch.from_numpy(a).to(self.encoder.device) for a in unpack_texts(blobs, fmt))
+                out = self.fusion.match(tokens, mask, q, image_index=one)
+        return out.float().cpu().numpy().astype(np.float64)
+
+
+class OnnxScorer:
+    """The fusion head exported beside the collection's text tower (``mbm.models.fusion_onnx``): text queries
+    re-rank without torch; the same logits as :class:`TorchScorer` up to float rounding."""
+
+    def __init__(self, text: Any, fusion: Any):
+        self.text, self.fusion = text, fusion
+        self.logit_scale, self.dual_weight = fusion.logit_scale, fusion.dual_weight
+
+    def query_tokens(self, term: Term) -> QueryTokens:
+        if term.kind != "text":
+            raise ValueError("the exported fusion head re-ranks text queries only")
+        return QueryTokens("text", self.text.encode_tokens(str(term.value))[1])
+
+    def logits(self, query: QueryTokens, blobs: list[bytes], fmt: TokenFormat) -> np.ndarray:
+        return self.fusion.logits(query.tokens, unpack_images(blobs, fmt))
+
+
+class FusionReranker:
+    """Re-scores candidates with a model's fusion head (a :class:`TorchScorer` or an :class:`OnnxScorer`) and their
+    stored tokens; ``Hit.match`` is its probability, ``Hit.score`` stays the dual encoder's cosine.
+
+    ``spec``: the model's spec, whose checkpoint folder may hold a re-ranking calibration (``mbm.retrieval.hubness``:
+    hubness bank and expert weights)."""
+
+    def __init__(self, scorer: TorchScorer | OnnxScorer, spec: str | None, collection: str = DEFAULT_COLLECTION):
+        self.scorer = scorer
+        self.collection = collection
+        self.calibration = hubness.load(spec_folder(spec)) if spec else None
+
+    def query_tokens(self, term: Term) -> QueryTokens:
+        return self.scorer.query_tokens(term)
 
     def rerank(self, query: QueryTokens, hits: list[Hit], catalog: Catalog) -> list[Hit]:
         """The same hits re-ordered, ranks renumbered, ``match`` set (call with the catalog the hits came from)."""
@@ -105,14 +154,20 @@ class FusionReranker:
         lacking = [h for h in hits if h.id not in stored]
         if lacking or fmt is None:
             raise self._missing(lacking or hits, len(hits), query.kind == "image")
-        logits = self.logits(query, [stored[h.id] for h in hits], fmt)
-        fusion_weight, dual_weight = hubness.expert_weights(self.calibration, self.dual_weight)
+        want = "image" if query.kind == "text" else "text"
+        if fmt.kind != want:
+            raise CollectionError(
+                f"collection {self.collection!r} stores {fmt.kind} tokens, so a {query.kind} query "
+                f"cannot be re-ranked against it — query with {'an image' if want == 'text' else 'text'}"
+            )
+        logits = self.scorer.logits(query, [stored[h.id] for h in hits], fmt)
+        fusion_weight, dual_weight = hubness.expert_weights(self.calibration, self.scorer.dual_weight)
         # the bank holds text queries: only pictures (text -> image candidates) have a hubness penalty
         penalty = self.penalties(catalog, hits) if self.calibration is not None and query.kind == "text" else None
         order = rerank_order(
             logits,
             np.array([h.score for h in hits]),
-            self.logit_scale,
+            self.scorer.logit_scale,
             dual_weight,
             penalty=penalty,
             fusion_weight=fusion_weight,
@@ -127,34 +182,12 @@ class FusionReranker:
         found = dict(zip(ids.tolist(), self.calibration.penalty(vectors)))
         return np.array([found.get(h.id, 0.0) for h in hits], np.float64)
 
-    def logits(self, query: QueryTokens, blobs: list[bytes], fmt: TokenFormat) -> np.ndarray:
-        """Fusion match logits of the query against each candidate's stored tokens, float64 ``(N,)``."""
-        import torch
-
-        want = "image" if query.kind == "text" else "text"
-        if fmt.kind != want:
-            raise CollectionError(
-                f"collection {self.collection!r} stores {fmt.kind} tokens, so a {query.kind} query "
-                f"cannot be re-ranked against it — query with {'an image' if want == 'text' else 'text'}"
-            )
-        one = torch.zeros(len(blobs), dtype=torch.long, device=self.encoder.device)  # every pair shares the query
-        q = torch.from_numpy(np.array(query.tokens))[None].to(self.encoder.device)
-        with torch.inference_mode():
-            if query.kind == "text":
-                images = torch.from_numpy(unpack_images(blobs, fmt)).to(self.encoder.device)
-                mask = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
-                out = self.fusion.match(q, mask, images, text_index=one)
-            else:
-                tokens, mask = (torch.from_numpy(a).to(self.encoder.device) for a in unpack_texts(blobs, fmt))
-                out = self.fusion.match(tokens, mask, q, image_index=one)
-        return out.float().cpu().numpy().astype(np.float64)
-
-    def _missing(self, lacking: list[Hit], total: int, texts: bool) -> CollectionError:
+    def _missing(self, lacking: list[Hit], total: int, texts: bool) -> MissingTokens:
         places = sorted({h.path if texts else os.path.dirname(h.path) for h in lacking})
         where = places[0] if len(places) == 1 else os.path.commonpath(places)
         where = "PATH" if where in ("", os.sep) else shlex.quote(display_path(where))
         named = "" if self.collection == DEFAULT_COLLECTION else f" -c {shlex.quote(self.collection)}"
-        return CollectionError(
+        return MissingTokens(
             f"{len(lacking)} of the {total} candidates have no stored re-ranking tokens (they were indexed before "
             f"mbm stored them) — run `mbm index {where} --rerank-tokens{named}` once to add them (the files must "
             "still be there; texts need nothing), then search again"

@@ -167,7 +167,7 @@ def _routes(app: FastAPI, config: ServerConfig, collections: Collections, metric
         before: str | None = Form(None),
         camera: str | None = Form(None),
         sort: str = Form("score"),
-        rerank: int = Form(0),
+        rerank: int = Form(0),  # image queries re-rank only when asked (against a text collection)
         collection: str | None = Form(None),
     ) -> SearchResponse:
         import base64

@@ -38,7 +38,11 @@ class SearchRequest(BaseModel):
     sort: Literal["score", "date", "path"] = Field(
         "score", description='"date" / "path": every hit above min_score ("auto" unless given) in that order'
     )
-    rerank: bool | int = Field(False, description="true: re-rank the top 50 with the fusion head; N: the top N")
+    rerank: bool | int | None = Field(
+        None,
+        description="true: re-rank the top 50 with the fusion head; N: the top N; false: never; "
+        "null (default): as `mbm search` does (text queries, with a model whose re-ranking is calibrated)",
+    )
     collection: str | None = None
     return_embeddings: bool = False
     tag: str | None = Field(None, description="only items carrying this tag (any case; `mbm tags` lists them)")

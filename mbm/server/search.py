@@ -36,14 +36,15 @@ _EXTENSIONS = {
 SOURCES = ("text", "query", "image", "embedding", "like", "terms")
 
 
-def check_bounds(req: SearchRequest, limits: Limits) -> int:
-    """Validate k, offset, rerank and query length; return the number of candidates to re-rank."""
+def check_bounds(req: SearchRequest, limits: Limits) -> int | None:
+    """Validate k, offset, rerank and query length; return the number of candidates to re-rank (None: the
+    collection's default, ``Engine.default_rerank``)."""
     if not 1 <= req.k <= limits.max_k:
         raise ApiError(400, f"k={req.k} is out of range — give 1 to {limits.max_k}")
     if not 0 <= req.offset <= limits.max_offset:
         raise ApiError(400, f"offset={req.offset} is out of range — give 0 to {limits.max_offset}")
-    top = DEFAULT_RERANK_TOP if req.rerank is True else int(req.rerank)
-    if not 0 <= top <= limits.max_rerank:
+    top = DEFAULT_RERANK_TOP if req.rerank is True else None if req.rerank is None else int(req.rerank)
+    if top is not None and not 0 <= top <= limits.max_rerank:
         raise ApiError(400, f"rerank={req.rerank} is out of range — give true/false or 1 to {limits.max_rerank}")
     for name in ("text", "query"):
         value = getattr(req, name)
@@ -58,7 +59,7 @@ def check_bounds(req: SearchRequest, limits: Limits) -> int:
             "give exactly one of text, query, image, embedding, like, terms"
             + (f" (got {', '.join(given)})" if given else ""),
         )
-    return max(top, req.offset + req.k) if top else 0
+    return top
 
 
 def image_file(data_b64: str, limits: Limits, stack: ExitStack, field: str = "image") -> Path:
@@ -158,18 +159,21 @@ def page(hits: list[Any], offset: int, k: int, resort: bool) -> list[Any]:
 async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics: Metrics) -> SearchResponse:
     top = check_bounds(req, limits)
     engine = served.engine
+    reranks = top
+    if top is None:  # the collection's default (a text query with a calibrated model re-ranks: not micro-batched)
+        reranks = await run_in_threadpool(engine.default_rerank, req.text, req.mode, req.sort) if req.text else 1
     want = req.offset + req.k
     filtered = req.under or req.after or req.before or req.camera or req.sort != "score" or req.min_score == "auto"
     filtered = filtered or req.tag is not None or req.mode != "vector"
-    plain = req.text is not None and not top and not filtered and not req.return_embeddings
+    plain = req.text is not None and not reranks and not filtered and not req.return_embeddings
     query_vector = None
     if plain:  # micro-batched with concurrent text queries; the generation comes with the hits
         hits, (catalog_id, generation) = await served.batcher.search(req.text, want, req.min_score)  # type: ignore[arg-type]
     else:
         hits, query_vector, (catalog_id, generation) = await run_in_threadpool(
-            _search_blocking, req, served, limits, metrics, want, top
+            _search_blocking, req, served, limits, metrics, top
         )
-    rows = page(hits, req.offset, req.k, resort=plain)
+    rows = page(hits, req.offset, req.k, resort=True) if plain else hits  # the Engine paged its own answer
     out = [_hit_out(h, req.offset + i + 1) for i, h in enumerate(rows)]
     if req.return_embeddings:
         for h in out:
@@ -187,7 +191,7 @@ async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics
 
 
 def _search_blocking(
-    req: SearchRequest, served: Served, limits: Limits, metrics: Metrics, want: int, top: int
+    req: SearchRequest, served: Served, limits: Limits, metrics: Metrics, top: int | None
 ) -> tuple[list[Any], list[float] | None, tuple[str, int]]:
     engine = served.engine
     version = engine.generation()  # read first: a change during the search shows as a new generation next time
@@ -195,7 +199,8 @@ def _search_blocking(
         query = build_query(req, served, limits, stack)
         hits = engine.search(
             query,
-            k=want,
+            k=req.k,
+            offset=req.offset,
             min_score=req.min_score,
             under=req.under,
             rerank=top,
