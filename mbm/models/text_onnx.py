@@ -78,6 +78,7 @@ class OnnxTextEncoder:
         self.dim = int(config["output_dim"])
         self._input = session.get_inputs()[0].name
         self._outputs = [o.name for o in session.get_outputs()]
+        self._last: tuple[str, np.ndarray, np.ndarray] | None = None  # encode_tokens' last text and answer
 
     @classmethod
     def load(cls, folder: str | Path) -> OnnxTextEncoder | None:
@@ -118,6 +119,8 @@ class OnnxTextEncoder:
         """L2-normalized float32 ``(N, dim)`` embeddings of ``texts``."""
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
+        if len(texts) == 1:  # a query: the same run gives the token features its re-ranking asks for next
+            return self.encode_tokens(texts[0])[0][None]
         out = np.empty((len(texts), self.dim), np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch: little padding
         for s in range(0, len(texts), batch_size):
@@ -128,14 +131,20 @@ class OnnxTextEncoder:
     def encode_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """``(embedding (dim,), token features (n, width))`` of one text, float32: the normalized embedding and the
         features of its real tokens, as ``mbm.models.tokens.text_tokens`` computes them (a CLS pooler's token
-        dropped)."""
+        dropped). The last text's answer is kept, so a query's search and its re-ranking share one run."""
+        last = self._last
+        if last is not None and last[0] == text:
+            return last[1].copy(), last[2].copy()  # copies: a caller may change its arrays
         ids = self.tokenize([text])
         features, tokens = self.session.run(self._outputs[:2], {self._input: ids})
         real = ids[0] != (0 if self.config["kind"] == "clip-bpe" else int(self.config["pad_id"]))
         if tokens.shape[1] == ids.shape[1] - 1:  # a CLS pooler drops the first token from the sequence
             real = real[1:]
-        vector = features[0] / max(float(np.linalg.norm(features[0])), 1e-12)
-        return vector.astype(np.float32), np.ascontiguousarray(tokens[0][real], np.float32)
+        out = features.astype(np.float32)
+        vector = (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))[0]  # as encode_texts
+        kept = np.ascontiguousarray(tokens[0][real], np.float32)
+        self._last = (text, vector.copy(), kept.copy())  # one assignment: threads sharing it see a whole entry
+        return vector, kept
 
 
 # ---- export (torch; runs where the model is already loaded) ----
