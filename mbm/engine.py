@@ -35,8 +35,7 @@ from mbm.errors import CatalogError, CollectionError, UsageError
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import Indexer, IndexReport, Progress
 from mbm.models.factory import no_fusion_head
-from mbm.models.specs import spec_folder
-from mbm.retrieval import hubness, hybrid
+from mbm.retrieval import hybrid
 from mbm.retrieval.query import Term
 from mbm.retrieval.rerank import (
     DEFAULT_RERANK_TOP,
@@ -44,6 +43,7 @@ from mbm.retrieval.rerank import (
     MissingTokens,
     OnnxScorer,
     TorchScorer,
+    calibrated_top,
     rerank_term,
 )
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
@@ -51,7 +51,7 @@ from mbm.scale import backend as scale_backend
 from mbm.store.ann import settings_meta
 from mbm.store.catalog import Catalog
 from mbm.store.check import CheckReport
-from mbm.store.tokens import FUSION_KEY, TokenFormat
+from mbm.store.tokens import FUSION_KEY
 
 if TYPE_CHECKING:
     from mbm.indexer.importer import ImportReport
@@ -398,11 +398,7 @@ class Engine(CollectionHandle):
         holds a re-ranking calibration: the bundled model, see its MODEL_CARD.md; vector mode, sorted by score),
         else 0. Reads the collection's records only; loads no model."""
         meta = self._meta()
-        fmt = TokenFormat.of_meta(meta)
-        if mode != "vector" or sort != "score" or meta.get(FUSION_KEY) != "1" or fmt is None or fmt.kind != "image":
-            return 0
-        spec = self.model_spec or meta.get("model")
-        if not spec or hubness.load(spec_folder(spec)) is None:
+        if mode != "vector" or sort != "score" or not calibrated_top(meta, self.model_spec or meta.get("model")):
             return 0
         try:
             rerank_term(query, text_collection=False)

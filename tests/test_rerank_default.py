@@ -87,7 +87,7 @@ def test_the_export_holds_the_fusion_head_and_agrees_with_torch(fused):
 
 def test_without_a_calibration_the_default_search_is_not_reranked(fused):
     with _engine(fused) as eng:
-        assert eng.default_rerank("a red circle") == 0
+        assert eng.default_rerank("a red circle") == 0 and eng.info().rerank_default == 0
         hits = eng.search("a red circle", k=10)
         assert all(h.match is None for h in hits) and "rerank" not in eng.timings
         assert [h.id for h in hits] == [h.id for h in eng.search("a red circle", k=10, rerank=0)]
@@ -97,7 +97,7 @@ def test_with_a_calibration_text_queries_rerank_by_default(fused, calibrated):
     root, _, _ = fused
     picture = next((root / "pics").iterdir())
     with _engine(fused) as eng:
-        assert eng.default_rerank("a red circle") == DEFAULT_RERANK_TOP
+        assert eng.default_rerank("a red circle") == DEFAULT_RERANK_TOP == eng.info().rerank_default
         default = eng.search("a red circle", k=10)
         assert "rerank" in eng.timings and "rerank_query" in eng.timings
         asked = eng.search("a red circle", k=10, rerank=True)

@@ -220,6 +220,10 @@ def _tokens_line(c: Any) -> str:
     line = f"re-ranking tokens: {c.token_bytes_per_item:,} B/item, {human_size(c.token_bytes)}"
     if c.items_without_tokens:
         line += f"; {c.items_without_tokens} items without (`mbm index PATH --rerank-tokens` adds them)"
+    if c.rerank_default:
+        line += f"; text queries re-rank their top {c.rerank_default} by default (calibrated model; --no-rerank)"
+    elif c.fusion:
+        line += "; re-ranked with --rerank"
     return line
 
 

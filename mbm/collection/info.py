@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mbm.config import CATALOG_FILE
+from mbm.retrieval.rerank import calibrated_top
 from mbm.scale import backend as scale_backend
 from mbm.store.catalog import Catalog
 from mbm.store.stamp import describe, read_stamp
@@ -33,6 +34,7 @@ class CollectionInfo:
     token_bytes: int = 0
     items_without_tokens: int = 0
     index: dict[str, Any] = field(default_factory=dict)  # type, settings, recall@10, memory (store.vectors.describe)
+    rerank_default: int = 0  # candidates a text query re-ranks unless told otherwise (0: none)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,4 +72,5 @@ def collection_info(name: str, folder: Path, catalog: Catalog) -> CollectionInfo
         tokens.total_bytes,
         tokens.items_without,
         describe(folder, catalog.catalog_id) | scale_backend.describe_backend(meta),
+        calibrated_top(meta, meta.get("model")),
     )

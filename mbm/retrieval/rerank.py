@@ -26,9 +26,19 @@ from mbm.retrieval import hubness
 from mbm.retrieval.query import QueryLike, Term, as_query
 from mbm.retrieval.searcher import Hit, decode_query_image
 from mbm.store.catalog import Catalog
-from mbm.store.tokens import TokenFormat, tokens_of, unpack_images, unpack_texts
+from mbm.store.tokens import FUSION_KEY, TokenFormat, tokens_of, unpack_images, unpack_texts
 
 DEFAULT_RERANK_TOP = 50
+
+
+def calibrated_top(meta: dict[str, str], spec: str | None) -> int:
+    """How many candidates a text query over this collection re-ranks by default: DEFAULT_RERANK_TOP when its model
+    has a fusion head and a re-ranking calibration (measured to help: the bundled model's MODEL_CARD.md) and the
+    collection stores image tokens, else 0. From the catalog's records and the model folder; loads no model."""
+    fmt = TokenFormat.of_meta(meta)
+    if meta.get(FUSION_KEY) != "1" or fmt is None or fmt.kind != "image" or not spec:
+        return 0
+    return DEFAULT_RERANK_TOP if hubness.load(spec_folder(spec)) is not None else 0
 
 
 class MissingTokens(CollectionError):
