@@ -287,3 +287,51 @@ def test_zero_shot_tags_are_the_same_from_the_label_cache(tmp_path, monkeypatch,
         assert len(list(cache.glob("*.npy"))) == 2
     assert found[0] == found[1] == found[2]
     assert all(found[0].values())
+
+
+def test_the_classifier_scores_without_torch_as_the_torch_head_does(tmp_path):
+    """Tagging reads a checkpoint's classifier with numpy (a fast-started encoder loads no torch heads for it; with
+    the bundled model's ONNX image side an index run imports no torch at all), and scores as the loaded head does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mbm.indexer.tagging import classifier_vocabulary, model_classifier
+    from mbm.models import load_model
+    from mbm.models.build import create_from_config, load_model_cfg, save_checkpoint
+    from mbm.models.classifier_numpy import CosineClassifier
+
+    torch.manual_seed(0)
+    model = create_from_config("mbm-tiny")[0]
+    head = ClassifierHead(64, [f"label {i}" for i in range(7)], init_scale=12.0)
+    with torch.no_grad():
+        head.linear.weight.normal_()
+        head.linear.bias.normal_(0, 0.1)
+    folder = save_checkpoint(model, tmp_path / "tiny-cls", load_model_cfg("mbm-tiny"), heads=(None, head))
+    loaded = load_model(str(folder), device="cpu", precision="fp32").heads["classifier"]
+    ours = CosineClassifier.from_folder(folder)
+    assert ours is not None and ours.labels == tuple(loaded.labels)
+    emb = np.random.default_rng(0).standard_normal((20, 64)).astype(np.float32)
+    with torch.inference_mode():
+        want = loaded(torch.from_numpy(emb)).double().numpy()
+    assert np.abs(ours.logits(emb) - want).max() < 1e-4
+    fresh = classifier_vocabulary(head)  # a head in memory scores by the same code
+    with torch.inference_mode():
+        assert np.allclose(fresh.scores(emb, []), torch.softmax(head(torch.from_numpy(emb)).double(), 1).numpy())
+    assert CosineClassifier.from_folder(tmp_path) is None  # no heads: no classifier
+
+    make_images(tmp_path / "pics", 3)
+    code = (
+        "import sys; from mbm.models import load_model; from mbm.indexer.tagging import model_classifier; "
+        f"enc = load_model({str(folder)!r}, device='cpu', precision='fp32'); "
+        "print(type(model_classifier(enc)).__name__, 'heads' in vars(enc), 'mbm.models.heads' in sys.modules)"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for _ in range(2):  # the first load leaves the start record; the second starts fast
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1]
+        )
+        assert out.returncode == 0, out.stderr
+    # read from the folder: the heads (a torch module) were not loaded for it
+    assert out.stdout.split()[-3:] == ["CosineClassifier", "False", "False"], out.stdout
+    assert model_classifier(load_model(str(folder), device="cpu", precision="fp32")) is not None

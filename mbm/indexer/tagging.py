@@ -119,16 +119,31 @@ def zero_shot(encoder: Any, labels: Sequence[str], source: str) -> Vocabulary:
 
 
 def classifier_vocabulary(head: Any, source: str = "classifier") -> Vocabulary:
-    import torch
+    """The labels and softmax of a classification head (a ``ClassifierHead``, or its ``CosineClassifier``)."""
+    from mbm.models.classifier_numpy import CosineClassifier
 
-    param = next(head.parameters())
+    classifier = head if isinstance(head, CosineClassifier) else CosineClassifier.from_head(head)
 
     def scores(emb: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-        with torch.inference_mode():
-            logits = head(torch.from_numpy(np.ascontiguousarray(emb)).to(param.device, param.dtype))
-        return softmax(logits.float().cpu().numpy().astype(np.float64))
+        return softmax(classifier.logits(emb))
 
-    return Vocabulary(source, tuple(head.labels), scores)
+    return Vocabulary(source, classifier.labels, scores)
+
+
+def model_classifier(encoder: Any) -> Any:
+    """The model's classification head, or None: the loaded one when the heads are in memory (a model fresh from
+    training, too), else read from its checkpoint folder without torch (``CosineClassifier.from_folder``)."""
+    from mbm.models.classifier_numpy import CosineClassifier
+    from mbm.models.specs import spec_folder
+
+    if "heads" in getattr(encoder, "__dict__", {}) or not isinstance(getattr(encoder, "spec", None), str):
+        heads = getattr(encoder, "heads", None)
+        return heads.get("classifier") if isinstance(heads, dict) else None
+    folder = spec_folder(encoder.spec)
+    if folder is None:  # heads not from a folder: ask the encoder (loads them)
+        heads = encoder.heads
+        return heads.get("classifier") if isinstance(heads, dict) else None
+    return CosineClassifier.from_folder(folder)
 
 
 def vocabulary(encoder: Any, meta: dict[str, str], concat: Any = None) -> Vocabulary:
@@ -137,7 +152,7 @@ def vocabulary(encoder: Any, meta: dict[str, str], concat: Any = None) -> Vocabu
         return zero_shot(encoder, json.loads(meta[LABELS_KEY]), "labels")
     if concat is not None:
         return Vocabulary("concat-classifier", tuple(concat.labels), concat.scores)
-    head = encoder.heads.get("classifier") if isinstance(getattr(encoder, "heads", None), dict) else None
+    head = model_classifier(encoder)
     if head is not None:
         return classifier_vocabulary(head)
     return zero_shot(encoder, EVERYDAY_TAGS, "everyday")
