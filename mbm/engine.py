@@ -36,14 +36,9 @@ from mbm.indexer.decode import DEFAULT_MAX_PIXELS
 from mbm.indexer.runner import Indexer, IndexReport, Progress
 from mbm.models.factory import no_fusion_head
 from mbm.retrieval import hybrid
-from mbm.retrieval.query import Term
 from mbm.retrieval.rerank import (
     DEFAULT_RERANK_TOP,
-    FusionReranker,
     MissingTokens,
-    OnnxScorer,
-    TorchScorer,
-    calibrated_top,
     rerank_term,
 )
 from mbm.retrieval.searcher import Hit, Searcher, image_paths_encoder
@@ -378,39 +373,6 @@ class Engine(CollectionHandle):
             with read_snapshot(catalog):
                 ids, vecs = catalog.embeddings_of([int(item_id)])
         return vecs[0] if len(ids) else None
-
-    def _reranker(self, kind: str) -> FusionReranker:
-        """The re-ranker for a query of ``kind``: torch-free for text when the collection's query-encoder export has
-        the fusion head (``mbm.models.fusion_onnx``), else the model's own head."""
-        meta = self._meta()
-        if meta.get(FUSION_KEY) == "0":  # known without loading the model
-            raise no_fusion_head(meta.get("model", "?"))
-        if kind == "text":
-            text, fusion = self._fast_text(), self._fast_fusion()
-            if text is not None and fusion is not None:
-                return FusionReranker(OnnxScorer(text, fusion), self.model_spec or meta.get("model"), self.name)
-        encoder = self.encoder()
-        return FusionReranker(TorchScorer(encoder), encoder.spec, self.name)
-
-    def default_rerank(self, query: Any, mode: str = "vector", sort: str = "score") -> int:
-        """How many candidates :meth:`search` re-ranks for ``query`` unless told (``rerank=None``): DEFAULT_RERANK_TOP
-        where re-ranking was measured to help (a text query over pictures with stored tokens, a model whose folder
-        holds a re-ranking calibration: the bundled model, see its MODEL_CARD.md; vector mode, sorted by score),
-        else 0. Reads the collection's records only; loads no model."""
-        meta = self._meta()
-        if mode != "vector" or sort != "score" or not calibrated_top(meta, self.model_spec or meta.get("model")):
-            return 0
-        try:
-            rerank_term(query, text_collection=False)
-        except UsageError:  # images, several texts, a raw vector: searched as they are
-            return 0
-        return DEFAULT_RERANK_TOP
-
-    def _auto_reranker(self, query: Any, mode: str, sort: str) -> tuple[FusionReranker | None, Term | None]:
-        """The re-ranker and term of a search left to :meth:`default_rerank`, or ``(None, None)``."""
-        if not self.default_rerank(query, mode, sort):
-            return None, None
-        return self._reranker("text"), rerank_term(query, text_collection=False)
 
     def check(self, *, fix: bool = False) -> CheckReport:
         """Integrity, damaged embeddings, files that are gone, stale caches, temp files; ``fix`` repairs

@@ -1,7 +1,8 @@
 """CollectionHandle: one collection in one store as the Engine holds it open: its catalog (opened
 read-only until a write needs it, reopened when the file is replaced), its model (loaded once, checked
 against the recorded spec and fingerprint), the torch-free text encoder exported beside it, and what
-``mbm info`` reports. Indexing and searching are the Engine's (``mbm.engine``), on top of this."""
+``mbm info`` reports, and which fusion re-ranker its searches use (the exported one for text queries when
+there is one) and when. Indexing and searching are the Engine's (``mbm.engine``), on top of this."""
 
 from __future__ import annotations
 
@@ -14,12 +15,22 @@ from mbm.collection.checks import check_model_spec
 from mbm.collection.info import CollectionInfo, collection_info
 from mbm.collection.model import check_fingerprint
 from mbm.config import CATALOG_FILE, DEFAULT_COLLECTION, collection_dir, ensure_store, resolve_store
-from mbm.errors import CollectionError
-from mbm.models.factory import Encoder, load_model, normalize_spec
+from mbm.errors import CollectionError, UsageError
+from mbm.models.factory import Encoder, load_model, no_fusion_head, normalize_spec
 from mbm.models.query_encoder import QUERY_ENCODER_DIR, export_query_encoder, load_query_encoder, load_query_fusion
+from mbm.retrieval.query import Term
+from mbm.retrieval.rerank import (
+    DEFAULT_RERANK_TOP,
+    FusionReranker,
+    OnnxScorer,
+    TorchScorer,
+    calibrated_top,
+    rerank_term,
+)
 from mbm.retrieval.searcher import Searcher
 from mbm.store.catalog import Catalog, CatalogState
 from mbm.store.lock import CollectionLock
+from mbm.store.tokens import FUSION_KEY
 
 H = TypeVar("H", bound="CollectionHandle")
 
@@ -161,6 +172,40 @@ class CollectionHandle:
                 return None
             self._fast_head = (fingerprint, fusion)
         return self._fast_head[1]
+
+    # -- re-ranking: which head, and whether a search re-ranks unless told ---------------------
+    def _reranker(self, kind: str) -> FusionReranker:
+        """The re-ranker for a query of ``kind``: torch-free for text when the collection's query-encoder export has
+        the fusion head (``mbm.models.fusion_onnx``), else the model's own head."""
+        meta = self._meta()
+        if meta.get(FUSION_KEY) == "0":  # known without loading the model
+            raise no_fusion_head(meta.get("model", "?"))
+        if kind == "text":
+            text, fusion = self._fast_text(), self._fast_fusion()
+            if text is not None and fusion is not None:
+                return FusionReranker(OnnxScorer(text, fusion), self.model_spec or meta.get("model"), self.name)
+        encoder = self.encoder()
+        return FusionReranker(TorchScorer(encoder), encoder.spec, self.name)
+
+    def default_rerank(self, query: Any, mode: str = "vector", sort: str = "score") -> int:
+        """How many candidates :meth:`search` re-ranks for ``query`` unless told (``rerank=None``): DEFAULT_RERANK_TOP
+        where re-ranking was measured to help (a text query over pictures with stored tokens, a model whose folder
+        holds a re-ranking calibration: the bundled model, see its MODEL_CARD.md; vector mode, sorted by score),
+        else 0. Reads the collection's records only; loads no model."""
+        meta = self._meta()
+        if mode != "vector" or sort != "score" or not calibrated_top(meta, self.model_spec or meta.get("model")):
+            return 0
+        try:
+            rerank_term(query, text_collection=False)
+        except UsageError:  # images, several texts, a raw vector: searched as they are
+            return 0
+        return DEFAULT_RERANK_TOP
+
+    def _auto_reranker(self, query: Any, mode: str, sort: str) -> tuple[FusionReranker | None, Term | None]:
+        """The re-ranker and term of a search left to :meth:`default_rerank`, or ``(None, None)``."""
+        if not self.default_rerank(query, mode, sort):
+            return None, None
+        return self._reranker("text"), rerank_term(query, text_collection=False)
 
     # -- information --------------------------------------------------------------------------
     def info(self) -> CollectionInfo:
