@@ -217,9 +217,11 @@ def test_the_http_api_reranks_as_the_cli_does_and_pages_one_order(fused, calibra
                 c.post("/search", json={"text": "a red circle", "k": 4, "offset": o}).json()["hits"] for o in (0, 4, 8)
             ]
             off = c.post("/search", json={"text": "a red circle", "k": 12, "rerank": False}).json()["hits"]
+            listed = {x["name"]: x for x in c.get("/collections").json()}
     finally:
         engines["default"].close()
     assert [(h["id"], h["match"]) for h in got] == expected
     assert [h["id"] for page in pages for h in page] == [i for i, _ in expected]
     assert [h["rank"] for page in pages for h in page] == list(range(1, 13))
     assert [h["id"] for h in off] == plain and all(h["match"] is None for h in off)
+    assert listed["default"]["rerank_default"] == DEFAULT_RERANK_TOP  # what the search page's toggle starts from

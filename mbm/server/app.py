@@ -243,6 +243,7 @@ def _collections(collections: Collections) -> list[CollectionOut]:
                     generation=generation,
                     ready=s.ready,
                     error=s.error,
+                    rerank_default=info.rerank_default,
                 )
             )
         except MbmError as e:

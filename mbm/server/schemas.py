@@ -104,6 +104,7 @@ class CollectionOut(BaseModel):
     generation: int
     ready: bool
     error: str | None = None
+    rerank_default: int = Field(0, description="candidates a text query re-ranks when `rerank` is not given (0: none)")
 
 
 class KnnRequest(BaseModel):

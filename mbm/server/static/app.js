@@ -22,6 +22,10 @@ async function call(url, options) {
   return body;
 }
 
+const reranksByDefault = {};  // collection -> whether its text queries re-rank unless told (a calibrated model)
+
+function syncRerank() { $("rerank").checked = Boolean(reranksByDefault[$("collection").value]); }
+
 async function loadCollections() {
   try {
     const list = await call("/collections", { headers: headers(false) });
@@ -32,7 +36,9 @@ async function loadCollections() {
       o.value = c.name;
       o.textContent = `${c.name} (${c.items} ${c.kind}s)`;
       select.appendChild(o);
+      reranksByDefault[c.name] = c.rerank_default > 0;
     }
+    syncRerank();
   } catch (e) { status(e.message, true); }
 }
 
@@ -107,7 +113,7 @@ $("search-form").addEventListener("submit", (e) => {
 });
 $("file").addEventListener("change", (e) => { if (e.target.files[0]) runImage(e.target.files[0]); });
 $("rerank").addEventListener("change", () => { if (state.last) run(state.last); });
-$("collection").addEventListener("change", () => { if (state.last) run(state.last); });
+$("collection").addEventListener("change", () => { syncRerank(); if (state.last) run(state.last); });
 $("key-button").addEventListener("click", () => {
   const key = prompt("API key (kept in this browser)", localStorage.getItem("mbm_key") || "");
   if (key !== null) {
