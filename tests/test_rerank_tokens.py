@@ -439,3 +439,38 @@ def test_check_finds_damaged_token_blobs_and_the_next_run_recomputes_them(tmp_pa
     assert report.ok and eng.info().items_without_tokens == 1
     assert eng.index([tmp_path / "photos"]).tokens_filled == 1
     assert _all_tokens(eng) == fresh and eng.check().problems == []
+
+
+def test_a_file_the_backfill_cannot_use_is_not_retried_until_it_changes_or_is_asked_for(
+    tmp_path, open_engine, monkeypatch
+):
+    import os
+
+    from mbm import Engine
+
+    paths = make_images(tmp_path / "photos", 3)
+    eng = open_engine()
+    eng.index([tmp_path / "photos"])
+    _forget_tokens(eng)
+    bad = paths[0]
+    st = bad.stat()
+    bad.write_bytes(b"\0" * st.st_size)  # unreadable now, behind the same size and mtime: the scan cannot tell
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    report = eng.index([tmp_path / "photos"])
+    assert report.tokens_filled == 2 and [p for p, _ in report.tokens_skipped] == [str(bad)]
+    assert eng.info().items_without_tokens == 1
+
+    def no_loading(*_a, **_k):
+        raise AssertionError("the re-run loaded the model for a file it could not read before")
+
+    with monkeypatch.context() as m:
+        m.setattr("mbm.collection.handle.load_model", no_loading)
+        with Engine.open(tmp_path / "store") as again:
+            report = again.index([tmp_path / "photos"])
+    assert (report.tokens_filled, report.tokens_skipped, report.tokens_not_retried) == (0, [], 1)
+    assert report.as_dict()["tokens_not_retried"] == 1
+    report = eng.index([tmp_path / "photos"], rerank_tokens=True)  # asked for: tried again
+    assert [p for p, _ in report.tokens_skipped] == [str(bad)] and report.tokens_not_retried == 0
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: indexed again, with tokens
+    report = eng.index([tmp_path / "photos"])
+    assert report.skipped and eng.info().items_without_tokens == 0

@@ -154,6 +154,11 @@ def index_summary(report, verbose: bool = False) -> str:
             f"re-ranking tokens back-filled {report.tokens_filled}"
             + (f" ({len(report.tokens_skipped)} could not be)" if report.tokens_skipped else "")
         )
+    if report.tokens_not_retried:
+        parts.append(
+            f"{report.tokens_not_retried} items still without re-ranking tokens (their files could not be read "
+            "before and have not changed; --rerank-tokens tries again)"
+        )
     lines = [
         ", ".join(parts) + f" — {report.total_items} items in the collection, {report.seconds.get('total', 0):.1f}s"
     ]

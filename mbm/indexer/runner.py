@@ -32,7 +32,7 @@ from mbm.indexer.scan import IMAGE_EXTENSIONS, TEXT_EXTENSIONS, FileEntry, displ
 from mbm.indexer.texts import read_texts, text_hash
 from mbm.models.factory import Encoder, no_fusion_head
 from mbm.store.catalog import Catalog, FileState, StoredContent
-from mbm.store.tokens import FUSION_KEY, missing, pack, record_format, record_fusion
+from mbm.store.tokens import FUSION_KEY, missing, pack, record_format, record_fusion, record_unfillable, unfillable
 from mbm.store.vectors import ensure_saved
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class IndexReport:
     model: str | None = None  # set when the run loaded the model
     tokens_filled: int = 0  # items indexed before tokens were stored that got them in this run
     tokens_skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): left without tokens
+    tokens_not_retried: int = 0  # items an earlier back-fill could not fill, their files unchanged since
 
     @property
     def ok(self) -> bool:
@@ -73,6 +74,7 @@ class IndexReport:
             "model": self.model,
             "tokens_filled": self.tokens_filled,
             "tokens_skipped": [{"path": display_path(p), "reason": r} for p, r in self.tokens_skipped],
+            "tokens_not_retried": self.tokens_not_retried,
         }
 
 
@@ -162,10 +164,17 @@ class Indexer:
     def _fill_tokens(
         self, roots: list[str], texts: bool, required: bool, report: IndexReport, clock: StageClock
     ) -> None:
-        """Give tokens to the items under ``roots`` that lack them (loads the model only when some do)."""
+        """Give tokens to the items under ``roots`` that lack them (loads the model only when some do). Files an
+        earlier back-fill could not use are tried again only when they changed or ``required`` (--rerank-tokens)
+        asks, so an unchanged re-run does not load the model for them every time."""
         if self.catalog.meta().get(FUSION_KEY) == "0" and not required:
             return
         items = [m for m in missing(self.catalog) if _under(m.path, roots)]
+        if not required:
+            known = unfillable(self.catalog)
+            retry = [m for m in items if known.get(m.id) != (m.size, m.mtime_ns)]
+            report.tokens_not_retried += len(items) - len(retry)
+            items = retry
         if not items:
             return
         if not self.encoder.has_fusion:
@@ -187,6 +196,8 @@ class Indexer:
             )
         report.tokens_filled += result.filled
         report.tokens_skipped.extend(result.skipped)
+        failed = {path for path, _ in result.skipped}
+        record_unfillable(self.catalog, [m for m in items if m.path in failed])
 
     def _record_format(self, fmt: Any) -> None:
         if not self._format_recorded:

@@ -109,6 +109,33 @@ class Missing(NamedTuple):
     mtime_ns: int
 
 
+UNFILLABLE_KEY = "tokens_unfillable"  # meta: {item id: [size, mtime_ns]} whose file a back-fill could not use
+
+
+def unfillable(catalog: Catalog) -> dict[int, tuple[int, int]]:
+    """Items a back-fill could not give tokens, with the file's (size, mtime_ns) when it tried."""
+    import json
+
+    try:
+        recorded = json.loads(catalog.meta().get(UNFILLABLE_KEY) or "{}")
+        return {int(k): (int(v[0]), int(v[1])) for k, v in recorded.items()}
+    except (ValueError, TypeError, IndexError):
+        return {}  # unreadable: forget it, the next back-fill tries every item again
+
+
+def record_unfillable(catalog: Catalog, failed: Sequence[Missing]) -> None:
+    """Remember ``failed`` (items whose file could not be used) beside those still lacking tokens from before, so
+    an automatic back-fill does not read them again while their files stay as they were."""
+    import json
+
+    still = {m.id for m in missing(catalog)}
+    kept = {i: stat for i, stat in unfillable(catalog).items() if i in still}
+    kept.update({m.id: (m.size, m.mtime_ns) for m in failed if m.id in still})
+    value = json.dumps({str(i): list(stat) for i, stat in sorted(kept.items())}) if kept else ""
+    if catalog.meta().get(UNFILLABLE_KEY, "") != value:
+        catalog.set_meta(**{UNFILLABLE_KEY: value})
+
+
 def missing(catalog: Catalog) -> list[Missing]:
     """Every item without tokens, in id order (read through the partial index: cheap when there are none)."""
     sql = "SELECT id, path, hash, text, size, mtime_ns FROM items WHERE tokens IS NULL ORDER BY id"
