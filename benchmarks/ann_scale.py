@@ -113,6 +113,39 @@ def measure(folder: Path, catalog: Catalog, queries: np.ndarray, truth: np.ndarr
     }
 
 
+def reset_peak_rss() -> int:
+    """Reset the process's peak RSS (Linux: ``/proc/self/clear_refs``) and return its RSS now (0 elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_bytes("VmRSS") or 0
+    except OSError:
+        return 0
+
+
+def peak_rss() -> int | None:
+    """The peak RSS since :func:`reset_peak_rss` (None where /proc cannot tell)."""
+    return _status_bytes("VmHWM")
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def exact_truth(catalog: Catalog, queries: np.ndarray, k: int) -> np.ndarray:
+    """The exact top-``k`` ids of each query over every stored vector, merged chunk by chunk."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for ids, vecs in catalog.read_embeddings():
+        best_s, best_i = ann.merge_topk(best_s, best_i, *ann.exact_topk(queries, vecs, ids, k), k)
+    return best_i
+
+
 def run_size(n: int, work: Path, fraction: float, nq: int, batch: int) -> dict:  # type: ignore[type-arg]
     make = generator()
     shards = work / "shards"
@@ -128,12 +161,9 @@ def run_size(n: int, work: Path, fraction: float, nq: int, batch: int) -> dict: 
     report = import_shards(catalog, find_shards(shards))
     import_s = time.perf_counter() - t0
     shutil.rmtree(shards)
-    ids, vecs = zip(*catalog.read_embeddings())
-    all_ids, all_vecs = np.concatenate(ids), np.concatenate(vecs)
     t0 = time.perf_counter()
-    _, truth = ann.exact_topk(queries, all_vecs, all_ids, 10)
+    truth = exact_truth(catalog, queries, 10)  # chunk by chunk: this script holds no copy of the vectors
     exact_numpy_s = time.perf_counter() - t0
-    del all_vecs, vecs
     out = {
         "n": n,
         "dim": DIM,
@@ -155,13 +185,18 @@ def run_size(n: int, work: Path, fraction: float, nq: int, batch: int) -> dict: 
         catalog.set_meta(
             **ann.settings_meta(settings.get("index_type", "auto"), settings.get("max_memory", "auto"), DIM)
         )
+        before = reset_peak_rss()
         t0 = time.perf_counter()
         ensure_saved(catalog, folder)
         build_wall = time.perf_counter() - t0
+        peak = peak_rss()
         row = measure(folder, catalog, queries, truth, batch)
         row["build_wall_s"] = round(build_wall, 1)
         row["index_vs_float32"] = round(row["index_bytes"] / out["raw_float32_bytes"], 3)
         row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if peak is not None:  # this build's own peak, above what the process held before it
+            row["build_peak_rss_bytes"], row["rss_before_build_bytes"] = peak, before
+            row["build_peak_vs_float32"] = round((peak - before) / out["raw_float32_bytes"], 2)
         out["runs"][label] = row
         print(
             f"  {n:>9,} {label:<24} {row['type']:<14} build {build_wall:7.1f}s  recall {row['recall_at_10']:.3f}  "
@@ -196,8 +231,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp folder)")
+    parser.add_argument("--name", default=RESULTS.stem, help="results file (benchmarks/results/NAME.json)")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    path = RESULTS.with_name(f"{args.name}.json")
+    results = json.loads(path.read_text()) if path.exists() else {}
     results.setdefault("sizes", {})
     results["machine"] = {
         "cpu": platform.processor() or platform.machine(),
@@ -213,8 +250,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         results["sizes"][str(n)]["command"] = "nice python benchmarks/ann_scale.py " + " ".join(sys.argv[1:])
         results["sizes"][str(n)]["load_average"] = os.getloadavg()[0]
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2))  # a checkpoint per size
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2))  # a checkpoint per size
     print(json.dumps(results, indent=2))
     print(table(results))
 

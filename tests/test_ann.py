@@ -298,3 +298,29 @@ def test_faiss_threads_and_selectors_need_no_global_state():
     before = faiss.extract_index_ivf(index).nprobe
     index.search(x[:2], 5, params=ann.search_params(index, nprobe=8))
     assert faiss.extract_index_ivf(index).nprobe == before
+
+
+def test_exact_topk_skips_rows_without_copying_the_rest():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((70_000, 8)).astype(np.float32)  # two chunks
+    ids = np.arange(100, 70_100, dtype=np.int64)
+    q = rng.standard_normal((5, 8)).astype(np.float32)
+    skip = np.zeros(len(x), bool)
+    skip[rng.choice(len(x), 30_000, replace=False)] = True
+    got_s, got_i = ann.exact_topk(q, x, ids, 10, skip=skip)
+    want_s, want_i = ann.exact_topk(q, x[~skip], ids[~skip], 10)
+    assert np.array_equal(got_i, want_i) and np.allclose(got_s, want_s)
+    few = np.ones(len(x), bool)
+    few[:3] = False  # fewer rows than k left: padded with -1, as for a small collection
+    _, padded = ann.exact_topk(q, x, ids, 10, skip=few)
+    assert (padded[:, 3:] == -1).all() and set(padded[0, :3]) == {100, 101, 102}
+
+
+def test_row_file_put_of_a_whole_build_and_later_changes():
+    rows = RowFile(4)
+    ids = np.array([3, 5, 9], np.int64)
+    x = np.eye(4, dtype=np.float32)[:3]
+    rows.put(ids, x)  # sorted, once each: the build's fast path
+    rows.put(np.array([5]), np.eye(4, dtype=np.float32)[3:])  # a later change wins
+    rows.put(np.array([9, 9]), np.stack([np.eye(4)[0], np.eye(4)[1]]).astype(np.float32))  # the last of a repeat wins
+    assert np.allclose(rows.get(np.array([3, 5, 9])), np.eye(4)[[0, 3, 1]])

@@ -327,23 +327,35 @@ class Tuning:
         return ", ".join(p for p in parts if p)
 
 
-def exact_topk(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-``k`` by chunks of ``vectors`` (``(scores, ids)``, -1 padded)."""
+def exact_topk(
+    queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int, *, skip: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``k`` by chunks of ``vectors`` (``(scores, ids)``, -1 padded); rows where the boolean
+    ``skip`` is True take no part (without copying the others)."""
     nq, k = len(queries), max(1, k)
     best_s = np.full((nq, k), -np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)
     for start in range(0, len(vectors), 65536):
         chunk = np.asarray(vectors[start : start + 65536], np.float32)
         s = queries @ chunk.T
+        if skip is not None:
+            s[:, skip[start : start + 65536]] = -np.inf
         kk = min(k, s.shape[1])
         part = (
             np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.tile(np.arange(s.shape[1]), (nq, 1))
         )
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
-        cand_i = np.concatenate([best_i, ids[start + part]], axis=1)
-        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+        best_s, best_i = merge_topk(best_s, best_i, np.take_along_axis(s, part, 1), ids[start + part], k)
+    best_i[np.isneginf(best_s)] = -1  # fewer than k rows (or only skipped ones): padding, as before
     return best_s, best_i
+
+
+def merge_topk(
+    best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top-``k`` of two per-query candidate lists (scores and ids side by side), ties to the earlier list."""
+    cand_s, cand_i = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, i], axis=1)
+    order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray, k: int = RECALL_K) -> float:

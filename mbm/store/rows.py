@@ -87,7 +87,12 @@ class RowFile:
         """Set rows in memory (the last value of an id wins); :meth:`flush` writes them."""
         if not len(ids):
             return
-        ids = np.concatenate([self._over_ids, np.asarray(ids, np.int64)])
+        ids = np.asarray(ids, np.int64)
+        if not len(self._over_ids) and (len(ids) == 1 or bool(np.all(ids[1:] > ids[:-1]))):
+            # the common case (a build: every row once, in id order): one float16 copy, no join or dedup
+            self._over_ids, self._over = ids.copy(), np.array(vectors, np.float16)
+            return
+        ids = np.concatenate([self._over_ids, ids])
         vecs = np.concatenate([self._over, np.asarray(vectors, np.float16)])
         last = len(ids) - 1 - np.unique(ids[::-1], return_index=True)[1]  # np.unique keeps the first: reverse
         self._over_ids, self._over = ids[last], vecs[last]

@@ -37,6 +37,8 @@ from mbm.store.stamp import STAMP_FILE, index_file_name, read_stamp
 
 log = logging.getLogger(__name__)
 
+ADD_CHUNK = 65536  # rows added to an ANN index at a time
+
 faiss.cvar.distance_compute_blas_threshold = 20
 
 SMALL_BATCH = 8  # up to this many queries at once take the matrix-vector path on a flat CPU index
@@ -122,11 +124,13 @@ class VectorIndex:
         held = np.zeros(n, bool)
         if n >= 20:
             held[np.random.default_rng(0).choice(n, min(ann.SAMPLE_QUERIES, n // 10), replace=False)] = True
-        self.index.add_with_ids(x[~held], ids[~held])
+        for start in range(0, n, ADD_CHUNK):  # by chunks: the kept rows are never copied whole
+            keep = ~held[start : start + ADD_CHUNK]
+            self.index.add_with_ids(x[start : start + ADD_CHUNK][keep], ids[start : start + ADD_CHUNK][keep])
         tuning = Tuning(recall=1.0)
         if held.any():
             queries = x[held]
-            _, truth = ann.exact_topk(queries, x[~held], ids[~held], ann.RECALL_K)
+            _, truth = ann.exact_topk(queries, x, ids, ann.RECALL_K, skip=held)
             tuning = ann.tune(
                 self.index,
                 lambda q, k, t: self._ann(q, k, None, t)[1],

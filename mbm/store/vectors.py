@@ -55,10 +55,12 @@ def build_from_catalog(catalog: Catalog) -> VectorIndex:
         meta = catalog.meta()
         dim = int(meta.get("dim", 0))
         state = catalog.state()
-        parts = list(catalog.read_embeddings())
-    ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    vecs = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float32)
-    index = VectorIndex.build(ids, vecs, state, dim, IndexSettings.from_meta(meta))
+        # filled in place: the vectors are held once, not once in chunks and again joined (1M x 512: 2 GB less)
+        ids, vecs, n = np.zeros(state.count, np.int64), np.zeros((state.count, dim), np.float32), 0
+        for chunk_ids, chunk in catalog.read_embeddings():
+            ids[n : n + len(chunk_ids)], vecs[n : n + len(chunk_ids)] = chunk_ids, chunk
+            n += len(chunk_ids)
+    index = VectorIndex.build(ids[:n], vecs[:n], state, dim, IndexSettings.from_meta(meta))
     if index.ntotal != state.count:  # rows with damaged embeddings are left out (`mbm check` reports them)
         index.state = state._replace(count=index.ntotal)
     return index
