@@ -264,7 +264,7 @@ class Engine(CollectionHandle):
         ``rerank=N`` (``True``: DEFAULT_RERANK_TOP) re-orders the top N (at least k) with the model's fusion
         head over the tokens stored at index time (no file is opened) and sets ``Hit.match``; the hits past
         them follow in the dual encoder's order. ``timings["rerank"]`` is that step, ``timings["rerank_query"]``
-        the query's tokens. ``rerank=None`` (the default) re-ranks the top DEFAULT_RERANK_TOP where re-ranking
+        the query's tokens. ``rerank=None`` (the default) re-ranks the top DEFAULT_RERANK_TOP (whatever ``k``) where re-ranking
         was measured to help: a text query over pictures with stored tokens, with a model whose folder holds a
         re-ranking calibration (the bundled model; ``mbm.retrieval.hubness``), in vector mode sorted by score;
         any other search is left in the dual encoder's order. ``rerank=0`` never re-ranks.
@@ -317,7 +317,9 @@ class Engine(CollectionHandle):
             t3 = time.perf_counter()
             tokens = reranker.query_tokens(term)
             t4 = time.perf_counter()
-            head = max(k, top)  # the same N re-ordered on every page; the hits past them keep their order
+            # the same N re-ordered on every page, the hits past them in their order; asked for, at least k (the
+            # default re-orders its fixed N whatever k is, so a longer list starts as a shorter one does)
+            head = top if rerank is None else max(k, top)
             try:
                 with self._refresh:
                     hits = reranker.rerank(tokens, hits[:head], searcher.catalog) + hits[head:]

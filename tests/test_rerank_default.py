@@ -126,6 +126,7 @@ def test_reranking_reorders_the_top_n_and_the_rest_keep_their_order(fused, calib
         rest = [h.id for h in eng.search("a blue square", k=56, rerank=0)][DEFAULT_RERANK_TOP:]
         pages = [h.id for off in range(0, 56, 7) for h in eng.search("a blue square", k=7, offset=off)]
         assert pages == first + rest and len(set(pages)) == 56
+        assert [h.id for h in eng.search("a blue square", k=56)] == first + rest  # a longer list starts the same
 
 
 def test_a_default_search_over_candidates_without_tokens_is_plain_and_an_asked_one_says_why(fused, calibrated):
