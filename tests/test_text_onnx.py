@@ -227,3 +227,16 @@ def test_engine_exports_it_and_a_cold_text_search_needs_no_torch(tmp_path):
     )
     imported, paths = _python(code).strip().splitlines()
     assert imported == "[]" and paths == repr(expected)
+
+
+def test_a_damaged_cached_export_is_made_again_not_copied(tmp_path, tiny_encoder, monkeypatch):
+    from mbm.models.query_encoder import cached_export_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert export_query_encoder(tiny_encoder, tmp_path / "a")
+    cached = cached_export_dir(tiny_encoder.fingerprint) / DATA_FILE
+    cached.unlink()  # replaced whole, as the cache's files only ever are: collection a keeps its hard link
+    cached.write_bytes(b"not the weights")
+    assert export_query_encoder(tiny_encoder, tmp_path / "b")  # exported again, not the damaged copy
+    assert load_query_encoder(tmp_path / "b", tiny_encoder.fingerprint) is not None
+    assert load_query_encoder(tmp_path / "a", tiny_encoder.fingerprint) is not None

@@ -115,7 +115,8 @@ def _export_fusion(encoder: Any, folder: Path) -> bool:
 
 
 def _usable(cached: Path, fingerprint: str) -> bool:
-    """Whether the cache holds this fingerprint's export (or its "unsupported" record) in this mbm's format."""
+    """Whether the cache holds this fingerprint's export (or its "unsupported" record) in this mbm's format, and the
+    export loads."""
     source = _source(cached)
     if source.get("fingerprint") != fingerprint:
         return False
@@ -133,7 +134,11 @@ def _usable(cached: Path, fingerprint: str) -> bool:
             return False
         if (config.get("format"), config.get("version")) != (form, version):
             return False
-    return True
+    # and it loads: a damaged file would otherwise be copied into every new collection, whose text queries then
+    # quietly take the torch path for good
+    if text_onnx.OnnxTextEncoder.load(cached) is None:
+        return False
+    return not source.get("fusion") or fusion_onnx.OnnxFusion.load(cached) is not None
 
 
 def _copy_export(cached: Path, folder: Path, fingerprint: str) -> bool:
