@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,8 +61,7 @@ class CollectionHandle:
         self._lock = CollectionLock(self.folder, collection)
         self._vectors: Any = None  # a VectorIndex, or a MilvusIndex (mbm.scale.milvus: the same search interface)
         self._searcher: Searcher | None = None
-        self._fast: Any = None  # the torch-free text encoder, once loaded
-        self._fast_head: Any = None  # the torch-free fusion head, once loaded
+        self._exports: dict[str, tuple[str, Any]] = {}  # part of the query-encoder export -> (fingerprint, it)
         self._refresh = threading.RLock()
         self._unaccounted_load = 0.0
         self.timings: dict[str, float] = {}  # seconds per phase of the last search (imports, model, encode, ...)
@@ -151,27 +151,25 @@ class CollectionHandle:
 
     def _fast_text(self) -> Any:
         """The torch-free text encoder exported for this collection's weights, if there is one (loaded once)."""
-        if os.environ.get("MBM_NO_FAST_TEXT"):
-            return None
-        fingerprint = self._meta().get("fingerprint", "")
-        if self._fast is None or self._fast[0] != fingerprint:
-            encoder = load_query_encoder(self.folder / QUERY_ENCODER_DIR, fingerprint)
-            if encoder is None:
-                return None
-            self._fast = (fingerprint, encoder)
-        return self._fast[1]
+        return self._exported("text", load_query_encoder)
 
     def _fast_fusion(self) -> Any:
         """The torch-free fusion head exported beside the text tower for these weights, if there is one."""
+        return self._exported("fusion", load_query_fusion)
+
+    def _exported(self, part: str, load: Callable[[Path, str], Any]) -> Any:
+        """A part of the collection's query-encoder export, loaded once per recorded fingerprint (None: none usable,
+        or ``MBM_NO_FAST_TEXT`` set)."""
         if os.environ.get("MBM_NO_FAST_TEXT"):
             return None
         fingerprint = self._meta().get("fingerprint", "")
-        if self._fast_head is None or self._fast_head[0] != fingerprint:
-            fusion = load_query_fusion(self.folder / QUERY_ENCODER_DIR, fingerprint)
-            if fusion is None:
+        held = self._exports.get(part)
+        if held is None or held[0] != fingerprint:
+            value = load(self.folder / QUERY_ENCODER_DIR, fingerprint)
+            if value is None:
                 return None
-            self._fast_head = (fingerprint, fusion)
-        return self._fast_head[1]
+            self._exports[part] = held = (fingerprint, value)
+        return held[1]
 
     # -- re-ranking: which head, and whether a search re-ranks unless told ---------------------
     def _reranker(self, kind: str) -> FusionReranker:
@@ -192,20 +190,22 @@ class CollectionHandle:
         where re-ranking was measured to help (a text query over pictures with stored tokens, a model whose folder
         holds a re-ranking calibration: the bundled model, see its MODEL_CARD.md; vector mode, sorted by score),
         else 0. Reads the collection's records only; loads no model."""
+        return DEFAULT_RERANK_TOP if self._default_term(query, mode, sort) is not None else 0
+
+    def _default_term(self, query: Any, mode: str, sort: str) -> Term | None:
+        """The text term a search re-ranks with unless told (see :meth:`default_rerank`), or None."""
         meta = self._meta()
         if mode != "vector" or sort != "score" or not calibrated_top(meta, self.model_spec or meta.get("model")):
-            return 0
+            return None
         try:
-            rerank_term(query, text_collection=False)
+            return rerank_term(query, text_collection=False)
         except UsageError:  # images, several texts, a raw vector: searched as they are
-            return 0
-        return DEFAULT_RERANK_TOP
+            return None
 
     def _auto_reranker(self, query: Any, mode: str, sort: str) -> tuple[FusionReranker | None, Term | None]:
         """The re-ranker and term of a search left to :meth:`default_rerank`, or ``(None, None)``."""
-        if not self.default_rerank(query, mode, sort):
-            return None, None
-        return self._reranker("text"), rerank_term(query, text_collection=False)
+        term = self._default_term(query, mode, sort)
+        return (None, None) if term is None else (self._reranker("text"), term)
 
     # -- information --------------------------------------------------------------------------
     def info(self) -> CollectionInfo:

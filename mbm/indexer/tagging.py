@@ -136,14 +136,12 @@ def model_classifier(encoder: Any) -> Any:
     from mbm.models.classifier_numpy import CosineClassifier
     from mbm.models.specs import spec_folder
 
-    if "heads" in getattr(encoder, "__dict__", {}) or not isinstance(getattr(encoder, "spec", None), str):
-        heads = getattr(encoder, "heads", None)
-        return heads.get("classifier") if isinstance(heads, dict) else None
-    folder = spec_folder(encoder.spec)
-    if folder is None:  # heads not from a folder: ask the encoder (loads them)
-        heads = encoder.heads
-        return heads.get("classifier") if isinstance(heads, dict) else None
-    return CosineClassifier.from_folder(folder)
+    spec = getattr(encoder, "spec", None)
+    folder = spec_folder(spec) if isinstance(spec, str) and "heads" not in getattr(encoder, "__dict__", {}) else None
+    if folder is not None:
+        return CosineClassifier.from_folder(folder)
+    heads = getattr(encoder, "heads", None)  # in memory, or not from a folder: the encoder's own (loads them)
+    return heads.get("classifier") if isinstance(heads, dict) else None
 
 
 def vocabulary(encoder: Any, meta: dict[str, str], concat: Any = None) -> Vocabulary:

@@ -160,8 +160,8 @@ async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics
     top = check_bounds(req, limits)
     engine = served.engine
     reranks = top
-    if top is None:  # the collection's default (a text query with a calibrated model re-ranks: not micro-batched)
-        reranks = await run_in_threadpool(engine.default_rerank, req.text, req.mode, req.sort) if req.text else 1
+    if top is None and req.text is not None:  # the collection's default: a re-ranked text query is not micro-batched
+        reranks = await run_in_threadpool(engine.default_rerank, req.text, req.mode, req.sort)
     want = req.offset + req.k
     filtered = req.under or req.after or req.before or req.camera or req.sort != "score" or req.min_score == "auto"
     filtered = filtered or req.tag is not None or req.mode != "vector"
