@@ -49,6 +49,20 @@ def vit_checkpoint(tmp_path_factory, tiny_encoder):
     return save_checkpoint(tiny_encoder.model, tmp_path_factory.mktemp("ck") / "tiny-vit", load_model_cfg("mbm-tiny"))
 
 
+@pytest.fixture(scope="module")
+def vit_fusion_checkpoint(tmp_path_factory, tiny_encoder):
+    """mbm-tiny's ViT with a random fusion head that pools its 4x4 patch tokens to 2x2 and reads the embedding."""
+    import torch
+
+    from mbm.models.build import load_model_cfg, save_checkpoint
+    from mbm.models.fusion import FusionConfig, FusionModel
+
+    torch.manual_seed(0)
+    cfg = FusionConfig(width=32, layers=1, heads=2, text_dim=64, image_dim=64, image_grid=2, embed_dim=tiny_encoder.dim)
+    folder = tmp_path_factory.mktemp("ck") / "tiny-vit-fusion"
+    return save_checkpoint(tiny_encoder.model, folder, load_model_cfg("mbm-tiny"), heads=(FusionModel(cfg), None))
+
+
 def _index_in_child(store: Path, pics: Path, spec: str, cache: Path) -> dict:
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "MBM_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
@@ -146,7 +160,15 @@ def test_auto_precision_keeps_conv_towers_in_fp32_without_amx(monkeypatch):
 # -- a ViT checkpoint: torch, but no open_clip -----------------------------------------------------------
 
 
-def test_a_vit_checkpoint_starts_fast_with_the_same_vectors(tmp_path, cache, vit_checkpoint):
+@pytest.fixture
+def torch_vit(monkeypatch):
+    """ViT image sides stay in torch (in fp32 on the CPU they go to ONNX Runtime: tested on their own below)."""
+    from mbm.models import image_onnx
+
+    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
+
+
+def test_a_vit_checkpoint_starts_fast_with_the_same_vectors(tmp_path, cache, vit_checkpoint, torch_vit):
     from mbm import load_model
 
     full = load_model(str(vit_checkpoint), device="cpu", precision="fp32")  # leaves the start record
@@ -171,7 +193,9 @@ def test_a_changed_checkpoint_loads_fully_again(tmp_path, cache, tiny_encoder):
     assert load_model(str(folder), device="cpu", precision="fp32").loaded
 
 
-def test_indexing_a_vit_checkpoint_imports_no_open_clip_and_stores_the_same_vectors(tmp_path, cache, vit_checkpoint):
+def test_indexing_a_vit_checkpoint_imports_no_open_clip_and_stores_the_same_vectors(
+    tmp_path, cache, vit_checkpoint, torch_vit
+):
     from mbm import Engine, load_model
 
     pics = tmp_path / "pics"
@@ -183,6 +207,57 @@ def test_indexing_a_vit_checkpoint_imports_no_open_clip_and_stores_the_same_vect
     assert child["indexed"] == 5 and child["at_first_batch"] == ["torch"]
     want, got = _stored(tmp_path / "full"), _stored(tmp_path / "fast")
     assert want.keys() == got.keys() and all(np.array_equal(want[p][0], got[p][0]) for p in want)
+
+
+def test_an_fp32_vit_checkpoint_indexes_in_onnx_runtime_without_torch_after_one_full_run(
+    tmp_path, cache, vit_fusion_checkpoint
+):
+    pytest.importorskip("onnxruntime")
+    from mbm import Engine, load_model
+    from mbm.models import light
+
+    pics = tmp_path / "pics"
+    make_images(pics, 5)
+    full = load_model(str(vit_fusion_checkpoint), device="cpu", precision="fp32")
+    import torch
+
+    batch = np.stack([full.pixels(Image.open(p).convert("RGB")) for p in sorted(pics.iterdir())])
+    want = full._torch_image_batch(torch.from_numpy(batch), True)
+    with Engine.open(tmp_path / "full", model=str(vit_fusion_checkpoint), encoder=full) as eng:
+        eng.index([pics])  # the first batch exports the image side and checks it against open_clip's tower
+    engines = light.read_record(str(vit_fusion_checkpoint))["engines"]
+    assert engines["vit"] and engines["onnx"].endswith("-image.onnx")
+    export = cache / "mbm" / "image-onnx" / engines["onnx"]
+    assert len(list(export.parent.glob(engines["onnx"] + ".*.data"))) == 1  # its weights, mapped on load
+    child = _index_in_child(tmp_path / "fast", pics, str(vit_fusion_checkpoint), cache)
+    assert child["indexed"] == 5 and child["at_first_batch"] == [] and not child["loaded_before_end"]
+    got = _stored(tmp_path / "fast")
+    for i, path in enumerate(sorted(got)):  # ONNX Runtime (stored as float16) vs open_clip in torch
+        vector, tokens = got[path]
+        assert float(vector.astype(np.float32) @ want[0][i]) > 0.9995
+        stored = np.frombuffer(tokens, np.float16).astype(np.float32)
+        direct = want[1][i].astype(np.float32).ravel()
+        assert float(stored @ direct / np.linalg.norm(stored) / np.linalg.norm(direct)) > 0.999
+
+
+def test_an_image_side_exported_again_keeps_one_weights_file_and_is_removed_whole(tmp_path, tiny_encoder):
+    pytest.importorskip("onnxruntime")
+    from mbm.models import image_onnx, vit
+    from mbm.models.build import load_model_cfg
+    from mbm.models.image_engines import OnnxImage
+
+    state = {f"visual.{k}": v for k, v in tiny_encoder.model.visual.state_dict().items()}
+    tower = vit.build(load_model_cfg("mbm-tiny"), state, tiny_encoder.torch_dtype)
+    path = tmp_path / "side.onnx"
+    for _ in range(2):
+        image_onnx.export_image_side(tower, None, 64, path)
+    weights = list(tmp_path.glob("side.onnx.*.data"))
+    assert len(weights) == 1 and sorted(p.name for p in tmp_path.iterdir()) == sorted(["side.onnx", weights[0].name])
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    got = OnnxImage(path).encode(pixels)[0]
+    assert float((got * tiny_encoder.encode_image_tensors(pixels)).sum(1).min()) > 0.9999
+    image_onnx.remove_export(path)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- the bundled model: no torch at all ------------------------------------------------------------------
@@ -209,7 +284,7 @@ def test_indexing_the_bundled_model_imports_no_torch_before_its_first_batch(tmp_
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.999
 
 
-def test_a_broken_fast_start_falls_back_to_the_whole_model(tmp_path, cache, vit_checkpoint, monkeypatch):
+def test_a_broken_fast_start_falls_back_to_the_whole_model(tmp_path, cache, vit_checkpoint, monkeypatch, torch_vit):
     from mbm import load_model
     from mbm.models import vit
 

@@ -246,7 +246,7 @@ class Encoder:
 
         if isinstance(pixels, np.ndarray):
             pixels = torch.from_numpy(pixels)
-        if self.image_onnx is not None:
+        if self.image_onnx is not None and self.image_onnx.fusion is self.fusion:  # exported with this head
             out = self.image_onnx.encode(pixels.to(self.torch_dtype), tokens, self._torch_image_batch)
             if out is not None:
                 return out

@@ -199,19 +199,24 @@ def _record_start(encoder: Encoder, folder: Path, preprocess_cfg: dict[str, Any]
     from mbm.models import image_onnx
 
     identity = light.identity_of(encoder, preprocess_cfg)
+    tower = None
     if image_onnx.wanted(encoder.model, encoder.device, encoder.precision):
         light.write_record(encoder.spec, identity)  # the ONNX image side is recorded once checked, on a real batch
+        tower = image_onnx.TimmTower(encoder.model.visual)
+    elif encoder.device == "cpu":
+        known = (light.read_record(encoder.spec) or {}).get("engines", {}).get("vit")
+        if known or light.vit_agrees(encoder, folder):  # checked once per record
+            light.write_record(encoder.spec, identity, {"vit": True})
+            if image_onnx.runtime_wanted(encoder.device, encoder.precision):
+                tower = light.vit_tower(encoder, folder)
+    if tower is not None:
         encoder.image_onnx = image_onnx.ImageSideExport(
-            encoder.model,
+            tower,
             encoder.fusion,
             encoder.fingerprint,
             encoder.image_size,
             lambda path: light.write_record(encoder.spec, identity, {"onnx": path.name}),
         )
-    elif encoder.device == "cpu":
-        known = (light.read_record(encoder.spec) or {}).get("engines", {}).get("vit")
-        if known or light.vit_agrees(encoder, folder):  # checked once per record
-            light.write_record(encoder.spec, identity, {"vit": True})
 
 
 def legacy_fingerprint_of(encoder: Encoder) -> str | None:

@@ -1,10 +1,13 @@
-"""Convolutional image towers (timm towers such as EfficientNet-Lite0) in ONNX Runtime for indexing on CPUs.
+"""Image towers in ONNX Runtime for indexing on CPUs without fast bf16 maths (fp32 encoders).
 
 On a CPU without AMX torch runs EfficientNet's depthwise convolutions slowly: Lite0 at 224 px
 measured 27-30 images/s in fp32 with channels_last on a 2-core AVX2 machine, ONNX Runtime 1.32
-about 70 images/s on the same machine, for the same values (max abs difference ~1e-5).
+about 70 images/s on the same machine, for the same values (max abs difference ~1e-5). A CLIP
+ViT-B-32 at 256 px runs about as fast in either there (~70 ms an image at batch 32), but an
+ONNX Runtime process starts without importing torch (1.4-2 s of a start on such a machine).
 
-- ``ImageSideExport``: an fp32 CPU encoder with a timm trunk exports its whole image side
+- ``ImageSideExport``: an fp32 CPU encoder with a timm trunk or a plain CLIP ViT (through
+  ``mbm.models.vit``, which builds the same tower from torch modules alone) exports its whole image side
   (trunk, pooling, image head, and the fusion head's image projection when it has one) once
   per model fingerprint (a few seconds, cached in ``$XDG_CACHE_HOME/mbm/image-onnx/``), checks
   it against torch on the first real batch and runs the rest in ONNX Runtime
@@ -19,21 +22,23 @@ Any failure (no onnxruntime, an export error, a disagreement) keeps torch, with 
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import logging
 import math
 import os
+import secrets
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mbm.atomic import atomic_path, write_text
+from mbm.atomic import atomic_path, fsync, temp_file, write_text
 from mbm.models.fingerprint import cache_path
 from mbm.models.image_engines import (
     EMBEDDING_OUTPUT,
@@ -50,20 +55,25 @@ log = logging.getLogger(__name__)
 
 ENV_SWITCH = ONNX_SWITCH
 MIN_COSINE = 0.9999
+WEIGHTS_SUFFIX = ".data"
 
 
-def wanted(model: Any, device: str, precision: str) -> bool:
-    """Whether an encoder should try ONNX Runtime for its image trunk."""
+def runtime_wanted(device: str, precision: str) -> bool:
+    """Whether an encoder on ``device`` in ``precision`` should try ONNX Runtime for its image side: fp32 on the
+    CPU (where bf16 is fast, torch in bf16 is faster than ONNX Runtime in fp32), with onnxruntime installed."""
     if os.environ.get(ENV_SWITCH, "1") == "0" or device != "cpu" or precision != "fp32":
-        return False
-    trunk = getattr(getattr(model, "visual", None), "trunk", None)
-    if trunk is None or not hasattr(trunk, "forward_features"):
         return False
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def wanted(model: Any, device: str, precision: str) -> bool:
+    """Whether an encoder with a timm trunk should try ONNX Runtime for it."""
+    trunk = getattr(getattr(model, "visual", None), "trunk", None)
+    return trunk is not None and hasattr(trunk, "forward_features") and runtime_wanted(device, precision)
 
 
 class _FeatureMap(torch.nn.Module):
@@ -174,54 +184,124 @@ def _pool_matrix(side: int, grid: int) -> torch.Tensor:
     return weights
 
 
+class TimmTower(torch.nn.Module):
+    """A timm-trunk image tower as ``pixels -> (pooled, cells (B, P, C))``: the trunk's feature map, one token
+    per cell, is what the fusion head reads."""
+
+    def __init__(self, visual: Any):
+        super().__init__()
+        self.visual = visual
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.visual.trunk.forward_features(pixels)
+        pooled = self.visual.head(self.visual.trunk.forward_head(features))
+        return pooled, features.flatten(2).transpose(1, 2)
+
+
 class _ImageSide(torch.nn.Module):
-    """``pixels -> (pooled, fusion image tokens)`` as ``Encoder.encode_image_batch`` computes them."""
+    """``pixels -> (pooled, fusion image tokens)`` as ``Encoder.encode_image_batch`` computes them, from a tower
+    that returns ``(pooled, cells)`` (``TimmTower``, ``mbm.models.vit.VisionTower``)."""
 
     pool: torch.Tensor | None
 
-    def __init__(self, visual: Any, fusion: Any, cells: int):
+    def __init__(self, tower: Any, fusion: Any, cells: int):
         super().__init__()
-        self.visual, self.fusion = visual, fusion
+        self.tower, self.fusion = tower, fusion
         grid = int(getattr(getattr(fusion, "cfg", None), "image_grid", 0) or 0)
         side = math.isqrt(cells)
         pool = grid > 0 and side * side == cells and side != grid
         self.register_buffer("pool", _pool_matrix(side, grid) if pool else None, persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> Any:
-        features = self.visual.trunk.forward_features(pixels)
-        pooled = self.visual.head(self.visual.trunk.forward_head(features))
+        pooled, cells = self.tower(pixels)
         if self.fusion is None:
             return pooled
-        cells = features.flatten(2).transpose(1, 2).float()
+        cells = cells.float()
         if self.pool is not None:  # pooled here: project_image then finds the map at its grid already
             cells = torch.matmul(self.pool, cells)
         return pooled, self.fusion.project_image(cells, torch.nn.functional.normalize(pooled.float(), dim=-1))
 
 
-def export_image_side(model: Any, fusion: Any, size: int, path: Path) -> None:
-    """Write ``model``'s image side (and ``fusion``'s image projection) to ``path`` (TorchScript exporter)."""
-    visual = model.visual
+@contextlib.contextmanager
+def _exportable_attention() -> Iterator[None]:
+    """``nn.MultiheadAttention`` without its inference fast path, whose fused op has no ONNX form."""
+    mha = torch.backends.mha
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
+def export_image_side(tower: Any, fusion: Any, size: int, path: Path) -> None:
+    """Write ``tower``'s image side (and ``fusion``'s image projection) to ``path`` (TorchScript exporter);
+    ``tower``: ``pixels -> (pooled, cells)``, fp32."""
     with torch.no_grad():
-        cells = visual.trunk.forward_features(torch.zeros(1, 3, size, size)).flatten(2).shape[-1]
+        cells = tower(torch.zeros(1, 3, size, size))[1].shape[1]
     outputs = [EMBEDDING_OUTPUT] + ([TOKENS_OUTPUT] if fusion is not None else [])
     path.parent.mkdir(parents=True, exist_ok=True)
     # the exporter prints whole graphs when it fails: kept out of the user's terminal
-    with (
-        atomic_path(path) as tmp,
-        torch.no_grad(),
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _ImageSide(visual, fusion, cells).eval(),
-            (torch.zeros(2, 3, size, size),),
-            str(tmp),
-            input_names=[IMAGE_INPUT],
-            output_names=outputs,
-            dynamic_axes={IMAGE_INPUT: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
-            dynamo=False,
-        )
+    single = temp_file(path.parent, path.name)
+    try:
+        with (
+            torch.no_grad(),
+            _exportable_attention(),
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _ImageSide(tower, fusion, cells).eval(),
+                (torch.zeros(2, 3, size, size),),
+                str(single),
+                input_names=[IMAGE_INPUT],
+                output_names=outputs,
+                dynamic_axes={IMAGE_INPUT: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+                dynamo=False,
+            )
+        _with_external_weights(single, path)
+    finally:
+        single.unlink(missing_ok=True)
+
+
+def _with_external_weights(single: Path, path: Path) -> None:
+    """Write the single-file export ``single`` to ``path`` with its weights in a file beside it, which ONNX
+    Runtime maps instead of parsing out of the graph: ViT-B-32's image side loads in ~0.6 s instead of ~1.2 s.
+
+    The weights file has a name of its own per export (``<path name>.<random>.data``), written before the graph
+    that names it replaces the old one, so a process loading the old export never sees a half-written file."""
+    try:
+        import onnx
+    except ImportError:  # onnxruntime without onnx: the single file works as it is
+        fsync(single)
+        os.replace(single, path)
+        return
+    model = onnx.load(str(single))
+    data = f"{path.name}.{secrets.token_hex(4)}{WEIGHTS_SUFFIX}"
+    try:
+        with atomic_path(path) as tmp:
+            onnx.save_model(
+                model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                size_threshold=1024,
+            )  # fmt: skip
+            fsync(path.parent / data)
+    except BaseException:
+        (path.parent / data).unlink(missing_ok=True)
+        raise
+    for old in _weight_files(path):
+        if old.name != data:
+            old.unlink(missing_ok=True)
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return list(path.parent.glob(f"{glob.escape(path.name)}.*{WEIGHTS_SUFFIX}"))
+
+
+def remove_export(path: Path) -> None:
+    """Delete an image-side export: its graph, weights and check record."""
+    for file in [path, path.with_suffix(".json"), *_weight_files(path)]:
+        file.unlink(missing_ok=True)
 
 
 Reference = Callable[[torch.Tensor, bool], tuple[np.ndarray, np.ndarray | None]]
@@ -239,10 +319,12 @@ def _agrees(got: tuple[np.ndarray, np.ndarray | None], want: tuple[np.ndarray, n
 
 
 class ImageSideExport:
-    """The image side of one fp32 CPU encoder in ONNX Runtime, exported and checked on the first batch."""
+    """The image side of one fp32 CPU encoder in ONNX Runtime, exported and checked on the first batch.
 
-    def __init__(self, model: Any, fusion: Any, fingerprint: str, image_size: int, on_checked: Callable[[Path], None]):
-        self.model, self.fusion, self.image_size = model, fusion, image_size
+    ``tower``: ``pixels -> (pooled, cells)`` in fp32 (``TimmTower``, ``mbm.models.vit.VisionTower``)."""
+
+    def __init__(self, tower: Any, fusion: Any, fingerprint: str, image_size: int, on_checked: Callable[[Path], None]):
+        self.tower, self.fusion, self.image_size = tower, fusion, image_size
         self.path = image_side_path(fingerprint, image_size)
         self.engine: OnnxImage | None = None
         self.failed = False
@@ -262,8 +344,7 @@ class ImageSideExport:
                 except Exception as e:  # noqa: BLE001 - any failure keeps torch, which computes the same thing
                     log.info("image tower stays in torch: %s", e)
                     self.failed, self.engine = True, None
-                    self.path.unlink(missing_ok=True)
-                    self.path.with_suffix(".json").unlink(missing_ok=True)
+                    remove_export(self.path)
                     return None
         return self.engine.encode(pixels, tokens)
 
@@ -271,7 +352,7 @@ class ImageSideExport:
         self, pixels: torch.Tensor, tokens: bool, reference: Reference
     ) -> tuple[np.ndarray, np.ndarray | None]:
         if not checked_export(self.path):
-            export_image_side(self.model, self.fusion, self.image_size, self.path)
+            export_image_side(self.tower, self.fusion, self.image_size, self.path)
         engine = OnnxImage(self.path, max(1, torch.get_num_threads()))
         got = engine.encode(pixels, tokens=True)
         want = reference(pixels, self.fusion is not None)

@@ -8,7 +8,9 @@ size, preprocess config, fusion head config, logit scale) and which image side c
 the open_clip model, each checked against it when recorded:
 
 - ``onnx``: the whole image side exported to ONNX Runtime (``mbm.models.image_onnx``), for
-  fp32 CPU encoders with a timm trunk (the bundled model): no torch at all;
+  fp32 CPU encoders with a timm trunk (the bundled model) or a plain CLIP ViT (the ``vit`` case
+  below, on CPUs without fast bf16 maths, where ONNX Runtime runs it as fast as torch does): no
+  torch at all;
 - ``vit``: mbm's own ViT (``mbm.models.vit``) with the checkpoint's ``visual.*`` tensors, for
   plain open_clip CLIP ViTs: torch, but no open_clip, torchvision, timm or transformers, and no
   text tower.
@@ -136,6 +138,15 @@ def vit_agrees(encoder: Encoder, folder: Path) -> bool:
         a, b = (x.reshape(len(x), -1).astype("float32") for x in (got[1], want[1]))
         cosine = min(cosine, float(((a * b).sum(1) / ((a * a).sum(1) * (b * b).sum(1)) ** 0.5).min()))
     return cosine >= PROBE_MIN_COSINE
+
+
+def vit_tower(encoder: Encoder, folder: Path) -> Any:
+    """mbm's own ViT holding the loaded fp32 model's image weights (shared, not copied): what the image side's
+    ONNX export traces (open_clip's tower takes options the export does not need)."""
+    from mbm.models import vit
+
+    state = {f"visual.{k}": v for k, v in encoder.model.visual.state_dict().items()}
+    return vit.build(read_checkpoint_config(folder)["model_cfg"], state, encoder.torch_dtype)
 
 
 def _onnx_engine(record: dict[str, Any], precision: str) -> Path | None:
