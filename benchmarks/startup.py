@@ -12,6 +12,12 @@ open_clip local-dir folder. Also times the plain `mbm index` command as one proc
 
 Targets (this CPU): first batch embedded under 2 s after process start for the bundled model, under 3 s
 for the open_clip checkpoint.
+
+    python benchmarks/startup.py --image-engines --runs 5 --name startup_vit_engines
+
+compares the open_clip checkpoint's two fast-start image sides on a CPU where it runs in fp32 (no fast
+bf16): its ONNX Runtime export (the default there) and mbm's own ViT in torch (``MBM_IMAGE_ONNX=0``),
+alternating fresh processes, each with its own warm cache.
 """
 
 from __future__ import annotations
@@ -157,6 +163,44 @@ def measure(spec: str, label: str, photos: Path, batch: int, runs: int, work: Pa
     }
 
 
+def compare_image_engines(photos: Path, batch: int, runs: int, work: Path) -> dict[str, Any]:
+    """The open_clip checkpoint started with its ONNX Runtime image side vs mbm's ViT in torch, interleaved."""
+    spec = str(make_open_clip_checkpoint(work / "vitb32-256-seed0"))
+    switch = {"onnx": "1", "torch": "0"}  # MBM_IMAGE_ONNX
+    caches = {name: work / f"cache-engine-{name}" for name in switch}
+    runs_of: dict[str, list[dict[str, Any]]] = {name: [] for name in switch}
+    saved = os.environ.get("MBM_IMAGE_ONNX")
+    try:
+        for name, value in switch.items():  # the first run of each fills its cache (exports, start record)
+            shutil.rmtree(caches[name], ignore_errors=True)
+            os.environ["MBM_IMAGE_ONNX"] = value
+            run_once(spec, photos, batch, caches[name], work)
+        for _ in range(runs):
+            for name, value in switch.items():
+                os.environ["MBM_IMAGE_ONNX"] = value
+                runs_of[name].append(run_once(spec, photos, batch, caches[name], work))
+    finally:
+        if saved is None:
+            os.environ.pop("MBM_IMAGE_ONNX", None)
+        else:
+            os.environ["MBM_IMAGE_ONNX"] = saved
+    keys = ("first_batch_s", "batches_done_s", "process_s")
+    out: dict[str, Any] = {"model": f"{OPEN_CLIP_ARCH} seed-0 checkpoint", "runs": runs}
+    for name, rs in runs_of.items():
+        loads = {
+            k: round(statistics.median(r["load_seconds"].get(k, 0.0) for r in rs), 3) for k in rs[0]["load_seconds"]
+        }
+        out[name] = {
+            "precision": rs[0]["precision"],
+            "imported_at_first_batch": rs[0]["imported_at_first_batch"],
+            **{k: round(statistics.median(r[k] for r in rs), 3) for k in keys},
+            "load_seconds": loads,
+            "runs": rs,
+        }
+    out["process_ratio_torch_over_onnx"] = round(out["torch"]["process_s"] / out["onnx"]["process_s"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -167,10 +211,30 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="warm-cache runs per model (medians reported)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "mbm-bench-startup")
     ap.add_argument("--name", default="startup", help="results file name (benchmarks/results/NAME.json)")
+    ap.add_argument(
+        "--image-engines",
+        action="store_true",
+        help="compare the open_clip checkpoint's ONNX Runtime and torch image sides instead (fp32 CPUs)",
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     photos = args.work / f"photos-{args.photos}"
     make_photo_folder(photos, args.photos)
+    if args.image_engines:
+        ab = compare_image_engines(photos, args.batch, args.runs, args.work)
+        rows = [
+            (
+                f"{engine} ({ab[engine]['precision']}; imported by the first batch: "
+                f"{', '.join(ab[engine]['imported_at_first_batch']) or 'none'})",
+                f"first batch {ab[engine]['first_batch_s']:.2f} s, all batches {ab[engine]['batches_done_s']:.2f} s, "
+                f"process {ab[engine]['process_s']:.2f} s; load "
+                + ", ".join(f"{k} {v:.2f}" for k, v in ab[engine]["load_seconds"].items()),
+            )
+            for engine in ("onnx", "torch")
+        ]
+        rows.append(("process time, torch / onnx", f"{ab['process_ratio_torch_over_onnx']:.2f}x"))
+        report(args.name, {"photos": args.photos, "batch": args.batch, **ab}, rows)
+        return
     results = []
     for model in args.models:
         spec = str(make_open_clip_checkpoint(args.work / "vitb32-256-seed0")) if model == "open_clip" else model

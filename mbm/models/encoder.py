@@ -340,11 +340,18 @@ class Encoder:
         return np.concatenate(chunks), None if fusion is None else kept
 
 
+MAX_LOGIT_SCALE = 100.0  # CLIP training's clamp on exp(logit_scale)
+
+
+def capped_logit_scale(scale: float | None) -> float:
+    """What re-ranking and its metrics multiply the dual encoder's cosines by: ``scale`` (``exp(logit_scale)``) at
+    most ``MAX_LOGIT_SCALE``, 1 for a model without one."""
+    return 1.0 if scale is None else min(float(scale), MAX_LOGIT_SCALE)
+
+
 def rerank_logit_scale(encoder: Encoder) -> float:
-    """What re-ranking multiplies the dual encoder's cosines by: ``exp(logit_scale)``, at most 100 (CLIP training's
-    clamp), 1 for a model without one."""
-    scale = encoder.logit_scale
-    return 1.0 if scale is None else min(float(scale), 100.0)
+    """``capped_logit_scale`` of a loaded or fast-started encoder."""
+    return capped_logit_scale(encoder.logit_scale)
 
 
 def no_fusion_head(spec: str) -> CollectionError:

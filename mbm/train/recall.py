@@ -193,8 +193,11 @@ def top_candidates(image_emb: np.ndarray, text_emb: np.ndarray, n: int, chunk: i
 
 
 def logit_scale_of(model: Any) -> float:
-    """The dual encoder's logit scale (``exp(logit_scale)``, at most 100; 1 for a model without one)."""
-    return float(model.logit_scale.detach().float().exp().clamp(max=100)) if hasattr(model, "logit_scale") else 1.0
+    """The dual encoder's logit scale as re-ranking uses it (``mbm.models.encoder.capped_logit_scale``)."""
+    from mbm.models.encoder import capped_logit_scale
+
+    scale = getattr(model, "logit_scale", None)
+    return capped_logit_scale(None if scale is None else float(scale.detach().float().exp()))
 
 
 def candidate_logits(image_emb: np.ndarray, text_emb: np.ndarray, candidates: np.ndarray, model: Any) -> np.ndarray:
