@@ -139,6 +139,13 @@ def cli_once(spec: str, photos: Path, batch: int, cache: Path, work: Path) -> fl
     return wall
 
 
+def median_loads(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """The median of each model-load phase over ``runs``."""
+    return {
+        k: round(statistics.median(r["load_seconds"].get(k, 0.0) for r in runs), 3) for k in runs[0]["load_seconds"]
+    }
+
+
 def measure(spec: str, label: str, photos: Path, batch: int, runs: int, work: Path) -> dict[str, Any]:
     cache = work / f"cache-{label}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -146,9 +153,7 @@ def measure(spec: str, label: str, photos: Path, batch: int, runs: int, work: Pa
     warm = [run_once(spec, photos, batch, cache, work) for _ in range(runs)]
     cli = [cli_once(spec, photos, batch, cache, work) for _ in range(runs)]
     med = {k: round(statistics.median(r[k] for r in warm), 3) for k in warm[0] if isinstance(warm[0][k], float)}
-    loads = {
-        k: round(statistics.median(r["load_seconds"].get(k, 0.0) for r in warm), 3) for k in warm[0]["load_seconds"]
-    }
+    loads = median_loads(warm)
     return {
         "model": label,
         "spec": spec,
@@ -187,14 +192,11 @@ def compare_image_engines(photos: Path, batch: int, runs: int, work: Path) -> di
     keys = ("first_batch_s", "batches_done_s", "process_s")
     out: dict[str, Any] = {"model": f"{OPEN_CLIP_ARCH} seed-0 checkpoint", "runs": runs}
     for name, rs in runs_of.items():
-        loads = {
-            k: round(statistics.median(r["load_seconds"].get(k, 0.0) for r in rs), 3) for k in rs[0]["load_seconds"]
-        }
         out[name] = {
             "precision": rs[0]["precision"],
             "imported_at_first_batch": rs[0]["imported_at_first_batch"],
             **{k: round(statistics.median(r[k] for r in rs), 3) for k in keys},
-            "load_seconds": loads,
+            "load_seconds": median_loads(rs),
             "runs": rs,
         }
     out["process_ratio_torch_over_onnx"] = round(out["torch"]["process_s"] / out["onnx"]["process_s"], 3)

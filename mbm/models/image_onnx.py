@@ -4,7 +4,7 @@ On a CPU without AMX torch runs EfficientNet's depthwise convolutions slowly: Li
 measured 27-30 images/s in fp32 with channels_last on a 2-core AVX2 machine, ONNX Runtime 1.32
 about 70 images/s on the same machine, for the same values (max abs difference ~1e-5). A CLIP
 ViT-B-32 at 256 px runs about as fast in either there (~70 ms an image at batch 32), but an
-ONNX Runtime process starts without importing torch (1.4-2 s of a start on such a machine).
+ONNX Runtime process starts without importing torch (1.4-3 s of a start on such a machine).
 
 - ``ImageSideExport``: an fp32 CPU encoder with a timm trunk or a plain CLIP ViT (through
   ``mbm.models.vit``, which builds the same tower from torch modules alone) exports its whole image side
