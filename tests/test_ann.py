@@ -114,6 +114,18 @@ def test_every_ann_index_is_tuned_to_the_recall_target_and_holds_it_on_new_queri
         index.search(held_out, 10, nprobe=0)
 
 
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,PQ8"])
+def test_a_k_beyond_what_the_tuned_lists_hold_still_gets_k_results(tmp_path, factory):
+    x = clustered(6000)
+    cat = catalog_of(tmp_path, x, factory)
+    index = open_vectors(cat, tmp_path, CollectionLock(tmp_path))
+    assert index.tuning.nprobe * 6000 / 64 < 2500  # the tuned probes alone hold fewer than k vectors
+    scores, ids = index.search(x[:3], 2500)
+    assert (ids >= 0).all() and all(len(set(row)) == 2500 for row in ids)
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    assert recall(ids[:, :100], exact_ids(cat, x[:3], 100)) >= 0.95
+
+
 # -- filtered search ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF64,PQ8", "Flat"])
 def test_filtered_search_returns_the_exact_top_k_among_allowed(tmp_path, factory, monkeypatch):

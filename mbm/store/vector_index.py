@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from mbm.errors import UsageError
 from mbm.store import ann, vector_ops
 from mbm.store.ann import IndexSettings, Tuning
 from mbm.store.catalog import Catalog, CatalogState, read_snapshot
+from mbm.store.faiss_gpu import gpu_cloner_options, gpu_count, quantizer_on_gpu
 from mbm.store.rows import RowFile, rows_file_name
 from mbm.store.search_request import no_hits, search_request
 from mbm.store.stamp import STAMP_FILE, index_file_name, read_stamp
@@ -47,10 +49,6 @@ LEGACY_INDEX_FILE = "vectors.faiss"  # before index files were named for their c
 GPU_MAX_K = 2048  # FAISS GPU indexes return at most this many neighbours and probe at most this many lists
 FILTER_EXACT_MAX = 32_768  # allowed sets up to this size are scored exactly from the row file
 MAX_SHORTLIST = 4096  # a re-scored shortlist never exceeds max(this, 2k)
-
-
-def gpu_count() -> int:
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
 @dataclass
@@ -124,9 +122,10 @@ class VectorIndex:
         held = np.zeros(n, bool)
         if n >= 20:
             held[np.random.default_rng(0).choice(n, min(ann.SAMPLE_QUERIES, n // 10), replace=False)] = True
-        for start in range(0, n, ADD_CHUNK):  # by chunks: the kept rows are never copied whole
-            keep = ~held[start : start + ADD_CHUNK]
-            self.index.add_with_ids(x[start : start + ADD_CHUNK][keep], ids[start : start + ADD_CHUNK][keep])
+        with quantizer_on_gpu(self.index):  # only while adding: searches copy the whole index to the GPU
+            for start in range(0, n, ADD_CHUNK):  # by chunks: the kept rows are never copied whole
+                keep = ~held[start : start + ADD_CHUNK]
+                self.index.add_with_ids(x[start : start + ADD_CHUNK][keep], ids[start : start + ADD_CHUNK][keep])
         tuning = Tuning(recall=1.0)
         if held.any():
             queries = x[held]
@@ -139,7 +138,9 @@ class VectorIndex:
                 np.full(len(queries), -2, np.int64),  # no query is an item of the index searched
                 ann.exact_scores(self.index),
             )
-            self.index.add_with_ids(x[held], ids[held])
+            with quantizer_on_gpu(self.index):
+                self.index.add_with_ids(x[held], ids[held])
+            self._search_index = None  # a GPU copy made while tuning lacks the held-back vectors
         return tuning
 
     @property
@@ -163,7 +164,7 @@ class VectorIndex:
             self._search_index = self.index
             if gpu_count() > 0 and ann.family(self.kind) in ("Flat", "IVF") and not self.mapped:
                 try:
-                    self._search_index = faiss.index_cpu_to_all_gpus(self.index)
+                    self._search_index = faiss.index_cpu_to_all_gpus(self.index, gpu_cloner_options(self.kind))
                 except Exception as e:  # noqa: BLE001 - fall back to the CPU index, say why
                     log.warning("FAISS GPU index unavailable (%s); searching on the CPU", e)
         return self._search_index
@@ -213,6 +214,9 @@ class VectorIndex:
         if sel is None and self.dead:
             sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.array([-1], np.int64)))
         nprobe, ef = nprobe or tuning.nprobe, ef or tuning.ef
+        ivf = ann.ivf_of(self.index)
+        if ivf is not None and nprobe:  # probe lists enough to hold what is asked for, twice over
+            nprobe = min(int(ivf.nlist), max(nprobe, math.ceil(2 * fetch * ivf.nlist / max(1, self.index.ntotal))))
         index = self.index
         if sel is None and fetch <= GPU_MAX_K and (nprobe or 0) <= GPU_MAX_K:
             index = self._searcher()  # GPU indexes take no selector and at most 2048 neighbours
@@ -225,6 +229,11 @@ class VectorIndex:
             log.warning("FAISS GPU search failed (%s); searching on the CPU from now on", e)
             self._search_index = self.index
             scores, ids = self.index.search(queries, max(1, fetch), params=params)
+        if ivf is not None and nprobe and nprobe < ivf.nlist and sel is None:
+            short = (ids >= 0).sum(axis=1) < min(fetch, self.ntotal)  # uneven lists: probe them all for those
+            if short.any():
+                every = ann.search_params(self.index, nprobe=int(ivf.nlist))
+                scores[short], ids[short] = self.index.search(queries[short], max(1, fetch), params=every)
         if tuning.rescore and self.rows is not None:
             return vector_ops.rescore(self.rows, queries, ids, k)
         return scores[:, :k], ids[:, :k]
@@ -270,7 +279,8 @@ class VectorIndex:
         if len(changed):
             self.dead += vector_ops.remove(self.index, changed)
         if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vecs, np.float32), np.ascontiguousarray(ids, np.int64))
+            with quantizer_on_gpu(self.index):
+                self.index.add_with_ids(np.ascontiguousarray(vecs, np.float32), np.ascontiguousarray(ids, np.int64))
             if self.rows is not None:
                 self.rows.put(ids, vecs)
             fit = ann.centroid_fit(self.index, vecs)
