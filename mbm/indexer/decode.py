@@ -158,10 +158,7 @@ def decode(
             img.decodermaxblock = max(img.decodermaxblock, min(len(data), DECODER_BLOCK))
         width, height = img.size
         if width * height > max_pixels:
-            raise DecodeError(
-                f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
-                f"{max_pixels / 1e6:.0f} MP limit (raise it with --max-pixels if it is genuine)"
-            )
+            raise DecodeError(_over_limit(width, height, max_pixels))
         if img.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEGs (many phone photos)
             # DCT scaling: decode at 1/2, 1/4 or 1/8 size directly (4-5x faster for photos).
             img.draft("RGB", _draft_target(img.size, max(1, min_side)))
@@ -189,6 +186,36 @@ def decode(
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             msg = f"truncated or corrupt image data ({msg})"
         raise DecodeError(f"cannot decode: {msg}") from None
+
+
+def jpeg_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageFacts, int] | None:
+    """Facts and EXIF orientation of a plain JPEG from its header alone (no pixels decoded), for decoders
+    elsewhere (``mbm.indexer.device_decode``); None for anything else (other formats, MPO, CMYK), which
+    :func:`decode` handles. Over ``max_pixels`` is the same :class:`DecodeError` as :func:`decode` gives."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    try:
+        img = _open(data)
+        if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            return None
+        width, height = img.size
+        if width * height > max_pixels:
+            raise DecodeError(_over_limit(width, height, max_pixels))
+        facts, orientation = _facts(img, width, height)
+    except DecodeError:
+        raise
+    except Exception:  # noqa: BLE001 - let the full decoder give the file's own error
+        return None
+    if orientation in (5, 6, 7, 8):
+        facts.width, facts.height = height, width
+    return facts, orientation
+
+
+def _over_limit(width: int, height: int, max_pixels: int) -> str:
+    return (
+        f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+        f"{max_pixels / 1e6:.0f} MP limit (raise it with --max-pixels if it is genuine)"
+    )
 
 
 def _open(data: bytes) -> Image.Image:

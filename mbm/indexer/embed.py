@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mbm.indexer.decode import IMAGE_LIMIT, DecodeError, ImageFacts, PixelBudget, decode, read_file
+from mbm.indexer.decode import IMAGE_LIMIT, DecodeError, ImageFacts, PixelBudget, decode, jpeg_header, read_file
 from mbm.indexer.scan import FileEntry
 
 
@@ -36,6 +36,17 @@ class Decoded:
     hash: str
     pixels: Any  # preprocessed (3, H, W): a float32 numpy array (``Encoder.pixels``) or a torch tensor
     facts: ImageFacts
+
+
+@dataclass
+class Encoded:
+    """A plain JPEG left undecoded for the model's device (``mbm.indexer.device_decode``): its bytes and header."""
+
+    entry: FileEntry
+    hash: str
+    data: bytes
+    facts: ImageFacts
+    orientation: int
 
 
 @dataclass
@@ -52,7 +63,7 @@ class Failed:
     reason: str
 
 
-Prepared = Decoded | Known | Failed
+Prepared = Decoded | Encoded | Known | Failed
 
 
 class StageClock:
@@ -76,6 +87,7 @@ def make_preparer(
     *,
     previous: Mapping[str, str] | None = None,
     budget: PixelBudget | None = None,
+    jpeg_to_device: bool = False,
 ) -> Callable[[FileEntry], Prepared]:
     """A function that reads and decodes one file, safe to call from several threads.
 
@@ -83,7 +95,8 @@ def make_preparer(
     kept through it) or is unchanged from its own ``previous`` hash (path -> hash); nothing
     learnt during the run counts, so no thread's timing decides which copy is "first".
     Copies within a run are each decoded; the runner, which sees results in input order,
-    embeds the first and reuses its vector for the rest."""
+    embeds the first and reuses its vector for the rest. ``jpeg_to_device``: plain JPEGs come back
+    ``Encoded``, for the embedding stage to decode on the GPU."""
     known = frozenset(known_hashes)
     previous = previous or {}
     budget = budget or PixelBudget()
@@ -99,6 +112,10 @@ def make_preparer(
             clock.add("read", t1 - t0)
             if digest in known or previous.get(entry.path) == digest:
                 return Known(entry, digest)
+            header = jpeg_header(data, max_pixels=max_pixels) if jpeg_to_device else None
+            if header is not None:
+                clock.add("decode", time.perf_counter() - t1)
+                return Encoded(entry, digest, data, *header)
             image, facts = decode(data, min_side, max_pixels=max_pixels, budget=budget)
             del data  # up to MAX_FILE_BYTES: not kept while preprocessing
             pixels = preprocess(image)
@@ -118,7 +135,8 @@ def stack_pixels(pixels: Sequence[Any]) -> Any:
         return np.stack(pixels)
     import torch
 
-    return torch.stack([torch.as_tensor(p) for p in pixels])
+    device = next(p.device for p in pixels if isinstance(p, torch.Tensor))  # decoded on a GPU: stack there
+    return torch.stack([torch.as_tensor(p).to(device) for p in pixels])
 
 
 class Turns:

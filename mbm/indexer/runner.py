@@ -20,6 +20,7 @@ import numpy as np
 
 from mbm.indexer import backfill, tagging
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS, facts_dict
+from mbm.indexer.device_decode import decode_on_device, device_pixels
 from mbm.indexer.embed import (
     Decoded,
     Failed,
@@ -219,7 +220,16 @@ class Indexer:
         previous = {p: states[p].hash for p in todo_paths if p in states and states[p].hash}
         encoder = self.encoder  # a fast-started one is still loading: decoding starts meanwhile
         transform = encoder.pixels if encoder.pixels is not None else encoder.preprocess  # numpy: no torch needed
-        prepare = make_preparer(transform, encoder.image_size, kept, self.max_pixels, clock, previous=previous)
+        on_device = device_pixels(encoder.device, encoder.preprocess_cfg)  # CUDA: JPEGs decode on the GPU
+        prepare = make_preparer(
+            transform,
+            encoder.image_size,
+            kept,
+            self.max_pixels,
+            clock,
+            previous=previous,
+            jpeg_to_device=bool(on_device),
+        )
         failed: list[str] = []
         done = 0
         self.progress(0, len(todo))
@@ -231,6 +241,10 @@ class Indexer:
             yield_cpu=encoder.device == "cpu",  # the model's threads and the decoders share these cores
         )
         for batch in batches:
+            if on_device is not None:
+                t0 = time.perf_counter()
+                decode_on_device(batch, on_device, encoder.image_size, transform, self.max_pixels)
+                clock.add("decode", time.perf_counter() - t0)
             rows, blobs, tokens = self._image_rows(batch, gone_hashes, report, clock)
             for r in batch:
                 if isinstance(r, Failed):

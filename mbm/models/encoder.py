@@ -128,6 +128,7 @@ class Encoder:
     load_seconds: dict[str, float] = field(default_factory=dict)  # where loading went: imports, build, weights...
     image_onnx: Any = None  # mbm.models.image_onnx.ImageSideExport: fp32 CPU timm towers in ONNX Runtime
     pixels: PixelTransform | None = None  # torch-free preprocess (numpy), equal to ``preprocess``
+    preprocess_cfg: dict[str, Any] | None = None  # what ``pixels`` was made from (size, mean, std, interpolation)
     fusion_cfg: FusionConfig | None = None
     logit_scale_value: float | None = None
     _fast: _FastStart | None = field(default=None, init=False, repr=False)

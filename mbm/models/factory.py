@@ -189,6 +189,7 @@ def _load_full(spec: str, device: str, precision: str, started: float, *, record
     from mbm.models.preprocess import pixel_transform
 
     encoder.pixels = pixel_transform(built.preprocess_cfg)
+    encoder.preprocess_cfg = dict(built.preprocess_cfg)
     if record and built.folder is not None and encoder.pixels is not None:
         _record_start(encoder, built.folder, built.preprocess_cfg)
     return encoder
