@@ -103,6 +103,12 @@ def test_an_index_run_through_device_decoding_matches_the_cpu_run(tmp_path, engi
     assert (rotated.width, rotated.height) == (90, 120)  # upright size from the header
 
 
+def test_decoding_goes_in_chunks_bounded_by_count_and_pixels(monkeypatch):
+    monkeypatch.setattr(device_decode, "CHUNK", 3)
+    monkeypatch.setattr(device_decode, "CHUNK_PIXELS", 100)
+    assert device_decode.chunks([10, 10, 10, 10, 60, 50, 500, 1]) == [[0, 1, 2], [3, 4], [5], [6], [7]]
+
+
 def test_no_device_decoding_without_cuda_or_when_turned_off(monkeypatch):
     assert device_decode.device_pixels("cpu", CFG) is None
     assert device_decode.device_pixels("cuda", None) is None

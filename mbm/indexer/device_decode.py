@@ -24,7 +24,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "MBM_DEVICE_DECODE"
-CHUNK = 32  # JPEGs decoded at once: full-size pixels on the GPU (a 12 MP photo is 36 MB)
+CHUNK = 32  # JPEGs decoded at once at most: their full-size pixels are on the GPU together
+CHUNK_PIXELS = 400_000_000  # and at most this many of them (1.2 GB of RGB; a 12 MP photo is 36 MB)
 
 
 def device_pixels(device: str, cfg: Mapping[str, Any] | None) -> DevicePixels | None:
@@ -59,12 +60,15 @@ class DevicePixels:
         self.mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=device).view(3, 1, 1)
         self.std = torch.tensor(cfg["std"], dtype=torch.float32, device=device).view(3, 1, 1)
 
-    def __call__(self, datas: Sequence[bytes], orientations: Sequence[int]) -> list[Any]:
+    def __call__(
+        self, datas: Sequence[bytes], orientations: Sequence[int], pixels: Sequence[int] | None = None
+    ) -> list[Any]:
+        """``pixels``: each JPEG's width x height, to bound what is decoded at once (see ``CHUNK_PIXELS``)."""
         out: list[Any] = []
-        for start in range(0, len(datas), CHUNK):
-            images = self._decode(datas[start : start + CHUNK])
-            for image, orientation in zip(images, orientations[start : start + CHUNK]):
-                out.append(None if image is None else self._preprocess(upright(image, orientation)))
+        for chunk in chunks(pixels or [0] * len(datas)):
+            images = self._decode([datas[i] for i in chunk])
+            for image, i in zip(images, chunk):
+                out.append(None if image is None else self._preprocess(upright(image, orientations[i])))
         return out
 
     def _decode(self, datas: Sequence[bytes]) -> list[Any]:
@@ -102,6 +106,19 @@ class DevicePixels:
         return ((x / 255.0 - self.mean) / self.std).to(torch.float32)
 
 
+def chunks(pixels: Sequence[int]) -> list[list[int]]:
+    """Consecutive indexes, at most ``CHUNK`` and ``CHUNK_PIXELS`` pixels a group (a larger picture alone)."""
+    out: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(pixels):
+        if not out or len(out[-1]) >= CHUNK or total + n > CHUNK_PIXELS:
+            out.append([])
+            total = 0
+        out[-1].append(i)
+        total += n
+    return out
+
+
 def upright(image: Any, orientation: int) -> Any:
     """``(3, H, W)`` turned as EXIF ``orientation`` says (Pillow's transposes in ``decode._TRANSPOSE``)."""
     import torch
@@ -132,7 +149,8 @@ def decode_on_device(batch: list[Any], decoder: DevicePixels, min_side: int, cpu
     where = [i for i, r in enumerate(batch) if isinstance(r, Encoded)]
     if not where:
         return
-    pixels = decoder([batch[i].data for i in where], [batch[i].orientation for i in where])
+    sizes = [batch[i].facts.width * batch[i].facts.height for i in where]
+    pixels = decoder([batch[i].data for i in where], [batch[i].orientation for i in where], sizes)
     for i, p in zip(where, pixels):
         r = batch[i]
         if p is None:
