@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,16 +76,26 @@ def recall(name: str, emb: np.ndarray, t: np.ndarray, t2i: np.ndarray, styles: n
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """The data and cache options of the bridge-weight sweeps (this script and ``photo_gate.py``)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--manifest", type=Path, default=Path("cache/mbm-data/manifest.jsonl"))
     ap.add_argument("--eval-dir", type=Path, default=Path("cache/mbm-eval"))
     ap.add_argument("--cache", type=Path, default=Path("cache/bridge-gate"))
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    enc = load_model("mbm-offline", precision="fp32")
-    parts = enc.parts()
-    model = parts.model.float().eval()
+    return args
+
+
+def bundled_fp32() -> tuple[Any, Any]:
+    """The bundled model's parts and its open_clip model in fp32, for evaluation."""
+    parts = load_model("mbm-offline", precision="fp32").parts()
+    return parts, parts.model.float().eval()
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    parts, model = bundled_fp32()
     head = model.visual.head
     data = {}
     for name in SETS:

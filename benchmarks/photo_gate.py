@@ -16,16 +16,14 @@ writes ``results/runs/v2-photo-gate-sweep.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bridge_gate import SETS, features, recall, rows_of
+from bridge_gate import SETS, bundled_fp32, features, parse_args, recall, rows_of
 
-from mbm.models.factory import load_model
 from mbm.train.data import load_eval_image
 
 RESULTS = Path(__file__).parent / "results" / "runs" / "v2-photo-gate-sweep.json"
@@ -53,15 +51,8 @@ def picture_flatness(pre, rows: list[dict], path: Path, mean: torch.Tensor, std:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--manifest", type=Path, default=Path("cache/mbm-data/manifest.jsonl"))
-    ap.add_argument("--eval-dir", type=Path, default=Path("cache/mbm-eval"))
-    ap.add_argument("--cache", type=Path, default=Path("cache/bridge-gate"))
-    args = ap.parse_args()
-    args.cache.mkdir(parents=True, exist_ok=True)
-    enc = load_model("mbm-offline", precision="fp32")
-    parts = enc.parts()
-    model = parts.model.float().eval()
+    args = parse_args(__doc__)
+    parts, model = bundled_fp32()
     head = model.visual.head
     norm_cfg = parts.preprocess.transforms[-1]  # torchvision Normalize
     mean, std = torch.tensor(norm_cfg.mean), torch.tensor(norm_cfg.std)
