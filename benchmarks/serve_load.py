@@ -26,7 +26,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
-from _util import report
+from _util import report, run_cli
 from cold_search import build_collection
 
 WORDS = "red car dog beach sunset mountain city night cat bowl soup tree river boat bird flower street snow".split()
@@ -125,10 +125,24 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
     ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument(
+        "--index",
+        type=Path,
+        default=None,
+        help="serve this folder indexed with the bundled model instead (tokens stored: searches re-rank by default)",
+    )
+    ap.add_argument("--name", default="serve_load", help="results file name (benchmarks/results/NAME.json)")
     args = ap.parse_args()
-    store = args.root / f"mbm-bench-serve-{args.items}"
-    if not (store / "collections" / "default" / "catalog.sqlite").exists():
-        build_collection(store, "mbm-offline", args.items)
+    if args.index is not None:
+        store = args.root / f"mbm-bench-serve-index-{args.index.resolve().name}"
+        if not (store / "collections" / "default" / "catalog.sqlite").exists():
+            done = run_cli(["index", str(args.index), "--store", str(store), "--quiet"])
+            if done.returncode != 0:
+                sys.exit(f"mbm index failed: {done.stderr}")
+    else:
+        store = args.root / f"mbm-bench-serve-{args.items}"
+        if not (store / "collections" / "default" / "catalog.sqlite").exists():
+            build_collection(store, "mbm-offline", args.items)
     port = free_port()
     proc = start_server(store, port)
     url = f"http://127.0.0.1:{port}"
@@ -150,7 +164,7 @@ def main() -> None:
         proc.wait(10)
     speedup = levels[2]["qps"] / max(levels[0]["qps"], 1e-9)
     result = {
-        "items": args.items,
+        "items": args.items if args.index is None else f"{args.index} indexed (re-ranked by default)",
         "seconds_per_level": args.seconds,
         "model": "mbm-offline",
         "search": levels,
@@ -174,7 +188,7 @@ def main() -> None:
         ),
         ("throughput 32 / 1", f"{speedup:.2f}x"),
     ]
-    report("serve_load", result, rows)
+    report(args.name, result, rows)
 
 
 if __name__ == "__main__":

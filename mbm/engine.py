@@ -232,6 +232,14 @@ class Engine(CollectionHandle):
             self._searcher.catalog, self._searcher.vectors = catalog, self._vectors
             return self._searcher
 
+    def prime_queries(self, texts: list[str]) -> None:
+        """Encode ``texts`` in one run of the collection's torch-free text tower, embeddings and re-ranking token
+        features both, so that :meth:`search` of each reuses that run (a server's concurrent queries); without
+        an exported text tower, nothing (each search encodes its own)."""
+        fast = self._fast_text()
+        if fast is not None and len(texts) > 1 and hasattr(fast, "encode_tokens_many"):
+            fast.encode_tokens_many(texts)
+
     def embed_texts(self, texts: list[str]) -> Any:
         """L2-normalized float32 text embeddings (torch-free when the collection has its query encoder)."""
         fast = self._fast_text()

@@ -226,3 +226,53 @@ def test_the_http_api_reranks_as_the_cli_does_and_pages_one_order(fused, calibra
     assert [h["rank"] for page in pages for h in page] == list(range(1, 13))
     assert [h["id"] for h in off] == plain and all(h["match"] is None for h in off)
     assert listed["default"]["rerank_default"] == DEFAULT_RERANK_TOP  # what the search page's toggle starts from
+
+
+def test_concurrent_default_reranked_queries_share_one_encoding_and_match_single_searches(fused, calibrated):
+    pytest.importorskip("fastapi", reason="the server extra is not installed (pip install 'mbm[server]')")
+    import asyncio
+    import re
+
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from mbm.server import ServerConfig, create_app
+
+    root, _, _ = fused
+    texts = [f"a {c} {s}" for c in ("red", "blue", "green", "dark") for s in ("circle", "square", "stripe row")]
+    with _engine(fused) as eng:
+        fast = eng._fast_text()
+        many = fast.encode_tokens_many(texts)  # one padded run: each row as its own run gives it
+        fast._recent.clear()
+        for text, (vec, tok) in zip(texts, many):
+            one_vec, one_tok = fast.encode_tokens(text)
+            assert tok.shape == one_tok.shape and np.abs(tok - one_tok).max() < 1e-4
+            assert float(vec @ one_vec) > 0.99999
+        expected = {t: [(h.id, round(h.match, 4)) for h in eng.search(t, k=5, offset=2)] for t in texts}
+    engines = {"default": _engine(fused)}
+    served_text = engines["default"]._fast_text()
+    runs: list[int] = []
+    batch_run = served_text.encode_tokens_many
+    served_text.encode_tokens_many = lambda ts: (runs.append(len(ts)), batch_run(ts))[1]
+    app = create_app(ServerConfig(store=root / "store"), engines)
+
+    async def concurrently(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+            return await asyncio.gather(*[ac.post("/search", json={"text": t, "k": 5, "offset": 2}) for t in texts])
+
+    try:
+        with TestClient(app) as c:
+            app.state.collections.wait_ready(60)
+            responses = asyncio.run(concurrently(app))
+            metrics = c.get("/metrics").text
+    finally:
+        engines["default"].close()
+    for text, r in zip(texts, responses):
+        hits = r.json()["hits"]
+        assert [(h["id"], round(h["match"], 4)) for h in hits] == expected[text]
+        assert [h["rank"] for h in hits] == [3, 4, 5, 6, 7]
+    total, count = (
+        float(re.search(rf"mbm_batch_size_{k}{{[^}}]*}} ([0-9.e+]+)", metrics).group(1)) for k in ("sum", "count")
+    )
+    assert total > count and max(runs) > 1  # some batch held several queries, encoded in one run

@@ -13,10 +13,12 @@ else, or an export that does not reproduce the torch vectors, raises ``Unsupport
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
 import logging
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ FORMAT, VERSION = "mbm-text-onnx", 2  # 2: the token features as a second output
 MODEL_FILE, DATA_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.onnx", "model.onnx.data", "tower.json", "tokenizer.json"
 EXPORT_MODULES = ("onnxruntime", "onnx", "onnxscript")  # onnxscript: torch.onnx's dynamo exporter needs it
 MIN_COSINE = 0.9999
+RECENT_TEXTS = 256  # texts whose embedding and token features stay kept (a few MB)
 # what the export checks itself on: short, long (past the context), unicode, markup and empty-ish
 PROBE = [
     "red car",
@@ -78,7 +81,10 @@ class OnnxTextEncoder:
         self.dim = int(config["output_dim"])
         self._input = session.get_inputs()[0].name
         self._outputs = [o.name for o in session.get_outputs()]
-        self._last: tuple[str, np.ndarray, np.ndarray] | None = None  # encode_tokens' last text and answer
+        # encode_tokens' recent texts and answers: a query's search and its re-ranking share one run, and a
+        # server's concurrent queries one batched run (encode_tokens_many)
+        self._recent: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, folder: str | Path) -> OnnxTextEncoder | None:
@@ -131,20 +137,31 @@ class OnnxTextEncoder:
     def encode_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """``(embedding (dim,), token features (n, width))`` of one text, float32: the normalized embedding and the
         features of its real tokens, as ``mbm.models.tokens.text_tokens`` computes them (a CLS pooler's token
-        dropped). The last text's answer is kept, so a query's search and its re-ranking share one run."""
-        last = self._last
-        if last is not None and last[0] == text:
-            return last[1].copy(), last[2].copy()  # copies: a caller may change its arrays
-        ids = self.tokenize([text])
-        features, tokens = self.session.run(self._outputs[:2], {self._input: ids})
-        real = ids[0] != (0 if self.config["kind"] == "clip-bpe" else int(self.config["pad_id"]))
-        if tokens.shape[1] == ids.shape[1] - 1:  # a CLS pooler drops the first token from the sequence
-            real = real[1:]
-        out = features.astype(np.float32)
-        vector = (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))[0]  # as encode_texts
-        kept = np.ascontiguousarray(tokens[0][real], np.float32)
-        self._last = (text, vector.copy(), kept.copy())  # one assignment: threads sharing it see a whole entry
-        return vector, kept
+        dropped). Recent answers are kept (``RECENT_TEXTS``), so a query's search and its re-ranking share one run."""
+        return self.encode_tokens_many([text])[0]
+
+    def encode_tokens_many(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`encode_tokens` of each text, the ones not kept computed in one run (padded rows are masked)."""
+        with self._lock:
+            kept = {t: self._recent[t] for t in texts if t in self._recent}
+        todo = list(dict.fromkeys(t for t in texts if t not in kept))
+        if todo:
+            ids = self.tokenize(todo)
+            features, tokens = self.session.run(self._outputs[:2], {self._input: ids})
+            real = ids != (0 if self.config["kind"] == "clip-bpe" else int(self.config["pad_id"]))
+            if tokens.shape[1] == ids.shape[1] - 1:  # a CLS pooler drops the first token from the sequence
+                real = real[:, 1:]
+            out = features.astype(np.float32)
+            vectors = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # as encode_texts
+            for i, text in enumerate(todo):
+                kept[text] = (vectors[i].copy(), np.ascontiguousarray(tokens[i][real[i]], np.float32))
+            with self._lock:
+                for text in todo:
+                    self._recent[text] = kept[text]
+                    self._recent.move_to_end(text)
+                while len(self._recent) > RECENT_TEXTS:
+                    self._recent.popitem(last=False)
+        return [(kept[t][0].copy(), kept[t][1].copy()) for t in texts]  # copies: a caller may change its arrays
 
 
 # ---- export (torch; runs where the model is already loaded) ----

@@ -3,6 +3,10 @@
 The first query of a batch waits ``window_s`` for others (skipped when the queue is already
 full); while a batch runs in the thread pool, new queries queue up and form the next one,
 so under load batches grow by themselves and at one client a query waits only the window.
+
+Queries the collection re-ranks by default (``Engine.default_rerank``) share the encoder forward
+too: one run of the torch-free text tower gives every query's embedding and the token features
+its re-ranking reads (``Engine.prime_queries``); each is then searched and re-ranked on its own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class _Job:
     k: int
     min_score: float | None
     future: asyncio.Future[Any]
+    reranked: bool = False  # the collection's default re-ranking: the Engine searches it, at ``offset``
+    offset: int = 0
 
 
 class TextBatcher:
@@ -34,13 +40,17 @@ class TextBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def search(self, text: str, k: int, min_score: float | None = None) -> tuple[list[Any], tuple[str, int]]:
+    async def search(
+        self, text: str, k: int, min_score: float | None = None, *, reranked: bool = False, offset: int = 0
+    ) -> tuple[list[Any], tuple[str, int]]:
+        """Plain: the top ``k`` by cosine (the caller pages them). ``reranked``: the page ``offset``..``offset + k``
+        of the Engine's default search, re-ranked where the collection does so."""
         loop = asyncio.get_running_loop()
         if self._queue is None or self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._queue = asyncio.Queue()  # one per event loop (a test client may run several)
             self._task = loop.create_task(self._run())
         future: asyncio.Future[Any] = loop.create_future()
-        await self._queue.put(_Job(text, k, min_score, future))
+        await self._queue.put(_Job(text, k, min_score, future, reranked, offset))
         return await future
 
     async def _run(self) -> None:
@@ -66,20 +76,42 @@ class TextBatcher:
                     if not job.future.done():
                         job.future.set_exception(e)
                 continue
-            for job, hits in zip(jobs, results):
-                if not job.future.done():
-                    job.future.set_result(hits)
+            for job, result in zip(jobs, results):
+                if job.future.done():
+                    continue
+                if isinstance(result, Exception):  # a re-ranked query's own error: the others are answered
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
 
-    def _batch(self, jobs: list[_Job]) -> list[tuple[list[Any], tuple[str, int]]]:
-        t0 = time.perf_counter()
-        vectors = self.engine.embed_texts([j.text for j in jobs])
-        t1 = time.perf_counter()
-        found, version = self.engine.search_batch(vectors, k=max(j.k for j in jobs))
-        t2 = time.perf_counter()
+    def _batch(self, jobs: list[_Job]) -> list[Any]:
         self.metrics.batch.labels(self.name).observe(len(jobs))
-        self.metrics.encode.labels(self.name).observe(t1 - t0)
-        self.metrics.search.labels(self.name).observe(t2 - t1)
-        return [
-            ([h for h in hits if j.min_score is None or h.score >= j.min_score][: j.k], version)
-            for j, hits in zip(jobs, found)
-        ]
+        out: dict[int, Any] = {}
+        plain = [j for j in jobs if not j.reranked]
+        if plain:
+            t0 = time.perf_counter()
+            vectors = self.engine.embed_texts([j.text for j in plain])
+            t1 = time.perf_counter()
+            found, version = self.engine.search_batch(vectors, k=max(j.k for j in plain))
+            self.metrics.encode.labels(self.name).observe(t1 - t0)
+            self.metrics.search.labels(self.name).observe(time.perf_counter() - t1)
+            for j, hits in zip(plain, found):
+                out[id(j)] = ([h for h in hits if j.min_score is None or h.score >= j.min_score][: j.k], version)
+        ranked = [j for j in jobs if j.reranked]
+        if ranked:
+            t0 = time.perf_counter()
+            self.engine.prime_queries([j.text for j in ranked])
+            self.metrics.encode.labels(self.name).observe(time.perf_counter() - t0)
+        for j in ranked:
+            try:
+                version = self.engine.generation()  # read first, as the blocking path does
+                t1 = time.perf_counter()
+                hits = self.engine.search(j.text, k=j.k, offset=j.offset, min_score=j.min_score)
+                self.metrics.search.labels(self.name).observe(time.perf_counter() - t1)
+                timings = dict(self.engine.timings)
+                if "rerank" in timings:
+                    self.metrics.rerank.labels(self.name).observe(timings["rerank"] + timings.get("rerank_query", 0.0))
+                out[id(j)] = (hits, version)
+            except Exception as e:  # noqa: BLE001 - handed to that request alone
+                out[id(j)] = e
+        return [out[id(j)] for j in jobs]

@@ -160,15 +160,25 @@ async def run_search(req: SearchRequest, served: Served, limits: Limits, metrics
     top = check_bounds(req, limits)
     engine = served.engine
     reranks = top
-    if top is None and req.text is not None:  # the collection's default: a re-ranked text query is not micro-batched
+    if top is None and req.text is not None:  # the collection's default
         reranks = await run_in_threadpool(engine.default_rerank, req.text, req.mode, req.sort)
     want = req.offset + req.k
     filtered = req.under or req.after or req.before or req.camera or req.sort != "score" or req.min_score == "auto"
     filtered = filtered or req.tag is not None or req.mode != "vector"
-    plain = req.text is not None and not reranks and not filtered and not req.return_embeddings
+    batched = req.text is not None and not filtered and not req.return_embeddings
+    plain = batched and not reranks
+    default_ranked = batched and bool(reranks) and top is None  # re-ranked as the collection does by default
     query_vector = None
     if plain:  # micro-batched with concurrent text queries; the generation comes with the hits
         hits, (catalog_id, generation) = await served.batcher.search(req.text, want, req.min_score)  # type: ignore[arg-type]
+    elif default_ranked:  # their encoding batched too; the Engine searches, re-ranks and pages each
+        hits, (catalog_id, generation) = await served.batcher.search(
+            req.text,  # type: ignore[arg-type]
+            req.k,
+            req.min_score,  # type: ignore[arg-type]
+            reranked=True,
+            offset=req.offset,
+        )
     else:
         hits, query_vector, (catalog_id, generation) = await run_in_threadpool(
             _search_blocking, req, served, limits, metrics, top
