@@ -41,6 +41,11 @@ def test_a_working_build_counts_its_gpus_and_the_verdict_is_per_build(fake_gpu, 
     assert json.loads(fake_gpu.read_text())[faiss_gpu.build_key()] == {"ok": True, "why": "exit status 0"}
 
 
+def test_a_probe_without_a_verdict_is_not_kept(fake_gpu, monkeypatch):
+    monkeypatch.setattr(faiss_gpu.sys, "executable", "/nonexistent/python")
+    assert faiss_gpu.gpu_count() == 0 and not fake_gpu.exists()
+
+
 def test_no_gpu_means_no_probe(monkeypatch):
     monkeypatch.setattr(faiss_gpu.faiss, "get_num_gpus", lambda: 0, raising=False)
     monkeypatch.setattr(faiss_gpu, "probe", lambda: pytest.fail("probed without a GPU"))

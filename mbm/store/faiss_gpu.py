@@ -50,12 +50,14 @@ def build_key() -> str:
     return f"{faiss.__version__}:{library}:{library.stat().st_mtime_ns}:{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
 
 
-def probe(timeout: float = 120.0) -> tuple[bool, str]:
-    """One small search on the GPUs in a child process: (whether it worked, the child's last words)."""
+def probe(timeout: float = 120.0) -> tuple[bool, str] | None:
+    """One small search on the GPUs in a child process: (whether it worked, the child's last words); None when
+    no verdict came (no Python to start, or it ran out of time: a driver compiling kernels on first use)."""
     try:
         done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return False, str(e)
+        log.warning("could not check faiss-gpu on this GPU (%s): FAISS runs on the CPU in this process", e)
+        return None
     words = [line for line in (done.stderr or "").splitlines() if line.strip()]
     return done.returncode == 0, (words[-1] if words else f"exit status {done.returncode}")[-300:]
 
@@ -73,8 +75,10 @@ def gpu_count() -> int:
         cached = {}
     verdict = cached.get(key)
     if not isinstance(verdict, dict):
-        ok, why = probe()
-        verdict = {"ok": ok, "why": why}
+        found = probe()
+        if found is None:
+            return 0  # no verdict to keep: the next process asks again
+        verdict = {"ok": found[0], "why": found[1]}
         try:
             write_text(path, json.dumps({**cached, key: verdict}) + "\n")
         except OSError:
