@@ -256,3 +256,19 @@ def test_decoding_takes_turns_with_a_cpu_model_and_runs_beside_a_gpu_one():
 
     threading.Thread(target=stop_early, daemon=True).start()
     assert stopped.wait(30)
+
+
+def test_the_batch_size_follows_the_device_unless_given(tmp_path, tiny_encoder):
+    from mbm.config import CUDA_BATCH_SIZE, DEFAULT_BATCH_SIZE, default_batch_size
+    from mbm.indexer.runner import Indexer
+    from mbm.store.catalog import Catalog
+
+    catalog = Catalog.open(tmp_path / "catalog.sqlite", create=True)
+    assert Indexer(tiny_encoder, catalog, tmp_path).batch_size == DEFAULT_BATCH_SIZE == default_batch_size("cpu")
+    assert Indexer(tiny_encoder, catalog, tmp_path, batch_size=7).batch_size == 7
+    assert default_batch_size("cuda") == default_batch_size("cuda:1") == CUDA_BATCH_SIZE > DEFAULT_BATCH_SIZE
+    catalog.close()
+    with pytest.raises(UsageError, match="batch size must be at least 1, not 0"):
+        from mbm.collection.checks import check_index_args
+
+        check_index_args([str(tmp_path)], 0)

@@ -18,7 +18,7 @@ from mbm.cli.options import (
     PrecisionOpt,
     StoreOpt,
 )
-from mbm.config import DEFAULT_BATCH_SIZE, DEFAULT_COLLECTION
+from mbm.config import DEFAULT_COLLECTION
 
 if TYPE_CHECKING:
     from mbm.indexer.runner import IndexReport
@@ -40,8 +40,14 @@ def index(
     store: StoreOpt = None,
     model: ModelOpt = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", help="Images per forward pass.")
-    ] = DEFAULT_BATCH_SIZE,
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help="Images per forward pass (default: 32 on the CPU, 256 on a GPU).",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", "-w", help="Decoding threads (default: one per CPU core).", show_default=False),

@@ -8,7 +8,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from mbm.config import DEFAULT_BATCH_SIZE
 from mbm.errors import CollectionError, UsageError
 from mbm.indexer.scan import display_path, is_text_source
 from mbm.models.factory import normalize_spec
@@ -17,11 +16,11 @@ from mbm.retrieval.rerank import DEFAULT_RERANK_TOP
 from mbm.store.filters import ItemFilter
 
 
-def check_index_args(paths: Sequence[str | os.PathLike[str]], batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-    """Fail fast, before any model loads, on arguments that cannot work."""
+def check_index_args(paths: Sequence[str | os.PathLike[str]], batch_size: int | None = None) -> None:
+    """Fail fast, before any model loads, on arguments that cannot work (``batch_size`` None: the device's default)."""
     if not paths:
         raise UsageError("no paths given — name at least one folder or file to index")
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise UsageError(f"batch size must be at least 1, not {batch_size}")
     for p in paths:
         if not os.path.exists(os.path.expanduser(os.fspath(p))):

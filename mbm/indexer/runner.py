@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mbm.config import default_batch_size
 from mbm.indexer import backfill, tagging
 from mbm.indexer.decode import DEFAULT_MAX_PIXELS, facts_dict
 from mbm.indexer.device_decode import decode_on_device, device_pixels
@@ -93,7 +94,7 @@ class Indexer:
         catalog: Catalog,
         vectors_dir: Path,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: Progress | None = None,
@@ -103,7 +104,7 @@ class Indexer:
         self.save_vectors = save_vectors  # brings the searched index up to date (the caller holds the lock)
         self.catalog = catalog
         self.vectors_dir = vectors_dir
-        self.batch_size = batch_size
+        self._batch_size = batch_size
         self.workers = workers or max(1, os.cpu_count() or 1)
         self.max_pixels = max_pixels
         self.progress = progress or (lambda done, total: None)
@@ -119,6 +120,11 @@ class Indexer:
             record_fusion(self.catalog, self._encoder)
             self._fusion_recorded = True
         return self._encoder
+
+    @property
+    def batch_size(self) -> int:
+        """As given, else the encoder's device's default (``mbm.config.default_batch_size``)."""
+        return self._batch_size or default_batch_size(self.encoder.device)
 
     def index(
         self, roots: Sequence[str | os.PathLike[str]], *, texts: bool = False, rerank_tokens: bool = False
