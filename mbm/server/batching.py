@@ -105,12 +105,8 @@ class TextBatcher:
         for j in ranked:
             try:
                 version = self.engine.generation()  # read first, as the blocking path does
-                t1 = time.perf_counter()
                 hits = self.engine.search(j.text, k=j.k, offset=j.offset, min_score=j.min_score)
-                self.metrics.search.labels(self.name).observe(time.perf_counter() - t1)
-                timings = dict(self.engine.timings)
-                if "rerank" in timings:
-                    self.metrics.rerank.labels(self.name).observe(timings["rerank"] + timings.get("rerank_query", 0.0))
+                self.metrics.observe_search(self.name, dict(self.engine.timings), encode=False)
                 out[id(j)] = (hits, version)
             except Exception as e:  # noqa: BLE001 - handed to that request alone
                 out[id(j)] = e

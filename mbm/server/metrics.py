@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -51,3 +53,12 @@ class Metrics:
             registry=r,
         )
         self.items = Gauge("mbm_collection_items", "Items in each collection", ["collection"], registry=r)
+
+    def observe_search(self, collection: str, timings: Mapping[str, float], *, encode: bool = True) -> None:
+        """One ``Engine.search``'s phases (``Engine.timings``); ``encode=False`` where its query's encoding was
+        observed with its micro-batch."""
+        if encode:
+            self.encode.labels(collection).observe(timings.get("encode", 0.0))
+        self.search.labels(collection).observe(timings.get("search", 0.0))
+        if "rerank" in timings:
+            self.rerank.labels(collection).observe(timings["rerank"] + timings.get("rerank_query", 0.0))

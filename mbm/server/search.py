@@ -225,10 +225,7 @@ def _search_blocking(
         vector = None
         if req.return_embeddings:
             vector = [round(float(x), 6) for x in engine.searcher().query_vector(query)]
-    metrics.encode.labels(served.name).observe(timings.get("encode", 0.0))
-    metrics.search.labels(served.name).observe(timings.get("search", 0.0))
-    if "rerank" in timings:
-        metrics.rerank.labels(served.name).observe(timings["rerank"] + timings.get("rerank_query", 0.0))
+    metrics.observe_search(served.name, timings)
     return hits, vector, version
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import faiss
 
 from mbm.atomic import write_text
+from mbm.models.fingerprint import cache_path
 from mbm.store.ann import ivf_of
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,7 @@ PROBE = (
 
 
 def cache_file() -> Path:
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "mbm" / "faiss-gpu.json"
+    return cache_path().parent / "faiss-gpu.json"  # beside mbm's other caches
 
 
 def build_key() -> str:

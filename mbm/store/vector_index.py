@@ -214,7 +214,7 @@ class VectorIndex:
         if sel is None and self.dead:
             sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.array([-1], np.int64)))
         nprobe, ef = nprobe or tuning.nprobe, ef or tuning.ef
-        ivf = ann.ivf_of(self.index)
+        ivf = ann.ivf_of(self.index) if ann.family(self.kind) == "IVF" else None
         if ivf is not None and nprobe:  # probe lists enough to hold what is asked for, twice over
             nprobe = min(int(ivf.nlist), max(nprobe, math.ceil(2 * fetch * ivf.nlist / max(1, self.index.ntotal))))
         index = self.index
