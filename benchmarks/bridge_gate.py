@@ -93,6 +93,16 @@ def bundled_fp32() -> tuple[Any, Any]:
     return parts, parts.model.float().eval()
 
 
+def sweep_rows(variants: dict, run, width: int) -> list[dict]:  # type: ignore[type-arg,no-untyped-def]
+    """``run(variant)`` for each named variant, rounded, printed as a table (``width``: the name column)."""
+    rows = [{"variant": k, **{m: round(v, 1) for m, v in run(fn).items()}} for k, fn in variants.items()]
+    keys = [k for k in rows[0] if k != "variant"]
+    print(f"{'variant':{width}s}", " ".join(f"{k[:11]:>11s}" for k in keys))
+    for row in rows:
+        print(f"{row['variant']:{width}s}", " ".join(f"{row[k]:11.1f}" for k in keys))
+    return rows
+
+
 def main() -> None:
     args = parse_args(__doc__)
     parts, model = bundled_fp32()
@@ -122,11 +132,7 @@ def main() -> None:
                 variants[f"tau={tau} s={s} W={w}"] = lambda n, tau=tau, s=s, w=w: (
                     1 + (w - 1) / (1 + np.exp(-(np.log(n) - np.log(tau)) / s))
                 )
-    rows = [{"variant": k, **{m: round(v, 1) for m, v in run(fn).items()}} for k, fn in variants.items()]
-    keys = [k for k in rows[0] if k != "variant"]
-    print(f"{'variant':24s}", " ".join(f"{k:>11s}" for k in keys))
-    for row in rows:
-        print(f"{row['variant']:24s}", " ".join(f"{row[k]:11.1f}" for k in keys))
+    rows = sweep_rows(variants, run, 24)
     doc = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "norm_percentiles_p10_p50_p90_p99": {

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bridge_gate import SETS, bundled_fp32, features, parse_args, recall, rows_of
+from bridge_gate import SETS, bundled_fp32, features, parse_args, recall, rows_of, sweep_rows
 
 from mbm.train.data import load_eval_image
 
@@ -80,11 +80,7 @@ def main() -> None:
     for threshold in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8):
         for w in (3.0, 10.0, 100.0):
             variants[f"flat<{threshold} W={w:g}"] = (threshold, w)
-    rows_out = [{"variant": k, **{m: round(v, 1) for m, v in run(*tw).items()}} for k, tw in variants.items()]
-    keys = [k for k in rows_out[0] if k != "variant"]
-    print(f"{'variant':22s}", " ".join(f"{k[:11]:>11s}" for k in keys))
-    for row in rows_out:
-        print(f"{row['variant']:22s}", " ".join(f"{row[k]:11.1f}" for k in keys))
+    rows_out = sweep_rows(variants, lambda tw: run(*tw), 22)
     doc = {
         "what": __doc__.split("\n\n")[1].replace("\n", " "),
         "flatness_percentiles_p1_p10_p50_p90_p99": {
