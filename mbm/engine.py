@@ -242,7 +242,7 @@ class Engine(CollectionHandle):
         features both, so that :meth:`search` of each reuses that run (a server's concurrent queries); without
         an exported text tower, nothing (each search encodes its own)."""
         fast = self._fast_text()
-        if fast is not None and len(texts) > 1 and hasattr(fast, "encode_tokens_many"):
+        if fast is not None and len(texts) > 1:
             fast.encode_tokens_many(texts)
 
     def embed_texts(self, texts: list[str]) -> Any:
