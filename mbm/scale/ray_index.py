@@ -153,18 +153,19 @@ def _connect(ray: Any, address: str | None) -> bool:
     """Join (or start) Ray; True when this call started the connection (the run then ends it)."""
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"address": address}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs["include_dashboard"] = False  # a Ray instance of our own, for this run only
+    own = address is None and not os.environ.get("RAY_ADDRESS")  # a Ray instance of our own, for this run only
+    kwargs: dict[str, Any] = {"address": address, **({"include_dashboard": False} if own else {})}
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = address or os.environ.get("RAY_ADDRESS") or "a local Ray instance"
+    except Exception as e:  # a local node that does not come up is reported as a bare Exception
+        where = "a local Ray instance" if own else address or os.environ["RAY_ADDRESS"]
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise MbmError(
-            f"cannot start or reach Ray at {where} ({reason}) — check --address (ray://HEAD:10001 for Ray Client, "
-            "auto on a cluster node), or leave it out to run on this machine"
-        ) from None
+        fix = (
+            "Ray's own logs are in /tmp/ray/session_latest/logs; run it again, or index without --engine ray"
+            if own
+            else "check --address (ray://HEAD:10001 for Ray Client, auto on a cluster node), or leave it out to run on this machine"
+        )
+        raise MbmError(f"cannot start or reach Ray at {where} ({reason}) — {fix}") from None
     return True
 
 
