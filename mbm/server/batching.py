@@ -2,7 +2,9 @@
 
 The first query of a batch waits ``window_s`` for others (skipped when the queue is already
 full); while a batch runs in the thread pool, new queries queue up and form the next one,
-so under load batches grow by themselves and at one client a query waits only the window.
+so under load batches grow by themselves. The window is skipped too while traffic is a single
+client's: when no other query is waiting or running and the last batch was a query alone, nobody
+is coming to share the forward pass, and at one client a query waits for nothing.
 
 Queries the collection re-ranks by default (``Engine.default_rerank``) share the encoder forward
 too: one run of the torch-free text tower gives every query's embedding and the token features
@@ -39,6 +41,8 @@ class TextBatcher:
         self.window_s, self.max_batch = window_s, max_batch
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._in_flight = 0  # queries queued or running: more than the one just taken means company
+        self._last_batch = 0
 
     async def search(
         self, text: str, k: int, min_score: float | None = None, *, reranked: bool = False, offset: int = 0
@@ -50,14 +54,19 @@ class TextBatcher:
             self._queue = asyncio.Queue()  # one per event loop (a test client may run several)
             self._task = loop.create_task(self._run())
         future: asyncio.Future[Any] = loop.create_future()
-        await self._queue.put(_Job(text, k, min_score, future, reranked, offset))
-        return await future
+        self._in_flight += 1
+        try:
+            await self._queue.put(_Job(text, k, min_score, future, reranked, offset))
+            return await future
+        finally:
+            self._in_flight -= 1
 
     async def _run(self) -> None:
         assert self._queue is not None
         while True:
             jobs = [await self._queue.get()]
-            deadline = time.perf_counter() + self.window_s
+            alone = self._in_flight <= 1 and self._last_batch <= 1
+            deadline = time.perf_counter() + (0.0 if alone else self.window_s)
             while len(jobs) < self.max_batch:
                 if not self._queue.empty():
                     jobs.append(self._queue.get_nowait())
@@ -69,6 +78,7 @@ class TextBatcher:
                     jobs.append(await asyncio.wait_for(self._queue.get(), left))
                 except asyncio.TimeoutError:
                     break
+            self._last_batch = len(jobs)
             try:
                 results = await run_in_threadpool(self._batch, jobs)
             except Exception as e:  # noqa: BLE001 - every waiting request gets the error, the loop goes on
