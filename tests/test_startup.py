@@ -253,6 +253,7 @@ def test_an_image_side_exported_again_keeps_one_weights_file_and_is_removed_whol
         image_onnx.export_image_side(tower, None, 64, path)
     weights = list(tmp_path.glob("side.onnx.*.data"))
     assert len(weights) == 1 and sorted(p.name for p in tmp_path.iterdir()) == sorted(["side.onnx", weights[0].name])
+    assert weights[0].stat().st_mode == path.stat().st_mode  # readable by whoever may read the graph
     pixels = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     got = OnnxImage(path).encode(pixels)[0]
     assert float((got * tiny_encoder.encode_image_tensors(pixels)).sum(1).min()) > 0.9999

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import secrets
+import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -285,6 +286,8 @@ def _with_external_weights(single: Path, path: Path) -> None:
                 model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
                 size_threshold=1024,
             )  # fmt: skip
+            # onnx writes the weights 0600: give them the graph's mode (the umask's), so whoever reads one reads both
+            os.chmod(path.parent / data, stat.S_IMODE(tmp.stat().st_mode))
             fsync(path.parent / data)
     except BaseException:
         (path.parent / data).unlink(missing_ok=True)
