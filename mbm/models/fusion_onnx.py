@@ -69,11 +69,13 @@ class OnnxFusion:
         only) against ``N`` candidates' stored image tokens ``(N, G, width)``."""
         if not len(images):
             return np.zeros(0, np.float64)
-        tokens = np.asarray(text_tokens, np.float32)
-        if self.max_text_tokens > 0:
-            tokens = tokens[: self.max_text_tokens]
+        tokens = self.cut(np.asarray(text_tokens, np.float32))
         feeds = {"text_tokens": tokens[None], "images": np.ascontiguousarray(images, np.float32)}
         return self.session.run(None, feeds)[0].astype(np.float64)
+
+    def cut(self, text_tokens: np.ndarray) -> np.ndarray:
+        """The first ``max_text_tokens`` of a text's token features (all of them where the head sets no cap)."""
+        return text_tokens[: self.max_text_tokens] if self.max_text_tokens > 0 else text_tokens
 
 
 # ---- export (torch; runs where the model is already loaded) ----
@@ -146,9 +148,8 @@ def _logit_gap(exported: OnnxFusion, head: Any, text_dim: int, tokens: int, widt
     for n, candidates in ((1, 1), (3, 7), (16, 50), (40, 2)):
         text = rng.standard_normal((n, text_dim)).astype(np.float32)
         images = rng.standard_normal((candidates, tokens, width)).astype(np.float16).astype(np.float32)
-        cut = text[: exported.max_text_tokens] if exported.max_text_tokens > 0 else text
         with torch.inference_mode():
-            want = head(torch.from_numpy(cut)[None], torch.from_numpy(images)).double().numpy()
+            want = head(torch.from_numpy(exported.cut(text))[None], torch.from_numpy(images)).double().numpy()
         gap = max(gap, float(np.abs(exported.logits(text, images) - want).max()))
     return gap
 
