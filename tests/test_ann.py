@@ -312,16 +312,20 @@ def test_faiss_threads_and_selectors_need_no_global_state():
     assert faiss.extract_index_ivf(index).nprobe == before
 
 
-def test_exact_topk_skips_rows_without_copying_the_rest():
+@pytest.mark.parametrize("nq", [5, ann.BATCHED_EXACT + 20])  # numpy's path, FAISS's
+def test_exact_topk_skips_rows_without_copying_the_rest(nq):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((70_000, 8)).astype(np.float32)  # two chunks
     ids = np.arange(100, 70_100, dtype=np.int64)
-    q = rng.standard_normal((5, 8)).astype(np.float32)
+    q = rng.standard_normal((nq, 8)).astype(np.float32)
     skip = np.zeros(len(x), bool)
     skip[rng.choice(len(x), 30_000, replace=False)] = True
     got_s, got_i = ann.exact_topk(q, x, ids, 10, skip=skip)
     want_s, want_i = ann.exact_topk(q, x[~skip], ids[~skip], 10)
     assert np.array_equal(got_i, want_i) and np.allclose(got_s, want_s)
+    scores = q @ x[~skip].T  # brute force, every row scored
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(got_i, ids[~skip][top]) and np.allclose(got_s, np.take_along_axis(scores, top, 1), atol=1e-5)
     few = np.ones(len(x), bool)
     few[:3] = False  # fewer rows than k left: padded with -1, as for a small collection
     _, padded = ann.exact_topk(q, x, ids, 10, skip=few)

@@ -34,6 +34,7 @@ TARGET_RECALL = 0.95
 TUNE_MARGIN = 0.01  # tuned to 0.96 measured: two standard errors of a 500-query sample above the target
 RECALL_K = 10
 SAMPLE_QUERIES = 500
+BATCHED_EXACT = 20  # queries from which exact_topk searches with FAISS (below, numpy): FAISS's BLAS threshold
 NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 EF_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 RESCORE_STEPS = (10, 30, 100)  # shortlist = factor x k candidates re-scored exactly
@@ -337,14 +338,29 @@ def exact_topk(
     best_i = np.full((nq, k), -1, np.int64)
     for start in range(0, len(vectors), 65536):
         chunk = np.asarray(vectors[start : start + 65536], np.float32)
-        s = queries @ chunk.T
-        if skip is not None:
-            s[:, skip[start : start + 65536]] = -np.inf
-        kk = min(k, s.shape[1])
-        part = (
-            np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.tile(np.arange(s.shape[1]), (nq, 1))
-        )
-        best_s, best_i = merge_topk(best_s, best_i, np.take_along_axis(s, part, 1), ids[start + part], k)
+        skipped = skip[start : start + len(chunk)] if skip is not None else None
+        if nq >= BATCHED_EXACT:  # FAISS: BLAS and a top-k heap per query, both threaded (~2x numpy on 500 queries)
+            kk = min(k + (int(skipped.sum()) if skipped is not None else 0), len(chunk))  # room for the skipped
+            s, part = faiss.knn(
+                np.ascontiguousarray(queries, np.float32),
+                np.ascontiguousarray(chunk),
+                kk,
+                metric=faiss.METRIC_INNER_PRODUCT,
+            )
+            if skipped is not None:
+                s[skipped[part]] = -np.inf
+        else:  # a few queries: numpy's threaded matrix product (FAISS threads over queries alone)
+            s = queries @ chunk.T
+            if skipped is not None:
+                s[:, skipped] = -np.inf
+            kk = min(k, s.shape[1])
+            part = (
+                np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+                if kk < s.shape[1]
+                else np.tile(np.arange(s.shape[1]), (nq, 1))
+            )
+            s = np.take_along_axis(s, part, 1)
+        best_s, best_i = merge_topk(best_s, best_i, s, ids[start + part], k)
     best_i[np.isneginf(best_s)] = -1  # fewer than k rows (or only skipped ones): padding, as before
     return best_s, best_i
 
