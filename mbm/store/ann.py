@@ -336,17 +336,13 @@ def exact_topk(
     nq, k = len(queries), max(1, k)
     best_s = np.full((nq, k), -np.inf, np.float32)
     best_i = np.full((nq, k), -1, np.int64)
+    q32 = np.ascontiguousarray(queries, np.float32)
     for start in range(0, len(vectors), 65536):
         chunk = np.asarray(vectors[start : start + 65536], np.float32)
         skipped = skip[start : start + len(chunk)] if skip is not None else None
         if nq >= BATCHED_EXACT:  # FAISS: BLAS and a top-k heap per query, both threaded (~2x numpy on 500 queries)
             kk = min(k + (int(skipped.sum()) if skipped is not None else 0), len(chunk))  # room for the skipped
-            s, part = faiss.knn(
-                np.ascontiguousarray(queries, np.float32),
-                np.ascontiguousarray(chunk),
-                kk,
-                metric=faiss.METRIC_INNER_PRODUCT,
-            )
+            s, part = faiss.knn(q32, np.ascontiguousarray(chunk), kk, metric=faiss.METRIC_INNER_PRODUCT)
             if skipped is not None:
                 s[skipped[part]] = -np.inf
         else:  # a few queries: numpy's threaded matrix product (FAISS threads over queries alone)
