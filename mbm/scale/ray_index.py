@@ -161,7 +161,7 @@ def _connect(ray: Any, address: str | None) -> bool:
         where = "a local Ray instance" if own else address or os.environ["RAY_ADDRESS"]
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         fix = (
-            "Ray's own logs are in /tmp/ray/session_latest/logs; run it again, or index without --engine ray"
+            "Ray's own logs are in its temp folder (by default /tmp/ray/session_latest/logs); run it again, or index without --engine ray"
             if own
             else "check --address (ray://HEAD:10001 for Ray Client, auto on a cluster node), or leave it out to run on this machine"
         )
